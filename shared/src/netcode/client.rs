@@ -1,0 +1,425 @@
+//! The netcode.io client state machine (sans-IO).
+//!
+//! # Calling order
+//!
+//! Like the server: on each wake-up the driver reads the clock once, feeds every datagram
+//! to [`Client::handle_packet`] (a payload comes back at once), calls [`Client::update`],
+//! queues payloads with [`Client::send_payload`], and drains [`Client::poll_transmit`].
+//! The client starts connecting as soon as it is made; watch [`Client::state`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::packet::{AllowedTypes, MAX_PACKET_BYTES, Packet, PacketError, read_encrypted_packet};
+use super::replay::ReplayProtection;
+use super::server::{request_from_token, timeout_from_seconds};
+use super::token::ConnectToken;
+use super::{CHALLENGE_TOKEN_BYTES, NUM_DISCONNECT_PACKETS, SEND_INTERVAL, Transmit};
+
+/// The standard client states. The failures are final; `Disconnected` too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientState {
+    /// The token expired before a server accepted it.
+    TokenExpired,
+    /// The token could not be read.
+    InvalidToken,
+    /// A connected server went silent for the token's timeout.
+    ConnectionTimedOut,
+    /// No server answered our challenge response in time.
+    ResponseTimedOut,
+    /// No server answered our connection request in time.
+    RequestTimedOut,
+    /// Every server refused (full).
+    Denied,
+    /// Not connected: never started, or disconnected cleanly by either side.
+    Disconnected,
+    /// Sending connection requests to the current server.
+    SendingRequest,
+    /// Sending challenge responses to the current server.
+    SendingResponse,
+    /// Connected: payloads flow.
+    Connected,
+}
+
+impl ClientState {
+    /// The reference's numeric code (−6..3), for logs and interop.
+    pub fn code(self) -> i32 {
+        match self {
+            Self::TokenExpired => -6,
+            Self::InvalidToken => -5,
+            Self::ConnectionTimedOut => -4,
+            Self::ResponseTimedOut => -3,
+            Self::RequestTimedOut => -2,
+            Self::Denied => -1,
+            Self::Disconnected => 0,
+            Self::SendingRequest => 1,
+            Self::SendingResponse => 2,
+            Self::Connected => 3,
+        }
+    }
+
+    /// Whether this is a failure state.
+    pub fn is_error(self) -> bool {
+        self.code() < 0
+    }
+
+    /// Whether the client is still trying to connect.
+    pub fn is_connecting(self) -> bool {
+        matches!(self, Self::SendingRequest | Self::SendingResponse)
+    }
+}
+
+/// Why a payload could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientSendError {
+    /// Payloads go only over a connection.
+    #[error("not connected (state {0:?})")]
+    NotConnected(ClientState),
+    /// The payload is empty or too large.
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+}
+
+/// The netcode.io client. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct Client {
+    /// The token being used; `None` if it could not be read.
+    token: Option<ConnectToken>,
+    state: ClientState,
+    /// Which of the token's addresses is being tried.
+    server_index: usize,
+    /// Every packet sent uses one, requests included (as the reference does).
+    sequence: u64,
+    replay: ReplayProtection,
+    /// Start of the current server attempt: the token's lifetime is measured from here.
+    attempt_start: Duration,
+    last_send: Option<Duration>,
+    last_receive: Duration,
+    /// The challenge to echo while in `SendingResponse`.
+    challenge: Option<(u64, [u8; CHALLENGE_TOKEN_BYTES])>,
+    client_index: u32,
+    max_clients: u32,
+    transmits: VecDeque<Transmit>,
+    /// Datagrams this client dropped (forged, replayed, from elsewhere, unexpected).
+    dropped: u64,
+}
+
+impl Client {
+    /// A client that starts connecting with `token_bytes` (the 2048-byte token).
+    ///
+    /// An unreadable token gives a client in [`ClientState::InvalidToken`].
+    pub fn new(now: Duration, token_bytes: &[u8]) -> Self {
+        match ConnectToken::read(token_bytes) {
+            Ok(token) => Self::with_token(now, token),
+            Err(error) => {
+                tracing::debug!(%error, "connect token refused");
+                let mut client = Self::blank(now, None);
+                client.state = ClientState::InvalidToken;
+                client
+            }
+        }
+    }
+
+    /// A client that starts connecting with an already parsed token.
+    pub fn with_token(now: Duration, token: ConnectToken) -> Self {
+        let mut client = Self::blank(now, Some(token));
+        client.start_attempt(now, 0);
+        client
+    }
+
+    fn blank(now: Duration, token: Option<ConnectToken>) -> Self {
+        Self {
+            token,
+            state: ClientState::Disconnected,
+            server_index: 0,
+            sequence: 0,
+            replay: ReplayProtection::default(),
+            attempt_start: now,
+            last_send: None,
+            last_receive: now,
+            challenge: None,
+            client_index: 0,
+            max_clients: 0,
+            transmits: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Takes one datagram. Returns the payload if it was one, decrypted in `packet`.
+    pub fn handle_packet<'a>(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        packet: &'a mut [u8],
+    ) -> Option<&'a [u8]> {
+        let accepted = self.process(now, from, packet);
+        if accepted.is_err() {
+            self.dropped += 1;
+        }
+        accepted.ok().flatten()
+    }
+
+    fn process<'a>(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        packet: &'a mut [u8],
+    ) -> Result<Option<&'a [u8]>, ()> {
+        let Some(token) = &self.token else {
+            return Err(());
+        };
+        if !self.state.is_connecting() && self.state != ClientState::Connected {
+            return Err(());
+        }
+        if Some(from) != self.server_address() {
+            return Err(());
+        }
+        let (_, packet) = read_encrypted_packet(
+            packet,
+            token.protocol_id,
+            &token.server_to_client_key,
+            AllowedTypes::CLIENT,
+            Some(&mut self.replay),
+        )
+        .map_err(|_| ())?;
+        match (self.state, packet) {
+            (
+                ClientState::SendingRequest | ClientState::SendingResponse,
+                Packet::ConnectionDenied,
+            ) => {
+                tracing::debug!(server = %from, "connection denied");
+                self.next_server(now, ClientState::Denied);
+            }
+            (
+                ClientState::SendingRequest,
+                Packet::ConnectionChallenge {
+                    token_sequence,
+                    token_data,
+                },
+            ) => {
+                self.challenge = Some((token_sequence, *token_data));
+                self.state = ClientState::SendingResponse;
+                self.last_receive = now;
+                self.last_send = None;
+            }
+            (
+                ClientState::SendingResponse,
+                Packet::KeepAlive {
+                    client_index,
+                    max_clients,
+                },
+            ) => {
+                self.client_index = client_index;
+                self.max_clients = max_clients;
+                self.state = ClientState::Connected;
+                self.last_receive = now;
+                tracing::debug!(server = %from, client_index, "connected");
+            }
+            (ClientState::Connected, Packet::KeepAlive { .. }) => self.last_receive = now,
+            (ClientState::Connected, Packet::Payload(payload)) => {
+                self.last_receive = now;
+                return Ok(Some(payload));
+            }
+            (ClientState::Connected, Packet::Disconnect) => {
+                tracing::debug!(server = %from, "server disconnected us");
+                self.state = ClientState::Disconnected;
+            }
+            _ => return Err(()),
+        }
+        Ok(None)
+    }
+
+    /// Sends requests, responses and keep-alives at 10 Hz; runs the timeouts.
+    pub fn update(&mut self, now: Duration) {
+        let Some(token) = &self.token else {
+            return;
+        };
+        let timeout = timeout_from_seconds(token.timeout_seconds);
+        let lifetime = Duration::from_secs(
+            token
+                .expire_timestamp
+                .saturating_sub(token.create_timestamp),
+        );
+        let silent_too_long =
+            timeout.is_some_and(|timeout| now.saturating_sub(self.last_receive) >= timeout);
+        match self.state {
+            ClientState::SendingRequest | ClientState::SendingResponse => {
+                if now.saturating_sub(self.attempt_start) >= lifetime {
+                    self.state = ClientState::TokenExpired;
+                    return;
+                }
+                if silent_too_long {
+                    let failure = if self.state == ClientState::SendingRequest {
+                        ClientState::RequestTimedOut
+                    } else {
+                        ClientState::ResponseTimedOut
+                    };
+                    self.next_server(now, failure);
+                    if !self.state.is_connecting() {
+                        return;
+                    }
+                }
+            }
+            ClientState::Connected => {
+                if silent_too_long {
+                    self.state = ClientState::ConnectionTimedOut;
+                    return;
+                }
+            }
+            _ => return,
+        }
+        if self
+            .last_send
+            .is_some_and(|last| now.saturating_sub(last) < SEND_INTERVAL)
+        {
+            return;
+        }
+        match self.state {
+            ClientState::SendingRequest => self.send_request(now),
+            ClientState::SendingResponse => {
+                if let Some((token_sequence, token_data)) = self.challenge {
+                    self.send(
+                        now,
+                        &Packet::ConnectionResponse {
+                            token_sequence,
+                            token_data: &token_data,
+                        },
+                    );
+                }
+            }
+            ClientState::Connected => self.send(
+                now,
+                &Packet::KeepAlive {
+                    client_index: 0,
+                    max_clients: 0,
+                },
+            ),
+            _ => {}
+        }
+    }
+
+    /// Queues one payload (1 to 1200 bytes) to the server.
+    pub fn send_payload(&mut self, now: Duration, payload: &[u8]) -> Result<(), ClientSendError> {
+        if self.state != ClientState::Connected {
+            return Err(ClientSendError::NotConnected(self.state));
+        }
+        if payload.is_empty() || payload.len() > super::MAX_PAYLOAD_BYTES {
+            return Err(PacketError::PayloadSize(payload.len()).into());
+        }
+        self.send(now, &Packet::Payload(payload));
+        Ok(())
+    }
+
+    /// Leaves cleanly: 10 redundant disconnect packets when connected, then `Disconnected`.
+    pub fn disconnect(&mut self, now: Duration) {
+        if self.state == ClientState::Connected {
+            for _ in 0..NUM_DISCONNECT_PACKETS {
+                self.send(now, &Packet::Disconnect);
+            }
+        }
+        if self.state.is_connecting() || self.state == ClientState::Connected {
+            self.state = ClientState::Disconnected;
+        }
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Where the client stands.
+    pub fn state(&self) -> ClientState {
+        self.state
+    }
+
+    /// Whether payloads flow.
+    pub fn is_connected(&self) -> bool {
+        self.state == ClientState::Connected
+    }
+
+    /// The server being tried or connected to.
+    pub fn server_address(&self) -> Option<SocketAddr> {
+        self.token
+            .as_ref()?
+            .server_addresses
+            .get(self.server_index)
+            .copied()
+    }
+
+    /// Our slot on the server, once connected.
+    pub fn client_index(&self) -> u32 {
+        self.client_index
+    }
+
+    /// The server's slot count, once connected.
+    pub fn max_clients(&self) -> u32 {
+        self.max_clients
+    }
+
+    /// Datagrams dropped: forged, replayed, from another address, or unexpected.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn start_attempt(&mut self, now: Duration, server_index: usize) {
+        self.server_index = server_index;
+        self.state = ClientState::SendingRequest;
+        self.attempt_start = now;
+        self.last_receive = now;
+        self.last_send = None;
+        self.challenge = None;
+        self.replay.reset();
+    }
+
+    /// Moves to the token's next address, or ends in `failure` when none is left.
+    fn next_server(&mut self, now: Duration, failure: ClientState) {
+        let count = self.token.as_ref().map_or(0, |t| t.server_addresses.len());
+        if self.server_index + 1 < count {
+            let next = self.server_index + 1;
+            tracing::debug!(?failure, next = ?self.token.as_ref().map(|t| t.server_addresses[next]), "trying next server");
+            self.start_attempt(now, next);
+        } else {
+            self.state = failure;
+        }
+    }
+
+    fn send_request(&mut self, now: Duration) {
+        let (Some(token), Some(destination)) = (&self.token, self.server_address()) else {
+            return;
+        };
+        let mut contents = vec![0u8; super::CONNECTION_REQUEST_BYTES];
+        if request_from_token(token).write(&mut contents).is_ok() {
+            self.sequence += 1;
+            self.last_send = Some(now);
+            self.transmits.push_back(Transmit {
+                destination,
+                contents,
+            });
+        }
+    }
+
+    fn send(&mut self, now: Duration, packet: &Packet<'_>) {
+        let (Some(token), Some(destination)) = (&self.token, self.server_address()) else {
+            return;
+        };
+        let mut contents = vec![0u8; MAX_PACKET_BYTES];
+        // Packets built here are well-formed by construction; a failure would be a bug in
+        // this file, and dropping the packet is the safe answer.
+        if let Ok(len) = packet.write(
+            &mut contents,
+            self.sequence,
+            &token.client_to_server_key,
+            token.protocol_id,
+        ) {
+            contents.truncate(len);
+            self.sequence += 1;
+            self.last_send = Some(now);
+            self.transmits.push_back(Transmit {
+                destination,
+                contents,
+            });
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! The netcode.io server state machine (sans-IO).
+//!
+//! # Calling order
+//!
+//! A driver owns one [`Server`] and, on every wake-up, reads the clock once and then:
+//! 1. [`Server::handle_packet`] for each datagram that arrived (a payload comes back at
+//!    once, borrowing the datagram buffer);
+//! 2. [`Server::update`] to run keep-alives and timeouts;
+//! 3. [`Server::send_payload`] for what the game wants to send;
+//! 4. drains [`Server::poll_event`] (connects, disconnects) and [`Server::poll_transmit`]
+//!    (datagrams to send).
+//!
+//! Time is a [`Duration`] since the unix epoch, passed in: token expiry is compared with
+//! its seconds, timeouts with the whole value. Nothing here reads a clock or a socket.
+//!
+//! Remote bytes never make an error escape: every refused datagram is a counted drop
+//! ([`DropReason`]), visible in [`Server::stats`], and traced at `trace` level.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::address::same_endpoint;
+use super::packet::{
+    AllowedTypes, ConnectionRequest, MAX_PACKET_BYTES, Packet, PacketError,
+    read_connection_request, read_encrypted_packet,
+};
+use super::replay::ReplayProtection;
+use super::token::{ChallengeToken, ConnectToken, PrivateConnectToken, TokenError, fill_random};
+use super::{
+    CONNECT_TOKEN_PRIVATE_BYTES, Key, MAC_BYTES, NUM_DISCONNECT_PACKETS, SEND_INTERVAL,
+    SERVER_GLOBAL_SEQUENCE_START, Transmit, UserData,
+};
+
+/// A client's slot on the server: stable for the connection's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientIndex(pub u32);
+
+/// How a server is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Refuses tokens and packets of any other protocol id.
+    pub protocol_id: u64,
+    /// Opens connect tokens; shared with the backend that mints them.
+    pub private_key: Key,
+    /// Slots. The reference stops at 256; Arena defaults to 1024.
+    pub max_clients: usize,
+    /// The addresses this server is reached at; a token must list one of them.
+    pub addresses: Vec<SocketAddr>,
+}
+
+/// Why a datagram was dropped. Every drop is counted under exactly one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Too short, or a request not exactly 1078 bytes.
+    BadSize,
+    /// Unknown type, bad sequence byte count, or a type a server never takes.
+    BadPrefix,
+    /// A request whose version info is not `NETCODE 1.02`.
+    BadVersion,
+    /// A request for another protocol id.
+    WrongProtocolId,
+    /// A tag that did not verify: forged, altered, or sealed with another key.
+    DecryptFailed,
+    /// A sequence already seen, or older than the replay window.
+    Replayed,
+    /// Authenticated, but the body size is wrong for the type.
+    BadBodySize,
+    /// Anything but a request from an address with neither a slot nor a pending handshake.
+    UnknownAddress,
+    /// A request whose token has expired.
+    ExpiredToken,
+    /// A token whose private part is malformed, or lists none of this server's addresses.
+    BadToken,
+    /// A request or response from an address or client id that is already connected.
+    AlreadyConnected,
+    /// A token already used from another address.
+    TokenReuse,
+    /// Every slot taken: the client was sent a denied packet.
+    ServerFull,
+    /// Too many handshakes in progress; the request was ignored.
+    PendingFull,
+    /// A packet type that is valid but means nothing in this state.
+    Unexpected,
+}
+
+impl DropReason {
+    /// Every reason, in a fixed order (for metrics).
+    pub const ALL: [Self; 15] = [
+        Self::BadSize,
+        Self::BadPrefix,
+        Self::BadVersion,
+        Self::WrongProtocolId,
+        Self::DecryptFailed,
+        Self::Replayed,
+        Self::BadBodySize,
+        Self::UnknownAddress,
+        Self::ExpiredToken,
+        Self::BadToken,
+        Self::AlreadyConnected,
+        Self::TokenReuse,
+        Self::ServerFull,
+        Self::PendingFull,
+        Self::Unexpected,
+    ];
+
+    /// A snake_case name for logs, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BadSize => "bad_size",
+            Self::BadPrefix => "bad_prefix",
+            Self::BadVersion => "bad_version",
+            Self::WrongProtocolId => "wrong_protocol_id",
+            Self::DecryptFailed => "decrypt_failed",
+            Self::Replayed => "replayed",
+            Self::BadBodySize => "bad_body_size",
+            Self::UnknownAddress => "unknown_address",
+            Self::ExpiredToken => "expired_token",
+            Self::BadToken => "bad_token",
+            Self::AlreadyConnected => "already_connected",
+            Self::TokenReuse => "token_reuse",
+            Self::ServerFull => "server_full",
+            Self::PendingFull => "pending_full",
+            Self::Unexpected => "unexpected",
+        }
+    }
+
+    fn from_packet_error(error: PacketError) -> Self {
+        match error {
+            PacketError::BadSize(_) => Self::BadSize,
+            PacketError::BadPrefix(_) | PacketError::TypeNotAllowed(_) => Self::BadPrefix,
+            PacketError::BadVersion => Self::BadVersion,
+            PacketError::WrongProtocolId(_) => Self::WrongProtocolId,
+            PacketError::Replayed(_) => Self::Replayed,
+            PacketError::Decrypt => Self::DecryptFailed,
+            PacketError::BadBodySize { .. } => Self::BadBodySize,
+            // Write-side errors cannot come out of a reader; count them somewhere visible.
+            PacketError::PayloadSize(_) | PacketError::BufferTooSmall => Self::BadSize,
+        }
+    }
+}
+
+/// Counters a server keeps; read them with [`Server::stats`].
+#[derive(Debug, Clone, Default)]
+pub struct ServerStats {
+    drops: [u64; DropReason::ALL.len()],
+    /// Datagrams handed to `handle_packet`.
+    pub packets_received: u64,
+    /// Bytes of those datagrams.
+    pub bytes_received: u64,
+    /// Datagrams queued for sending.
+    pub packets_sent: u64,
+    /// Bytes of those datagrams.
+    pub bytes_sent: u64,
+    /// Clients that completed the handshake.
+    pub connects: u64,
+    /// Clients that left, for any reason.
+    pub disconnects: u64,
+}
+
+impl ServerStats {
+    /// Datagrams dropped for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Datagrams dropped for any reason.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Every reason with its count.
+    pub fn drop_counts(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|&r| (r, self.drops(r)))
+    }
+}
+
+/// Why a client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent a disconnect packet.
+    ClientDisconnected,
+    /// Nothing arrived from the client within the token's timeout.
+    TimedOut,
+    /// The server called [`Server::disconnect`].
+    ServerDisconnected,
+}
+
+/// A change in who is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A client finished the handshake.
+    ClientConnected {
+        /// Its slot.
+        client: ClientIndex,
+        /// Its id from the connect token.
+        client_id: u64,
+        /// Where its packets come from.
+        address: SocketAddr,
+        /// The user data from its connect token.
+        user_data: Box<UserData>,
+    },
+    /// A client left; its slot is free again.
+    ClientDisconnected {
+        /// Its former slot.
+        client: ClientIndex,
+        /// Its id.
+        client_id: u64,
+        /// Why it left.
+        reason: DisconnectReason,
+    },
+}
+
+/// Why the game could not send to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No client in that slot (it may have just left).
+    #[error("no client in slot {0:?}")]
+    NotConnected(ClientIndex),
+    /// The payload is empty or larger than 1200 bytes.
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+}
+
+/// One connected client.
+#[derive(Debug)]
+struct Connection {
+    client_id: u64,
+    address: SocketAddr,
+    send_key: Key,
+    receive_key: Key,
+    /// Next sequence for packets to this client (per-slot space, from 0).
+    sequence: u64,
+    replay: ReplayProtection,
+    timeout: Option<Duration>,
+    last_send: Duration,
+    last_receive: Duration,
+    /// Until the client's first keep-alive or payload, every payload is preceded by a
+    /// keep-alive so a client whose handshake keep-alive was lost still learns its slot.
+    confirmed: bool,
+}
+
+/// A handshake in progress: the keys from a valid request, kept until the response.
+#[derive(Debug)]
+struct Pending {
+    send_key: Key,
+    receive_key: Key,
+    timeout: Option<Duration>,
+    last_access: Duration,
+    /// Token expiry (unix seconds): the mapping dies with the token.
+    expire_timestamp: u64,
+}
+
+/// The first address a token was seen from, kept until the token expires.
+#[derive(Debug)]
+struct TokenUse {
+    address: SocketAddr,
+    expire_timestamp: u64,
+}
+
+/// The netcode.io server. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    /// Seals challenge tokens; random per process, so only this process can open them.
+    challenge_key: Key,
+    /// Nonce of the next challenge token.
+    challenge_sequence: u64,
+    /// Sequence for denied and challenge packets, which go out before a slot exists.
+    /// Starts at 2^63 so its nonces never meet the per-slot ones under the same key.
+    global_sequence: u64,
+    slots: Vec<Option<Connection>>,
+    /// Free slot numbers; the lowest is handed out first, as in the reference.
+    free_slots: BTreeSet<u32>,
+    by_address: HashMap<SocketAddr, ClientIndex>,
+    by_client_id: HashMap<u64, ClientIndex>,
+    pending: HashMap<SocketAddr, Pending>,
+    /// Token tag (last 16 bytes of the sealed private part) to its first address.
+    token_history: HashMap<[u8; MAC_BYTES], TokenUse>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ServerEvent>,
+    stats: ServerStats,
+}
+
+impl Server {
+    /// A server with a fresh random challenge key.
+    pub fn new(config: ServerConfig) -> Self {
+        let mut challenge_key = [0u8; 32];
+        fill_random(&mut challenge_key);
+        Self::with_challenge_key(config, challenge_key)
+    }
+
+    /// A server with a given challenge key (reproducible tests).
+    pub fn with_challenge_key(config: ServerConfig, challenge_key: Key) -> Self {
+        let max_clients = config.max_clients.clamp(1, u32::MAX as usize);
+        Self {
+            slots: (0..max_clients).map(|_| None).collect(),
+            free_slots: (0..max_clients as u32).collect(),
+            by_address: HashMap::with_capacity(max_clients),
+            by_client_id: HashMap::with_capacity(max_clients),
+            pending: HashMap::new(),
+            token_history: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ServerStats::default(),
+            challenge_key,
+            challenge_sequence: 0,
+            global_sequence: SERVER_GLOBAL_SEQUENCE_START,
+            config: ServerConfig {
+                max_clients,
+                ..config
+            },
+        }
+    }
+
+    /// Takes one datagram. Returns the payload if it was one, decrypted in `packet`.
+    pub fn handle_packet<'a>(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        packet: &'a mut [u8],
+    ) -> Option<(ClientIndex, &'a [u8])> {
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += packet.len() as u64;
+        match self.process(now, from, packet) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                self.stats.drops[reason as usize] += 1;
+                tracing::trace!(%from, reason = reason.name(), "netcode drop");
+                None
+            }
+        }
+    }
+
+    /// Sends keep-alives to quiet connections, times out silent clients and stale
+    /// handshakes, and forgets expired tokens.
+    pub fn update(&mut self, now: Duration) {
+        for index in 0..self.slots.len() {
+            let Some(conn) = &self.slots[index] else {
+                continue;
+            };
+            let client = ClientIndex(index as u32);
+            if conn
+                .timeout
+                .is_some_and(|timeout| now.saturating_sub(conn.last_receive) >= timeout)
+            {
+                tracing::debug!(client_id = conn.client_id, "netcode client timed out");
+                self.remove_client(now, client, DisconnectReason::TimedOut);
+            } else if now.saturating_sub(conn.last_send) >= SEND_INTERVAL {
+                self.send_keep_alive(now, client);
+            }
+        }
+        let now_secs = now.as_secs();
+        self.pending.retain(|_, p| {
+            p.expire_timestamp > now_secs
+                && p.timeout
+                    .is_none_or(|timeout| now.saturating_sub(p.last_access) < timeout)
+        });
+        self.token_history
+            .retain(|_, used| used.expire_timestamp > now_secs);
+    }
+
+    /// Queues one payload (1 to 1200 bytes) for a connected client.
+    pub fn send_payload(
+        &mut self,
+        now: Duration,
+        client: ClientIndex,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        let confirmed = self
+            .connection(client)
+            .ok_or(SendError::NotConnected(client))?
+            .confirmed;
+        if !confirmed {
+            self.send_keep_alive(now, client);
+        }
+        self.send_to_client(now, client, &Packet::Payload(payload))
+    }
+
+    /// Disconnects a client: 10 redundant disconnect packets, then the slot is freed.
+    pub fn disconnect(&mut self, now: Duration, client: ClientIndex) {
+        if self.connection(client).is_some() {
+            self.remove_client(now, client, DisconnectReason::ServerDisconnected);
+        }
+    }
+
+    /// Disconnects every client (shutdown).
+    pub fn disconnect_all(&mut self, now: Duration) {
+        for index in 0..self.slots.len() {
+            self.disconnect(now, ClientIndex(index as u32));
+        }
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next connect or disconnect.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Counters: drops by reason, traffic, connects.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// How the server was set up (max clients clamped to at least 1).
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Clients connected now.
+    pub fn num_connected(&self) -> usize {
+        self.by_address.len()
+    }
+
+    /// Handshakes in progress.
+    pub fn num_pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether `client` holds a slot.
+    pub fn is_connected(&self, client: ClientIndex) -> bool {
+        self.connection(client).is_some()
+    }
+
+    /// The client id in `client`'s slot.
+    pub fn client_id(&self, client: ClientIndex) -> Option<u64> {
+        self.connection(client).map(|c| c.client_id)
+    }
+
+    /// The address `client`'s packets come from.
+    pub fn client_address(&self, client: ClientIndex) -> Option<SocketAddr> {
+        self.connection(client).map(|c| c.address)
+    }
+
+    /// The slot holding `client_id`.
+    pub fn find_client(&self, client_id: u64) -> Option<ClientIndex> {
+        self.by_client_id.get(&client_id).copied()
+    }
+
+    fn connection(&self, client: ClientIndex) -> Option<&Connection> {
+        self.slots.get(client.0 as usize)?.as_ref()
+    }
+
+    /// Everything `handle_packet` does; an `Err` is the reason for a drop.
+    fn process<'a>(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        packet: &'a mut [u8],
+    ) -> Result<Option<(ClientIndex, &'a [u8])>, DropReason> {
+        if packet.len() <= 1 {
+            return Err(DropReason::BadSize);
+        }
+        if packet[0] == 0 {
+            self.handle_request(now, from, packet)?;
+            return Ok(None);
+        }
+        if let Some(&client) = self.by_address.get(&from) {
+            return self.handle_connected(now, client, packet);
+        }
+        let Some(pending) = self.pending.get_mut(&from) else {
+            return Err(DropReason::UnknownAddress);
+        };
+        pending.last_access = now;
+        let receive_key = pending.receive_key;
+        let protocol_id = self.config.protocol_id;
+        let (_, packet) = read_encrypted_packet(
+            packet,
+            protocol_id,
+            &receive_key,
+            AllowedTypes::SERVER,
+            None,
+        )
+        .map_err(DropReason::from_packet_error)?;
+        match packet {
+            Packet::ConnectionResponse {
+                token_sequence,
+                token_data,
+            } => {
+                let token = ChallengeToken::open(token_data, token_sequence, &self.challenge_key)
+                    .map_err(|_| DropReason::DecryptFailed)?;
+                self.accept_response(now, from, token)
+            }
+            _ => Err(DropReason::Unexpected),
+        }
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        packet: &[u8],
+    ) -> Result<(), DropReason> {
+        let request = read_connection_request(packet, self.config.protocol_id)
+            .map_err(DropReason::from_packet_error)?;
+        let now_secs = now.as_secs();
+        if request.expire_timestamp <= now_secs {
+            return Err(DropReason::ExpiredToken);
+        }
+        let private = open_request(&request, &self.config.private_key)?;
+        if !private.server_addresses.iter().any(|listed| {
+            self.config
+                .addresses
+                .iter()
+                .any(|own| same_endpoint(own, listed))
+        }) {
+            return Err(DropReason::BadToken);
+        }
+        if self.by_address.contains_key(&from) || self.by_client_id.contains_key(&private.client_id)
+        {
+            return Err(DropReason::AlreadyConnected);
+        }
+        let mut tag = [0u8; MAC_BYTES];
+        tag.copy_from_slice(&request.private_data[CONNECT_TOKEN_PRIVATE_BYTES - MAC_BYTES..]);
+        self.record_token_use(tag, from, request.expire_timestamp)?;
+
+        let send_key = private.server_to_client_key;
+        if self.free_slots.is_empty() {
+            self.send_global(now, from, &send_key, &Packet::ConnectionDenied);
+            return Err(DropReason::ServerFull);
+        }
+        let timeout = timeout_from_seconds(private.timeout_seconds);
+        if !self.pending.contains_key(&from) && self.pending.len() >= self.max_pending() {
+            return Err(DropReason::PendingFull);
+        }
+        self.pending.insert(
+            from,
+            Pending {
+                send_key,
+                receive_key: private.client_to_server_key,
+                timeout,
+                last_access: now,
+                expire_timestamp: request.expire_timestamp,
+            },
+        );
+        let token = ChallengeToken {
+            client_id: private.client_id,
+            user_data: private.user_data,
+        };
+        let token_sequence = self.challenge_sequence;
+        self.challenge_sequence += 1;
+        let token_data = token
+            .seal(token_sequence, &self.challenge_key)
+            .map_err(|_| DropReason::BadToken)?;
+        self.send_global(
+            now,
+            from,
+            &send_key,
+            &Packet::ConnectionChallenge {
+                token_sequence,
+                token_data: &token_data,
+            },
+        );
+        Ok(())
+    }
+
+    /// Refuses a token seen from another address; remembers the first address otherwise.
+    fn record_token_use(
+        &mut self,
+        tag: [u8; MAC_BYTES],
+        from: SocketAddr,
+        expire_timestamp: u64,
+    ) -> Result<(), DropReason> {
+        match self.token_history.get(&tag) {
+            Some(used) if used.address != from => Err(DropReason::TokenReuse),
+            Some(_) => Ok(()),
+            None if self.token_history.len() >= self.max_token_history() => {
+                Err(DropReason::PendingFull)
+            }
+            None => {
+                self.token_history.insert(
+                    tag,
+                    TokenUse {
+                        address: from,
+                        expire_timestamp,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn accept_response(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        token: ChallengeToken,
+    ) -> Result<Option<(ClientIndex, &'static [u8])>, DropReason> {
+        if self.by_client_id.contains_key(&token.client_id) {
+            return Err(DropReason::AlreadyConnected);
+        }
+        let Some(pending) = self.pending.remove(&from) else {
+            return Err(DropReason::UnknownAddress);
+        };
+        let Some(index) = self.free_slots.pop_first() else {
+            self.send_global(now, from, &pending.send_key, &Packet::ConnectionDenied);
+            return Err(DropReason::ServerFull);
+        };
+        let client = ClientIndex(index);
+        self.slots[index as usize] = Some(Connection {
+            client_id: token.client_id,
+            address: from,
+            send_key: pending.send_key,
+            receive_key: pending.receive_key,
+            sequence: 0,
+            replay: ReplayProtection::default(),
+            timeout: pending.timeout,
+            last_send: now,
+            last_receive: now,
+            confirmed: false,
+        });
+        self.by_address.insert(from, client);
+        self.by_client_id.insert(token.client_id, client);
+        self.stats.connects += 1;
+        tracing::debug!(client_id = token.client_id, %from, slot = index, "netcode client connected");
+        self.events.push_back(ServerEvent::ClientConnected {
+            client,
+            client_id: token.client_id,
+            address: from,
+            user_data: Box::new(token.user_data),
+        });
+        self.send_keep_alive(now, client);
+        Ok(None)
+    }
+
+    fn handle_connected<'a>(
+        &mut self,
+        now: Duration,
+        client: ClientIndex,
+        packet: &'a mut [u8],
+    ) -> Result<Option<(ClientIndex, &'a [u8])>, DropReason> {
+        let protocol_id = self.config.protocol_id;
+        let Some(conn) = self.slots[client.0 as usize].as_mut() else {
+            return Err(DropReason::UnknownAddress);
+        };
+        let (_, packet) = read_encrypted_packet(
+            packet,
+            protocol_id,
+            &conn.receive_key,
+            AllowedTypes::SERVER,
+            Some(&mut conn.replay),
+        )
+        .map_err(DropReason::from_packet_error)?;
+        match packet {
+            Packet::KeepAlive { .. } => {
+                conn.last_receive = now;
+                conn.confirmed = true;
+                Ok(None)
+            }
+            Packet::Payload(payload) => {
+                conn.last_receive = now;
+                conn.confirmed = true;
+                Ok(Some((client, payload)))
+            }
+            Packet::Disconnect => {
+                tracing::debug!(client_id = conn.client_id, "netcode client disconnected");
+                self.free_slot(client, DisconnectReason::ClientDisconnected);
+                Ok(None)
+            }
+            // A repeated response after the slot exists: the client will move on when our
+            // keep-alives reach it.
+            _ => Err(DropReason::AlreadyConnected),
+        }
+    }
+
+    fn send_keep_alive(&mut self, now: Duration, client: ClientIndex) {
+        let packet = Packet::KeepAlive {
+            client_index: client.0,
+            max_clients: self.config.max_clients as u32,
+        };
+        // Only fails for a slot that is empty, which callers have checked.
+        let _ = self.send_to_client(now, client, &packet);
+    }
+
+    fn send_to_client(
+        &mut self,
+        now: Duration,
+        client: ClientIndex,
+        packet: &Packet<'_>,
+    ) -> Result<(), SendError> {
+        let protocol_id = self.config.protocol_id;
+        let conn = self
+            .slots
+            .get_mut(client.0 as usize)
+            .and_then(Option::as_mut)
+            .ok_or(SendError::NotConnected(client))?;
+        let mut contents = vec![0u8; MAX_PACKET_BYTES];
+        let len = packet.write(&mut contents, conn.sequence, &conn.send_key, protocol_id)?;
+        contents.truncate(len);
+        conn.sequence += 1;
+        conn.last_send = now;
+        let destination = conn.address;
+        self.queue(destination, contents);
+        Ok(())
+    }
+
+    /// Sends a denied or challenge packet at the global sequence.
+    fn send_global(&mut self, _now: Duration, to: SocketAddr, key: &Key, packet: &Packet<'_>) {
+        let mut contents = vec![0u8; MAX_PACKET_BYTES];
+        // Denied and challenge packets are fixed-size and always fit.
+        if let Ok(len) = packet.write(
+            &mut contents,
+            self.global_sequence,
+            key,
+            self.config.protocol_id,
+        ) {
+            contents.truncate(len);
+            self.global_sequence += 1;
+            self.queue(to, contents);
+        }
+    }
+
+    fn queue(&mut self, destination: SocketAddr, contents: Vec<u8>) {
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += contents.len() as u64;
+        self.transmits.push_back(Transmit {
+            destination,
+            contents,
+        });
+    }
+
+    fn remove_client(&mut self, now: Duration, client: ClientIndex, reason: DisconnectReason) {
+        for _ in 0..NUM_DISCONNECT_PACKETS {
+            let _ = self.send_to_client(now, client, &Packet::Disconnect);
+        }
+        self.free_slot(client, reason);
+    }
+
+    fn free_slot(&mut self, client: ClientIndex, reason: DisconnectReason) {
+        let Some(conn) = self.slots[client.0 as usize].take() else {
+            return;
+        };
+        self.by_address.remove(&conn.address);
+        self.by_client_id.remove(&conn.client_id);
+        self.free_slots.insert(client.0);
+        self.stats.disconnects += 1;
+        self.events.push_back(ServerEvent::ClientDisconnected {
+            client,
+            client_id: conn.client_id,
+            reason,
+        });
+    }
+
+    /// Handshakes in flight are bounded so that a flood of valid requests (replayed by an
+    /// observer from many addresses) cannot grow memory without limit.
+    fn max_pending(&self) -> usize {
+        (self.config.max_clients * 4).max(256)
+    }
+
+    fn max_token_history(&self) -> usize {
+        (self.config.max_clients * 8).max(1024)
+    }
+}
+
+/// Opens a request's private token, mapping failures to drop reasons.
+fn open_request(
+    request: &ConnectionRequest<'_>,
+    private_key: &Key,
+) -> Result<PrivateConnectToken, DropReason> {
+    PrivateConnectToken::open(
+        request.private_data,
+        request.protocol_id,
+        request.expire_timestamp,
+        request.nonce,
+        private_key,
+    )
+    .map_err(|e| match e {
+        TokenError::Decrypt(_) => DropReason::DecryptFailed,
+        _ => DropReason::BadToken,
+    })
+}
+
+/// A token's timeout: negative or zero means none.
+///
+/// The reference treats 0 as "none" for connected clients but expires pending handshakes
+/// at once, which makes 0-timeout tokens unusable; here 0 means "none" everywhere.
+pub(crate) fn timeout_from_seconds(seconds: i32) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(seconds as u64))
+}
+
+/// Builds a connection request from a public token.
+pub(crate) fn request_from_token(token: &ConnectToken) -> ConnectionRequest<'_> {
+    ConnectionRequest {
+        protocol_id: token.protocol_id,
+        expire_timestamp: token.expire_timestamp,
+        nonce: &token.nonce,
+        private_data: &token.private_data,
+    }
+}
