@@ -1,1 +1,19 @@
-//! x
+//! arena-server: the authoritative server for one match.
+//!
+//! The match lives in memory and advances on a fixed tick. The core is sans-IO (bytes and
+//! `now` in, datagrams out); the tokio driver owns the socket, the timer and the clock; the
+//! admin API serves operators over HTTP.
+//!
+//! # Layout
+//!
+//! - [`core`]: the sans-IO server: connections, input buffers, the tick, snapshots.
+//! - [`net`]: the tokio driver: socket, fixed-timestep loop, shutdown.
+//! - [`admin`]: the HTTP admin API (`/status`, `/metrics`, `/token`).
+//! - [`config`]: command-line flags and the private key file.
+//! - [`status`]: the figures the tick loop publishes for the admin API.
+
+pub mod admin;
+pub mod config;
+pub mod core;
+pub mod net;
+pub mod status;

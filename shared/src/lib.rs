@@ -6,6 +6,12 @@
 //!
 //! # Layout
 //!
+//! - [`identity`]: Arena's protocol id and what its tokens carry (the player's name).
 //! - [`netcode`]: the netcode.io 1.02 transport (tokens, packets, server and client).
+//! - [`protocol`]: the game protocol inside netcode payloads: ack header, messages, codec.
+//! - [`sim`]: the deterministic game.
 
+pub mod identity;
 pub mod netcode;
+pub mod protocol;
+pub mod sim;

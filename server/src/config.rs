@@ -1,0 +1,166 @@
+//! Command-line flags and the private key file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use arena_shared::identity::ARENA_PROTOCOL_ID;
+use arena_shared::netcode::Key;
+use clap::Parser;
+
+/// Arena's authoritative game server: owns one match in memory, ticks it at a fixed rate,
+/// and serves players over netcode.io (UDP) and operators over HTTP.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "arena-server", version)]
+pub struct Args {
+    /// UDP address players connect to.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub listen: SocketAddr,
+
+    /// Address written into connect tokens, if players reach the server at another
+    /// address than --listen (behind NAT, or --listen on 0.0.0.0). Default: the bound
+    /// --listen address.
+    #[arg(long)]
+    pub public_addr: Option<SocketAddr>,
+
+    /// Simulation ticks per second.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub tick_hz: u32,
+
+    /// Player slots; the arena's size follows it.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub max_players: u32,
+
+    /// The match this process owns (in logs, status and snapshots).
+    #[arg(long, default_value = "default")]
+    pub match_id: String,
+
+    /// netcode.io protocol id, decimal or 0x-hex; clients must use the same.
+    #[arg(long, default_value = "0x4152454e41000001", value_parser = parse_u64)]
+    pub protocol_id: u64,
+
+    /// File holding the 32-byte private key as 64 hex characters. Without it, a key is
+    /// generated into --data-dir/private.key on first start and reused after.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+
+    /// Where the server keeps its files (the generated key).
+    #[arg(long, default_value = "./arena-data")]
+    pub data_dir: PathBuf,
+
+    /// Admin HTTP API address (status, metrics, tokens). Keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub admin: SocketAddr,
+
+    /// World seed (pillars, spawn points); default: random, logged at start.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// How far players see, metres.
+    #[arg(long, default_value_t = 30.0)]
+    pub view_radius: f32,
+
+    /// Seconds of silence before a connection is dropped (written into tokens).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=3600))]
+    pub client_timeout_s: i32,
+
+    /// Seconds a token minted by POST /token may be used to connect.
+    #[arg(long, default_value_t = 60)]
+    pub token_expire_s: u64,
+}
+
+/// Parses a u64 written in decimal or as 0x-hex.
+pub fn parse_u64(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("expected a decimal or 0x-hex u64, got {text:?}: {e}"))
+}
+
+/// The default protocol id, for tools that mint tokens.
+pub const DEFAULT_PROTOCOL_ID: u64 = ARENA_PROTOCOL_ID;
+
+/// Reads a private key file: 64 hex characters (surrounding whitespace allowed).
+pub fn read_key_file(path: &Path) -> anyhow::Result<Key> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    parse_key(text.trim()).with_context(|| format!("bad key file {}", path.display()))
+}
+
+/// Parses 64 hex characters into a key.
+pub fn parse_key(text: &str) -> anyhow::Result<Key> {
+    if text.len() != 64 {
+        bail!(
+            "expected 64 hex characters (32 bytes), got {} characters",
+            text.len()
+        );
+    }
+    let bytes = hex::decode(text).context("not hexadecimal")?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("expected 32 bytes"))
+}
+
+/// The key from --key-file, or the one in the data dir, generated there if absent.
+pub fn load_or_create_key(args: &Args) -> anyhow::Result<Key> {
+    if let Some(path) = &args.key_file {
+        return read_key_file(path);
+    }
+    let path = args.data_dir.join("private.key");
+    if path.exists() {
+        let key = read_key_file(&path)?;
+        tracing::info!(path = %path.display(), "using the private key from the data dir");
+        return Ok(key);
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| anyhow::anyhow!("the operating system's random source failed: {e}"))?;
+    write_private_file(&path, &hex::encode(key))?;
+    tracing::info!(
+        path = %path.display(),
+        "generated a new private key; bots and backends that mint tokens need this file (--key-file)"
+    );
+    Ok(key)
+}
+
+fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{contents}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_ids_parse_in_decimal_and_hex() {
+        assert_eq!(parse_u64("42"), Ok(42));
+        assert_eq!(parse_u64("0x2a"), Ok(42));
+        assert_eq!(parse_u64("0x4152454e41000001"), Ok(ARENA_PROTOCOL_ID));
+        assert!(parse_u64("0xzz").is_err());
+        assert!(parse_u64("-1").is_err());
+    }
+
+    #[test]
+    fn keys_must_be_64_hex_characters() {
+        assert_eq!(parse_key(&"ab".repeat(32)).expect("valid"), [0xab; 32]);
+        let short = parse_key("abcd").expect_err("short");
+        assert!(short.to_string().contains("64 hex characters"), "{short}");
+        assert!(parse_key(&"zz".repeat(32)).is_err());
+    }
+}

@@ -1,0 +1,421 @@
+//! The sans-IO server: one match, its connections, and the tick.
+//!
+//! # Calling order
+//!
+//! The driver reads the clock once per wake-up and then:
+//! 1. [`ServerCore::handle_datagram`] for every datagram waiting on the socket (all of
+//!    them: the socket is drained between ticks);
+//! 2. [`ServerCore::tick`] when a tick is due;
+//! 3. [`ServerCore::poll_transmit`] until it returns `None`, sending each datagram.
+//!
+//! Inputs arrive tagged with a sequence and the tick they are for. They wait in a bounded
+//! per-client buffer and are applied in sequence order at their tick; a client with no
+//! input for a tick repeats its last one; frames that arrive after their tick are applied
+//! at the next one (merged, fire kept) and counted as late. Nothing is skipped unless the
+//! client itself gave up on it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use arena_shared::identity::name_from_user_data;
+use arena_shared::netcode::{self, ClientIndex, ServerEvent, Transmit};
+use arena_shared::protocol::messages::{MAX_BODY_BYTES, encoded_len};
+use arena_shared::protocol::{
+    AckTracker, ClientMessage, EntityState, NetEntityId, NetEntityKind, PlayerStatus,
+    ServerMessage, Snapshot, decode_client, encode,
+};
+use arena_shared::sim::{
+    Buttons, EntityId, EntityKind, GameEvent, InputFrame, PlayerId, PlayerInput, Tick, World,
+    WorldConfig,
+};
+
+/// Input frames held per client ahead of their tick; more are dropped and counted.
+pub const MAX_PENDING_INPUTS: usize = 128;
+/// Frames queued beyond this are applied even if early: a client whose clock runs ahead
+/// gets bounded extra latency, not an ever-growing queue.
+const MAX_INPUT_LEAD_FRAMES: usize = 8;
+
+/// How the core is set up.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Names the match in logs, status and (later) snapshots.
+    pub match_id: String,
+    /// The transport: protocol id, private key, slots, own addresses.
+    pub netcode: netcode::ServerConfig,
+    /// The simulation.
+    pub world: WorldConfig,
+    /// How far a player sees, metres.
+    pub view_radius_m: f32,
+}
+
+/// Counters the core keeps besides netcode's.
+#[derive(Debug, Clone, Default)]
+pub struct CoreStats {
+    /// Input frames applied.
+    pub inputs_applied: u64,
+    /// Input frames applied after the tick they were for.
+    pub inputs_late: u64,
+    /// Input frames refused because the client's buffer was full.
+    pub inputs_dropped: u64,
+    /// Input frames the client gave up on before they arrived.
+    pub inputs_skipped: u64,
+    /// Payloads that were not a valid game message.
+    pub bad_messages: u64,
+    /// Snapshots sent.
+    pub snapshots_sent: u64,
+    /// Entities in view that did not fit their client's datagram.
+    pub entities_deferred: u64,
+    /// Kills so far.
+    pub kills: u64,
+}
+
+/// One connected client's game-side state.
+#[derive(Debug)]
+struct ClientSlot {
+    client_id: u64,
+    player: PlayerId,
+    acks: AckTracker,
+    /// Frames received and not yet applied, by sequence.
+    pending: BTreeMap<u32, InputFrame>,
+    /// Newest sequence applied; all older ones were applied (or skipped by the client).
+    last_applied: u32,
+}
+
+/// One match and its connections. See the module docs for the calling order.
+pub struct ServerCore {
+    config: CoreConfig,
+    netcode: netcode::Server,
+    world: World,
+    /// Indexed by netcode slot.
+    clients: Vec<Option<ClientSlot>>,
+    next_player_id: u32,
+    stats: CoreStats,
+    /// Reused each tick: entities in one client's view, with squared distance.
+    visible: Vec<(f32, EntityId)>,
+    /// Reused each tick: the inputs for the step.
+    inputs: BTreeMap<PlayerId, PlayerInput>,
+}
+
+impl ServerCore {
+    /// A new match with no players.
+    pub fn new(config: CoreConfig) -> Self {
+        let slots = config.netcode.max_clients;
+        Self {
+            netcode: netcode::Server::new(config.netcode.clone()),
+            world: World::new(config.world),
+            clients: (0..slots).map(|_| None).collect(),
+            next_player_id: 1,
+            stats: CoreStats::default(),
+            visible: Vec::new(),
+            inputs: BTreeMap::new(),
+            config,
+        }
+    }
+
+    /// Takes one datagram from the socket.
+    pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &mut [u8]) {
+        let Some((client, payload)) = self.netcode.handle_packet(now, from, datagram) else {
+            return;
+        };
+        let Some(slot) = self
+            .clients
+            .get_mut(client.0 as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        let (header, message) = match decode_client(payload) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.stats.bad_messages += 1;
+                tracing::trace!(client_id = slot.client_id, %error, "bad game message");
+                return;
+            }
+        };
+        if !slot.acks.on_receive(now, header, |_| {}) {
+            return;
+        }
+        match message {
+            ClientMessage::Inputs { frames } => {
+                receive_inputs(slot, &frames, &mut self.stats);
+            }
+        }
+    }
+
+    /// Runs one tick: connection upkeep, inputs, the simulation step, and a snapshot for
+    /// every client. Returns the step's game events.
+    pub fn tick(&mut self, now: Duration) -> Vec<GameEvent> {
+        self.netcode.update(now);
+        self.handle_connection_events();
+        let tick = self.world.tick().next();
+        self.gather_inputs(tick);
+        let events = self.world.step(&self.inputs);
+        for event in &events {
+            if let GameEvent::Killed { victim, by } = event {
+                self.stats.kills += 1;
+                tracing::debug!(tick = tick.0, victim = victim.0, by = by.0, "kill");
+            }
+        }
+        for index in 0..self.clients.len() {
+            self.send_snapshot(now, index);
+        }
+        events
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.netcode.poll_transmit()
+    }
+
+    /// Disconnects everyone (10 disconnect packets each); for shutdown.
+    pub fn disconnect_all(&mut self, now: Duration) {
+        self.netcode.disconnect_all(now);
+        self.handle_connection_events();
+    }
+
+    /// The match's id.
+    pub fn match_id(&self) -> &str {
+        &self.config.match_id
+    }
+
+    /// The world (read-only: the core is its one owner).
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Player slots.
+    pub fn max_players(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Connected players.
+    pub fn num_players(&self) -> usize {
+        self.netcode.num_connected()
+    }
+
+    /// Game-side counters.
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// Transport counters (drops by reason, traffic).
+    pub fn netcode_stats(&self) -> &netcode::ServerStats {
+        self.netcode.stats()
+    }
+
+    fn handle_connection_events(&mut self) {
+        while let Some(event) = self.netcode.poll_event() {
+            match event {
+                ServerEvent::ClientConnected {
+                    client,
+                    client_id,
+                    address,
+                    user_data,
+                } => {
+                    let player = PlayerId(self.next_player_id);
+                    self.next_player_id += 1;
+                    self.world.add_player(player);
+                    tracing::info!(
+                        match_id = %self.config.match_id,
+                        tick = self.world.tick().0,
+                        client_id,
+                        player = player.0,
+                        %address,
+                        name = %name_from_user_data(&user_data),
+                        "player joined"
+                    );
+                    if let Some(slot) = self.clients.get_mut(client.0 as usize) {
+                        *slot = Some(ClientSlot {
+                            client_id,
+                            player,
+                            acks: AckTracker::default(),
+                            pending: BTreeMap::new(),
+                            last_applied: 0,
+                        });
+                    }
+                }
+                ServerEvent::ClientDisconnected {
+                    client,
+                    client_id,
+                    reason,
+                } => {
+                    if let Some(slot) = self
+                        .clients
+                        .get_mut(client.0 as usize)
+                        .and_then(Option::take)
+                    {
+                        self.world.remove_player(slot.player);
+                        tracing::info!(
+                            match_id = %self.config.match_id,
+                            tick = self.world.tick().0,
+                            client_id,
+                            player = slot.player.0,
+                            ?reason,
+                            "player left"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn gather_inputs(&mut self, tick: Tick) {
+        self.inputs.clear();
+        for slot in self.clients.iter_mut().flatten() {
+            if let Some(input) = take_due_input(slot, tick, &mut self.stats) {
+                self.inputs.insert(slot.player, input);
+            }
+        }
+    }
+
+    fn send_snapshot(&mut self, now: Duration, index: usize) {
+        let Some(slot) = self.clients[index].as_mut() else {
+            return;
+        };
+        let Some(player) = self.world.player(slot.player) else {
+            return;
+        };
+        let own = player.entity;
+        let Some(center) = self.world.entity(own).map(|e| e.position) else {
+            return;
+        };
+        self.visible.clear();
+        let visible = &mut self.visible;
+        self.world
+            .visible_near(center, self.config.view_radius_m, |id, e| {
+                visible.push((e.position.distance_squared(center), id));
+            });
+        // Nearest first; the id breaks ties so the order is deterministic.
+        self.visible
+            .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+
+        let mut snapshot = Snapshot {
+            tick: self.world.tick(),
+            baseline_tick: None,
+            your_entity: Some(NetEntityId::from(own)),
+            last_applied_input: slot.last_applied,
+            you: PlayerStatus {
+                health: player.health,
+                score: player.score,
+                deaths: player.deaths,
+            },
+            entities: Vec::new(),
+            deferred: u16::MAX,
+        };
+        // Fixed part at its largest (deferred at max, a 3-byte vector length), then as
+        // many entities as fit.
+        let fixed =
+            encoded_len(&ServerMessage::Snapshot(snapshot.clone())).unwrap_or(MAX_BODY_BYTES) + 2;
+        let mut used = fixed;
+        for &(_, id) in &self.visible {
+            let Some(entity) = self.world.entity(id) else {
+                continue;
+            };
+            let state = entity_state(&self.world, id, entity);
+            let len = state.encoded_len();
+            if used + len > MAX_BODY_BYTES {
+                break;
+            }
+            used += len;
+            snapshot.entities.push(state);
+        }
+        let deferred = self.visible.len() - snapshot.entities.len();
+        snapshot.deferred = deferred.min(usize::from(u16::MAX)) as u16;
+        self.stats.entities_deferred += deferred as u64;
+
+        let header = slot.acks.next_header(now);
+        let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
+        match encode(header, &ServerMessage::Snapshot(snapshot), &mut out) {
+            Ok(len) => {
+                if self
+                    .netcode
+                    .send_payload(now, ClientIndex(index as u32), &out[..len])
+                    .is_ok()
+                {
+                    self.stats.snapshots_sent += 1;
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "snapshot did not fit; this is a bug in the budget");
+            }
+        }
+    }
+}
+
+/// Files received frames; notices when the client gave up on older ones.
+fn receive_inputs(slot: &mut ClientSlot, frames: &[InputFrame], stats: &mut CoreStats) {
+    // The client sends its oldest unapplied frames first. If even the oldest is past the
+    // next one we expect, the client dropped the ones between from its bounded buffer.
+    if let Some(first) = frames.first()
+        && first.sequence > slot.last_applied.saturating_add(1)
+        && slot.pending.is_empty()
+    {
+        stats.inputs_skipped += u64::from(first.sequence - slot.last_applied - 1);
+        slot.last_applied = first.sequence - 1;
+    }
+    for frame in frames {
+        if frame.sequence <= slot.last_applied || slot.pending.contains_key(&frame.sequence) {
+            continue;
+        }
+        if slot.pending.len() >= MAX_PENDING_INPUTS {
+            stats.inputs_dropped += 1;
+            continue;
+        }
+        slot.pending.insert(frame.sequence, *frame);
+    }
+}
+
+/// The input to apply for `tick`: the next frame in sequence if it is due, merged with
+/// any further frames that are already late. `None`: repeat the last input.
+fn take_due_input(slot: &mut ClientSlot, tick: Tick, stats: &mut CoreStats) -> Option<PlayerInput> {
+    let mut merged: Option<PlayerInput> = None;
+    let mut fire = false;
+    while let Some((&sequence, frame)) = slot.pending.first_key_value() {
+        if sequence != slot.last_applied.wrapping_add(1) {
+            // A gap: the missing frame is on its way (the client resends until applied).
+            break;
+        }
+        let due = frame.tick <= tick || slot.pending.len() > MAX_INPUT_LEAD_FRAMES;
+        // After the first, only frames already behind schedule are merged in.
+        let late = frame.tick < tick;
+        if !due || (merged.is_some() && !late) {
+            break;
+        }
+        let frame = *frame;
+        slot.pending.remove(&sequence);
+        slot.last_applied = sequence;
+        stats.inputs_applied += 1;
+        if late {
+            stats.inputs_late += 1;
+        }
+        fire |= frame.input.fire();
+        merged = Some(frame.input);
+    }
+    merged.map(|mut input| {
+        if fire {
+            input.buttons |= Buttons::FIRE;
+        }
+        input
+    })
+}
+
+fn entity_state(world: &World, id: EntityId, entity: &arena_shared::sim::Entity) -> EntityState {
+    let (kind, health) = match entity.kind {
+        EntityKind::Player(p) => (
+            NetEntityKind::Player,
+            world.player(p).map_or(0, |pl| pl.health),
+        ),
+        EntityKind::Projectile { .. } => (NetEntityKind::Projectile, 0),
+    };
+    EntityState {
+        id: NetEntityId::from(id),
+        kind,
+        x: EntityState::quantize_position(entity.position.x),
+        y: EntityState::quantize_position(entity.position.y),
+        vx: EntityState::quantize_velocity(entity.velocity.x),
+        vy: EntityState::quantize_velocity(entity.velocity.y),
+        health,
+    }
+}

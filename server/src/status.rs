@@ -1,0 +1,319 @@
+//! The figures the tick loop publishes for operators (`/status`, `/metrics`).
+//!
+//! The loop owns the world; the admin API never touches it. Every half second the loop
+//! fills a [`Status`] and sends it over a `watch` channel, and the API serves the latest.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The status of the match and the process, as served by `GET /status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    /// The match this process owns.
+    pub match_id: String,
+    /// The last tick simulated.
+    pub tick: u64,
+    /// Ticks per second.
+    pub tick_hz: u32,
+    /// Connected players.
+    pub players: usize,
+    /// Player capacity.
+    pub max_players: usize,
+    /// Tick work (inputs, step, building, encoding and sealing every packet; socket calls
+    /// excluded), microseconds, median over the last 10 s.
+    pub tick_us_p50: u64,
+    /// Same, 99th percentile.
+    pub tick_us_p99: u64,
+    /// Same, maximum.
+    pub tick_us_max: u64,
+    /// Share of wall time the loop thread was busy (tick work and socket calls), last 10 s.
+    pub loop_utilization: f64,
+    /// UDP payload bytes received per second (last 10 s).
+    pub bytes_in_per_s: f64,
+    /// UDP payload bytes sent per second (last 10 s).
+    pub bytes_out_per_s: f64,
+    /// Datagrams received per second (last 10 s).
+    pub packets_in_per_s: f64,
+    /// Datagrams sent per second (last 10 s).
+    pub packets_out_per_s: f64,
+    /// Times the loop fell behind by more than its catch-up allowance.
+    pub tick_overruns: u64,
+    /// Ticks not simulated because of overruns (the simulation slows, never spirals).
+    pub ticks_skipped: u64,
+    /// Input frames applied.
+    pub inputs_applied: u64,
+    /// Input frames applied after their tick.
+    pub inputs_late: u64,
+    /// Input frames dropped because a client's buffer was full.
+    pub inputs_dropped: u64,
+    /// Input frames clients gave up on before they arrived.
+    pub inputs_skipped: u64,
+    /// Payloads that were not a valid game message.
+    pub bad_messages: u64,
+    /// Snapshots sent.
+    pub snapshots_sent: u64,
+    /// Entities in view that did not fit a client's datagram.
+    pub entities_deferred: u64,
+    /// Socket errors on receive or send.
+    pub socket_errors: u64,
+    /// Datagrams dropped by the transport, by reason (every reason listed, zeros too).
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Seconds since the process started serving.
+    pub uptime_s: f64,
+}
+
+/// Per-tick figures over a sliding window, for percentiles and rates.
+#[derive(Debug)]
+pub struct Window {
+    span: Duration,
+    /// (end of tick, tick work µs, busy µs, bytes in, bytes out, packets in, packets out)
+    samples: VecDeque<Sample>,
+}
+
+/// One tick's figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// When the tick ended (driver time).
+    pub at: Duration,
+    /// Tick work, µs.
+    pub tick_us: u64,
+    /// Busy time since the previous sample (tick work and socket calls), µs.
+    pub busy_us: u64,
+    /// Totals at this point (cumulative counters).
+    pub bytes_in: u64,
+    /// Cumulative bytes out.
+    pub bytes_out: u64,
+    /// Cumulative datagrams in.
+    pub packets_in: u64,
+    /// Cumulative datagrams out.
+    pub packets_out: u64,
+}
+
+impl Window {
+    /// A window over the last `span`.
+    pub fn new(span: Duration) -> Self {
+        Self {
+            span,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Adds a tick's figures and forgets those older than the span.
+    pub fn push(&mut self, sample: Sample) {
+        self.samples.push_back(sample);
+        while let Some(front) = self.samples.front() {
+            if sample.at.saturating_sub(front.at) > self.span {
+                self.samples.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Fills the windowed fields of `status`.
+    pub fn fill(&self, status: &mut Status) {
+        let mut ticks: Vec<u64> = self.samples.iter().map(|s| s.tick_us).collect();
+        ticks.sort_unstable();
+        let pick = |q: f64| -> u64 {
+            if ticks.is_empty() {
+                return 0;
+            }
+            let i = ((ticks.len() - 1) as f64 * q).round() as usize;
+            ticks[i]
+        };
+        status.tick_us_p50 = pick(0.5);
+        status.tick_us_p99 = pick(0.99);
+        status.tick_us_max = ticks.last().copied().unwrap_or(0);
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+            return;
+        };
+        let seconds = last.at.saturating_sub(first.at).as_secs_f64();
+        if seconds <= 0.0 {
+            return;
+        }
+        let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
+        status.bytes_in_per_s = rate(first.bytes_in, last.bytes_in);
+        status.bytes_out_per_s = rate(first.bytes_out, last.bytes_out);
+        status.packets_in_per_s = rate(first.packets_in, last.packets_in);
+        status.packets_out_per_s = rate(first.packets_out, last.packets_out);
+        let busy: u64 = self.samples.iter().skip(1).map(|s| s.busy_us).sum();
+        status.loop_utilization = busy as f64 / 1e6 / seconds;
+    }
+}
+
+/// `status` in Prometheus text format.
+pub fn prometheus(status: &Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let label = format!(
+        "match_id=\"{}\"",
+        status.match_id.replace(['"', '\\', '\n'], "_")
+    );
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP arena_{name} {help}");
+        let _ = writeln!(out, "# TYPE arena_{name} gauge");
+        let _ = writeln!(out, "arena_{name}{{{label}}} {value}");
+    };
+    gauge("tick", "Last tick simulated.", status.tick as f64);
+    gauge("tick_hz", "Ticks per second.", f64::from(status.tick_hz));
+    gauge("players", "Connected players.", status.players as f64);
+    gauge("max_players", "Player capacity.", status.max_players as f64);
+    gauge(
+        "tick_us_p50",
+        "Tick work, microseconds, median over 10 s.",
+        status.tick_us_p50 as f64,
+    );
+    gauge(
+        "tick_us_p99",
+        "Tick work, microseconds, p99 over 10 s.",
+        status.tick_us_p99 as f64,
+    );
+    gauge(
+        "tick_us_max",
+        "Tick work, microseconds, max over 10 s.",
+        status.tick_us_max as f64,
+    );
+    gauge(
+        "loop_utilization",
+        "Share of wall time the loop was busy.",
+        status.loop_utilization,
+    );
+    gauge(
+        "bytes_in_per_s",
+        "UDP payload bytes received per second.",
+        status.bytes_in_per_s,
+    );
+    gauge(
+        "bytes_out_per_s",
+        "UDP payload bytes sent per second.",
+        status.bytes_out_per_s,
+    );
+    gauge(
+        "packets_in_per_s",
+        "Datagrams received per second.",
+        status.packets_in_per_s,
+    );
+    gauge(
+        "packets_out_per_s",
+        "Datagrams sent per second.",
+        status.packets_out_per_s,
+    );
+    gauge(
+        "tick_overruns_total",
+        "Times the loop fell behind its catch-up allowance.",
+        status.tick_overruns as f64,
+    );
+    gauge(
+        "ticks_skipped_total",
+        "Ticks not simulated because of overruns.",
+        status.ticks_skipped as f64,
+    );
+    gauge(
+        "inputs_applied_total",
+        "Input frames applied.",
+        status.inputs_applied as f64,
+    );
+    gauge(
+        "inputs_late_total",
+        "Input frames applied after their tick.",
+        status.inputs_late as f64,
+    );
+    gauge(
+        "inputs_dropped_total",
+        "Input frames dropped: client buffer full.",
+        status.inputs_dropped as f64,
+    );
+    gauge(
+        "inputs_skipped_total",
+        "Input frames clients gave up on.",
+        status.inputs_skipped as f64,
+    );
+    gauge(
+        "bad_messages_total",
+        "Payloads that were not a valid game message.",
+        status.bad_messages as f64,
+    );
+    gauge(
+        "snapshots_sent_total",
+        "Snapshots sent.",
+        status.snapshots_sent as f64,
+    );
+    gauge(
+        "entities_deferred_total",
+        "Entities in view that did not fit.",
+        status.entities_deferred as f64,
+    );
+    gauge(
+        "socket_errors_total",
+        "Socket errors.",
+        status.socket_errors as f64,
+    );
+    gauge(
+        "uptime_seconds",
+        "Seconds since serving started.",
+        status.uptime_s,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP arena_drops_total Datagrams dropped by the transport, by reason."
+    );
+    let _ = writeln!(out, "# TYPE arena_drops_total counter");
+    for (reason, count) in &status.drops {
+        let _ = writeln!(
+            out,
+            "arena_drops_total{{{label},reason=\"{reason}\"}} {count}"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_gives_percentiles_and_rates() {
+        let mut window = Window::new(Duration::from_secs(10));
+        for i in 0..=100u64 {
+            window.push(Sample {
+                at: Duration::from_millis(i * 100),
+                tick_us: i,
+                busy_us: 50_000,
+                bytes_in: i * 1000,
+                bytes_out: i * 2000,
+                packets_in: i,
+                packets_out: i * 2,
+            });
+        }
+        let mut status = Status::default();
+        window.fill(&mut status);
+        assert_eq!(status.tick_us_p50, 50);
+        assert_eq!(status.tick_us_p99, 99);
+        assert_eq!(status.tick_us_max, 100);
+        assert!((status.bytes_in_per_s - 10_000.0).abs() < 1e-6);
+        assert!((status.bytes_out_per_s - 20_000.0).abs() < 1e-6);
+        assert!((status.loop_utilization - 0.5).abs() < 1e-6);
+        // Older samples leave the window.
+        window.push(Sample {
+            at: Duration::from_secs(30),
+            ..Sample::default()
+        });
+        let mut status = Status::default();
+        window.fill(&mut status);
+        assert_eq!(status.tick_us_max, 0);
+    }
+
+    #[test]
+    fn prometheus_lists_every_drop_reason() {
+        let mut status = Status {
+            match_id: "m\"1".into(),
+            ..Status::default()
+        };
+        status.drops.insert("replayed", 3);
+        let text = prometheus(&status);
+        assert!(text.contains("arena_drops_total{match_id=\"m_1\",reason=\"replayed\"} 3"));
+        assert!(text.contains("arena_tick_us_p99{match_id=\"m_1\"} 0"));
+    }
+}

@@ -1,0 +1,245 @@
+//! Packet header with acks (reliable.io style), and the RTT and loss estimates they give.
+//!
+//! Every game datagram starts with `sequence u16 ‖ ack u16 ‖ ack_bits u32` (little-endian):
+//! this packet's number, the newest number received from the peer, and one bit for each of
+//! the 32 before it. Each packet thus acknowledges 33, so one lost packet loses no ack.
+
+use std::time::Duration;
+
+/// Bytes of the header on the wire.
+pub const HEADER_BYTES: usize = 8;
+const WINDOW: usize = 256;
+
+/// The ack header that opens every game datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PacketHeader {
+    /// This packet's number (wraps at 2^16).
+    pub sequence: u16,
+    /// The newest sequence received from the peer.
+    pub ack: u16,
+    /// Bit `i` set: `ack - 1 - i` was received too.
+    pub ack_bits: u32,
+}
+
+impl PacketHeader {
+    /// The 8 header bytes.
+    pub fn to_bytes(self) -> [u8; HEADER_BYTES] {
+        let mut out = [0u8; HEADER_BYTES];
+        out[..2].copy_from_slice(&self.sequence.to_le_bytes());
+        out[2..4].copy_from_slice(&self.ack.to_le_bytes());
+        out[4..].copy_from_slice(&self.ack_bits.to_le_bytes());
+        out
+    }
+
+    /// Splits a datagram into its header and the rest; `None` if it is too short.
+    pub fn split(bytes: &[u8]) -> Option<(Self, &[u8])> {
+        let (head, rest) = bytes.split_at_checked(HEADER_BYTES)?;
+        Some((
+            Self {
+                sequence: u16::from_le_bytes([head[0], head[1]]),
+                ack: u16::from_le_bytes([head[2], head[3]]),
+                ack_bits: u32::from_le_bytes([head[4], head[5], head[6], head[7]]),
+            },
+            rest,
+        ))
+    }
+}
+
+/// `a` is newer than `b`, modulo 2^16.
+pub fn sequence_newer(a: u16, b: u16) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    sequence: u16,
+    at: Duration,
+    acked: bool,
+}
+
+/// One side's view of the packets it sent and received: builds headers, reads acks,
+/// estimates round-trip time and loss.
+#[derive(Debug, Clone)]
+pub struct AckTracker {
+    next_sequence: u16,
+    sent: Box<[Option<Sent>; WINDOW]>,
+    received: Box<[Option<u16>; WINDOW]>,
+    newest_received: Option<u16>,
+    /// Smoothed round-trip time, seconds.
+    rtt: Option<f32>,
+    /// Smoothed share of sent packets never acknowledged (0..1).
+    loss: f32,
+    /// Last RTT sample, seconds (for percentile reports).
+    last_rtt_sample: Option<f32>,
+    packets_acked: u64,
+    packets_lost: u64,
+}
+
+impl Default for AckTracker {
+    fn default() -> Self {
+        Self {
+            next_sequence: 0,
+            sent: Box::new([None; WINDOW]),
+            received: Box::new([None; WINDOW]),
+            newest_received: None,
+            rtt: None,
+            loss: 0.0,
+            last_rtt_sample: None,
+            packets_acked: 0,
+            packets_lost: 0,
+        }
+    }
+}
+
+impl AckTracker {
+    /// The header for the next packet, recorded as sent at `now`.
+    pub fn next_header(&mut self, now: Duration) -> PacketHeader {
+        let sequence = self.next_sequence;
+        self.next_sequence = sequence.wrapping_add(1);
+        let slot = &mut self.sent[usize::from(sequence) % WINDOW];
+        // A packet leaving the window unacknowledged counts as lost.
+        if let Some(old) = slot.take() {
+            let lost = !old.acked;
+            self.loss += ((if lost { 1.0 } else { 0.0 }) - self.loss) * 0.05;
+            if lost {
+                self.packets_lost += 1;
+            }
+        }
+        *slot = Some(Sent {
+            sequence,
+            at: now,
+            acked: false,
+        });
+        let (ack, ack_bits) = self.ack_fields();
+        PacketHeader {
+            sequence,
+            ack,
+            ack_bits,
+        }
+    }
+
+    /// Records a received header and calls `on_ack` for each of our packets it newly
+    /// acknowledges. Returns whether the packet is new (not a duplicate).
+    pub fn on_receive(
+        &mut self,
+        now: Duration,
+        header: PacketHeader,
+        mut on_ack: impl FnMut(u16),
+    ) -> bool {
+        let slot = &mut self.received[usize::from(header.sequence) % WINDOW];
+        if *slot == Some(header.sequence) {
+            return false;
+        }
+        *slot = Some(header.sequence);
+        if self
+            .newest_received
+            .is_none_or(|newest| sequence_newer(header.sequence, newest))
+        {
+            self.newest_received = Some(header.sequence);
+        }
+        for i in 0..=32u16 {
+            if i > 0 && header.ack_bits & (1 << (i - 1)) == 0 {
+                continue;
+            }
+            let sequence = header.ack.wrapping_sub(i);
+            let Some(sent) = &mut self.sent[usize::from(sequence) % WINDOW] else {
+                continue;
+            };
+            if sent.sequence != sequence || sent.acked {
+                continue;
+            }
+            sent.acked = true;
+            self.packets_acked += 1;
+            let sample = now.saturating_sub(sent.at).as_secs_f32();
+            self.last_rtt_sample = Some(sample);
+            self.rtt = Some(match self.rtt {
+                None => sample,
+                Some(rtt) => rtt + (sample - rtt) * 0.1,
+            });
+            on_ack(sequence);
+        }
+        true
+    }
+
+    /// Smoothed round-trip time, once any packet was acknowledged.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt.map(Duration::from_secs_f32)
+    }
+
+    /// The newest RTT sample, and forgets it (for percentile reports).
+    pub fn take_rtt_sample(&mut self) -> Option<Duration> {
+        self.last_rtt_sample.take().map(Duration::from_secs_f32)
+    }
+
+    /// Smoothed share of packets lost (0..1), judged when they leave the 256-packet window.
+    pub fn loss(&self) -> f32 {
+        self.loss
+    }
+
+    /// Packets acknowledged, and packets that left the window unacknowledged.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.packets_acked, self.packets_lost)
+    }
+
+    fn ack_fields(&self) -> (u16, u32) {
+        let Some(ack) = self.newest_received else {
+            return (0, 0);
+        };
+        let mut bits = 0u32;
+        for i in 1..=32u16 {
+            let sequence = ack.wrapping_sub(i);
+            if self.received[usize::from(sequence) % WINDOW] == Some(sequence) {
+                bits |= 1 << (i - 1);
+            }
+        }
+        (ack, bits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_cover_the_newest_and_32_before_it_and_give_rtt() {
+        let mut a = AckTracker::default();
+        let mut b = AckTracker::default();
+        let t0 = Duration::from_secs(1);
+        let headers: Vec<_> = (0..40).map(|_| a.next_header(t0)).collect();
+        for h in &headers {
+            if h.sequence != 5 {
+                assert!(b.on_receive(t0, *h, |_| {}));
+            }
+        }
+        assert!(!b.on_receive(t0, headers[3], |_| {}), "duplicate");
+        let reply = b.next_header(t0);
+        assert_eq!(reply.ack, 39);
+        let mut acked = Vec::new();
+        a.on_receive(t0 + Duration::from_millis(50), reply, |s| acked.push(s));
+        // 39 and the 32 before it, except the lost 5 (which is older than 39-32 anyway).
+        assert_eq!(acked.len(), 33);
+        assert!(!acked.contains(&5));
+        let rtt = a.rtt().expect("sampled");
+        assert!((rtt.as_secs_f32() - 0.05).abs() < 1e-3, "{rtt:?}");
+    }
+
+    #[test]
+    fn sequence_comparison_wraps() {
+        assert!(sequence_newer(1, 0));
+        assert!(sequence_newer(0, 65535));
+        assert!(!sequence_newer(65535, 0));
+        assert!(!sequence_newer(7, 7));
+    }
+
+    #[test]
+    fn header_round_trips_and_short_input_is_refused() {
+        let h = PacketHeader {
+            sequence: 0xabcd,
+            ack: 0x1234,
+            ack_bits: 0xdead_beef,
+        };
+        let bytes = h.to_bytes();
+        assert_eq!(PacketHeader::split(&bytes), Some((h, &[][..])));
+        assert_eq!(PacketHeader::split(&bytes[..7]), None);
+    }
+}

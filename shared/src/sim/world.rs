@@ -1,0 +1,589 @@
+//! The world and its step function.
+
+use std::collections::BTreeMap;
+
+use glam::Vec2;
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use serde::{Deserialize, Serialize};
+use slotmap::{Key, SlotMap};
+
+use super::grid::Grid;
+use super::hash::StableHasher;
+use super::{EntityId, PlayerId, PlayerInput, Tick};
+
+/// Radius of a player's body, metres.
+pub const PLAYER_RADIUS: f32 = 0.5;
+/// Health a player spawns with.
+pub const PLAYER_MAX_HEALTH: u8 = 100;
+const PLAYER_MAX_SPEED: f32 = 8.0;
+const PLAYER_ACCELERATION: f32 = 60.0;
+const PLAYER_BRAKING: f32 = 40.0;
+const PROJECTILE_RADIUS: f32 = 0.15;
+const PROJECTILE_SPEED: f32 = 30.0;
+const PROJECTILE_LIFETIME_S: f32 = 1.0;
+const PROJECTILE_DAMAGE: u8 = 25;
+const FIRE_COOLDOWN_S: f32 = 0.25;
+const RESPAWN_DELAY_S: f32 = 2.0;
+/// Area per player slot, m²: the arena grows with capacity so density stays playable.
+const AREA_PER_PLAYER_M2: f32 = 100.0;
+const MIN_ARENA_SIZE: f32 = 40.0;
+const GRID_CELL: f32 = 4.0;
+
+/// What shapes a match's simulation. Part of every snapshot of the match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorldConfig {
+    /// Player capacity; sets the arena's size.
+    pub max_players: u32,
+    /// Ticks per second; the step's time delta is its inverse.
+    pub tick_hz: u32,
+    /// Seeds the world's RNG (pillar layout, spawn points).
+    pub seed: u64,
+}
+
+impl WorldConfig {
+    /// The arena's side, metres.
+    pub fn arena_size(&self) -> f32 {
+        (self.max_players as f32 * AREA_PER_PLAYER_M2)
+            .sqrt()
+            .max(MIN_ARENA_SIZE)
+    }
+
+    /// Seconds per tick.
+    pub fn dt(&self) -> f32 {
+        1.0 / self.tick_hz.max(1) as f32
+    }
+
+    fn ticks(&self, seconds: f32) -> u64 {
+        (seconds * self.tick_hz as f32).round().max(1.0) as u64
+    }
+}
+
+/// A solid axis-aligned box.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Wall {
+    /// Lower-left corner.
+    pub min: Vec2,
+    /// Upper-right corner.
+    pub max: Vec2,
+}
+
+/// What an entity is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntityKind {
+    /// A player's body.
+    Player(PlayerId),
+    /// A projectile, with its shooter and the tick it vanishes.
+    Projectile {
+        /// Who fired it (never hit by it).
+        owner: PlayerId,
+        /// When it vanishes if it hits nothing.
+        expires: Tick,
+    },
+}
+
+/// Something with a position.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Entity {
+    /// What it is.
+    pub kind: EntityKind,
+    /// Centre, metres.
+    pub position: Vec2,
+    /// Metres per second.
+    pub velocity: Vec2,
+}
+
+/// A player's game state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Player {
+    /// Its body; kept across deaths so clients can follow it.
+    pub entity: EntityId,
+    /// 0 while dead.
+    pub health: u8,
+    /// Kills.
+    pub score: u32,
+    /// Deaths.
+    pub deaths: u32,
+    /// Where it aims, unit length.
+    pub aim: Vec2,
+    /// First tick it may fire again.
+    pub next_fire: Tick,
+    /// While dead: the tick it comes back.
+    pub respawn_at: Option<Tick>,
+    /// The input it last applied (repeated when none arrives).
+    pub last_input: PlayerInput,
+}
+
+impl Player {
+    /// Whether it is in play.
+    pub fn is_alive(&self) -> bool {
+        self.health > 0
+    }
+}
+
+/// Something that happened during a step, for logs, scores and clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GameEvent {
+    /// `victim` was hit by `by`'s projectile.
+    Hit {
+        /// Who was hit.
+        victim: PlayerId,
+        /// Who fired.
+        by: PlayerId,
+    },
+    /// `victim` died to `by`.
+    Killed {
+        /// Who died.
+        victim: PlayerId,
+        /// Who scores.
+        by: PlayerId,
+    },
+    /// `player` is back in play.
+    Respawned {
+        /// Who.
+        player: PlayerId,
+    },
+}
+
+/// The whole match state. Owned by the tick loop; serialized whole into snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct World {
+    config: WorldConfig,
+    tick: Tick,
+    rng: Pcg64Mcg,
+    entities: SlotMap<EntityId, Entity>,
+    /// Ordered by id: the order inputs are applied in.
+    players: BTreeMap<PlayerId, Player>,
+    walls: Vec<Wall>,
+    /// Where live players' bodies are, by cell; rebuilt each step, so not serialized.
+    #[serde(skip)]
+    grid: Grid,
+    /// Where projectiles are, by cell; rebuilt at the end of each step.
+    #[serde(skip)]
+    projectile_grid: Grid,
+}
+
+impl World {
+    /// A fresh arena: walls around it, pillars placed by the seed, no players.
+    pub fn new(config: WorldConfig) -> Self {
+        let mut rng = Pcg64Mcg::seed_from_u64(config.seed);
+        let size = config.arena_size();
+        let pillars = (config.max_players / 8).clamp(4, 512);
+        let mut walls = Vec::with_capacity(pillars as usize);
+        for _ in 0..pillars {
+            let half = Vec2::new(rng.random_range(0.5..2.5), rng.random_range(0.5..2.5));
+            let center = Vec2::new(
+                rng.random_range(5.0..size - 5.0),
+                rng.random_range(5.0..size - 5.0),
+            );
+            walls.push(Wall {
+                min: center - half,
+                max: center + half,
+            });
+        }
+        let mut world = Self {
+            config,
+            tick: Tick(0),
+            rng,
+            entities: SlotMap::with_key(),
+            players: BTreeMap::new(),
+            walls,
+            grid: Grid::default(),
+            projectile_grid: Grid::default(),
+        };
+        world.rebuild_grid();
+        world
+    }
+
+    /// The tick the next step will compute is `tick() + 1`.
+    pub fn tick(&self) -> Tick {
+        self.tick
+    }
+
+    /// What shapes this simulation.
+    pub fn config(&self) -> &WorldConfig {
+        &self.config
+    }
+
+    /// The pillars (the arena's outer edge is `[0, arena_size]²`).
+    pub fn walls(&self) -> &[Wall] {
+        &self.walls
+    }
+
+    /// Every entity.
+    pub fn entities(&self) -> &SlotMap<EntityId, Entity> {
+        &self.entities
+    }
+
+    /// One entity.
+    pub fn entity(&self, id: EntityId) -> Option<&Entity> {
+        self.entities.get(id)
+    }
+
+    /// Every player, by id.
+    pub fn players(&self) -> &BTreeMap<PlayerId, Player> {
+        &self.players
+    }
+
+    /// One player.
+    pub fn player(&self, id: PlayerId) -> Option<&Player> {
+        self.players.get(&id)
+    }
+
+    /// Adds a player at a spawn point; returns its body. An existing id is left as it is.
+    pub fn add_player(&mut self, id: PlayerId) -> EntityId {
+        if let Some(player) = self.players.get(&id) {
+            return player.entity;
+        }
+        let position = self.spawn_point();
+        let entity = self.entities.insert(Entity {
+            kind: EntityKind::Player(id),
+            position,
+            velocity: Vec2::ZERO,
+        });
+        self.players.insert(
+            id,
+            Player {
+                entity,
+                health: PLAYER_MAX_HEALTH,
+                score: 0,
+                deaths: 0,
+                aim: Vec2::X,
+                next_fire: self.tick,
+                respawn_at: None,
+                last_input: PlayerInput::default(),
+            },
+        );
+        self.grid.insert(entity, position);
+        entity
+    }
+
+    /// Removes a player and its body.
+    pub fn remove_player(&mut self, id: PlayerId) {
+        if let Some(player) = self.players.remove(&id) {
+            self.entities.remove(player.entity);
+        }
+    }
+
+    /// Advances one tick with `inputs` (player id → input; missing players repeat their
+    /// last input). Returns what happened.
+    pub fn step(&mut self, inputs: &BTreeMap<PlayerId, PlayerInput>) -> Vec<GameEvent> {
+        self.tick = self.tick.next();
+        let mut events = Vec::new();
+        self.respawn_due(&mut events);
+        self.apply_inputs(inputs);
+        self.move_players();
+        self.rebuild_grid();
+        self.move_projectiles(&mut events);
+        self.rebuild_projectile_grid();
+        events
+    }
+
+    /// Rebuilds the derived grids (after deserializing a world).
+    pub fn rebuild_grids(&mut self) {
+        self.rebuild_grid();
+        self.rebuild_projectile_grid();
+    }
+
+    fn rebuild_grid(&mut self) {
+        if self.grid.is_empty_layout() {
+            self.grid = Grid::new(self.config.arena_size(), GRID_CELL);
+        }
+        self.grid.clear();
+        for player in self.players.values().filter(|p| p.is_alive()) {
+            if let Some(entity) = self.entities.get(player.entity) {
+                self.grid.insert(player.entity, entity.position);
+            }
+        }
+    }
+
+    fn rebuild_projectile_grid(&mut self) {
+        if self.projectile_grid.is_empty_layout() {
+            self.projectile_grid = Grid::new(self.config.arena_size(), GRID_CELL);
+        }
+        self.projectile_grid.clear();
+        for (id, entity) in &self.entities {
+            if matches!(entity.kind, EntityKind::Projectile { .. }) {
+                self.projectile_grid.insert(id, entity.position);
+            }
+        }
+    }
+
+    /// Calls `visit` for live players' bodies and projectiles within `radius` of `center`:
+    /// what a player there can see.
+    pub fn visible_near(
+        &self,
+        center: Vec2,
+        radius: f32,
+        mut visit: impl FnMut(EntityId, &Entity),
+    ) {
+        let mut check = |id: EntityId| {
+            if let Some(entity) = self.entities.get(id)
+                && entity.position.distance_squared(center) <= radius * radius
+            {
+                visit(id, entity);
+            }
+        };
+        self.grid.for_each_near(center, radius, &mut check);
+        self.projectile_grid
+            .for_each_near(center, radius, &mut check);
+    }
+
+    /// Calls `visit` for the bodies of live players within `radius` of `center`.
+    pub fn players_near(
+        &self,
+        center: Vec2,
+        radius: f32,
+        mut visit: impl FnMut(EntityId, &Entity),
+    ) {
+        self.grid.for_each_near(center, radius, |id| {
+            if let Some(entity) = self.entities.get(id)
+                && entity.position.distance_squared(center) <= radius * radius
+            {
+                visit(id, entity);
+            }
+        });
+    }
+
+    /// A stable 64-bit hash of the whole state (RNG included).
+    pub fn hash(&self) -> u64 {
+        let mut h = StableHasher::default();
+        h.u64(self.tick.0);
+        h.u64(self.rng.clone().random::<u64>());
+        h.u64(self.entities.len() as u64);
+        for (id, e) in &self.entities {
+            h.u64(id.data().as_ffi());
+            match e.kind {
+                EntityKind::Player(p) => h.u64(u64::from(p.0)),
+                EntityKind::Projectile { owner, expires } => {
+                    h.u64(1 << 32 | u64::from(owner.0));
+                    h.u64(expires.0);
+                }
+            }
+            for v in [e.position.x, e.position.y, e.velocity.x, e.velocity.y] {
+                h.f32(v);
+            }
+        }
+        for (id, p) in &self.players {
+            h.u64(u64::from(id.0));
+            h.u64(p.entity.data().as_ffi());
+            h.bytes(&[p.health, p.last_input.buttons]);
+            h.u64(u64::from(p.score) << 32 | u64::from(p.deaths));
+            h.f32(p.aim.x);
+            h.f32(p.aim.y);
+            h.u64(p.next_fire.0);
+            h.u64(p.respawn_at.map_or(u64::MAX, |t| t.0));
+            h.u64(u64::from(p.last_input.aim));
+        }
+        for w in &self.walls {
+            for v in [w.min.x, w.min.y, w.max.x, w.max.y] {
+                h.f32(v);
+            }
+        }
+        h.finish()
+    }
+
+    fn respawn_due(&mut self, events: &mut Vec<GameEvent>) {
+        let due: Vec<PlayerId> = self
+            .players
+            .iter()
+            .filter(|(_, p)| p.respawn_at.is_some_and(|t| t <= self.tick))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            let position = self.spawn_point();
+            if let Some(player) = self.players.get_mut(&id) {
+                player.health = PLAYER_MAX_HEALTH;
+                player.respawn_at = None;
+                if let Some(entity) = self.entities.get_mut(player.entity) {
+                    entity.position = position;
+                    entity.velocity = Vec2::ZERO;
+                }
+                events.push(GameEvent::Respawned { player: id });
+            }
+        }
+    }
+
+    fn apply_inputs(&mut self, inputs: &BTreeMap<PlayerId, PlayerInput>) {
+        let dt = self.config.dt();
+        let cooldown = self.config.ticks(FIRE_COOLDOWN_S);
+        let lifetime = self.config.ticks(PROJECTILE_LIFETIME_S);
+        let mut shots = Vec::new();
+        for (&id, player) in &mut self.players {
+            if let Some(&input) = inputs.get(&id) {
+                player.last_input = input;
+            }
+            let input = player.last_input;
+            if !player.is_alive() {
+                continue;
+            }
+            let Some(body) = self.entities.get_mut(player.entity) else {
+                continue;
+            };
+            player.aim = input.aim_direction();
+            let wish = input.move_direction();
+            if wish == Vec2::ZERO {
+                let speed = body.velocity.length();
+                let slower = (speed - PLAYER_BRAKING * dt).max(0.0);
+                body.velocity = body.velocity.normalize_or_zero() * slower;
+            } else {
+                body.velocity += wish * PLAYER_ACCELERATION * dt;
+                body.velocity = body.velocity.clamp_length_max(PLAYER_MAX_SPEED);
+            }
+            if input.fire() && player.next_fire <= self.tick {
+                player.next_fire = Tick(self.tick.0 + cooldown);
+                let muzzle =
+                    body.position + player.aim * (PLAYER_RADIUS + PROJECTILE_RADIUS + 0.05);
+                shots.push(Entity {
+                    kind: EntityKind::Projectile {
+                        owner: id,
+                        expires: Tick(self.tick.0 + lifetime),
+                    },
+                    position: muzzle,
+                    velocity: player.aim * PROJECTILE_SPEED,
+                });
+            }
+        }
+        for shot in shots {
+            self.entities.insert(shot);
+        }
+    }
+
+    fn move_players(&mut self) {
+        let dt = self.config.dt();
+        let size = self.config.arena_size();
+        for player in self.players.values().filter(|p| p.is_alive()) {
+            let Some(body) = self.entities.get_mut(player.entity) else {
+                continue;
+            };
+            let mut position = body.position + body.velocity * dt;
+            position = position.clamp(
+                Vec2::splat(PLAYER_RADIUS),
+                Vec2::splat(size - PLAYER_RADIUS),
+            );
+            for wall in &self.walls {
+                position = push_out_of_box(position, PLAYER_RADIUS, wall);
+            }
+            body.position = position;
+        }
+    }
+
+    fn move_projectiles(&mut self, events: &mut Vec<GameEvent>) {
+        let dt = self.config.dt();
+        let size = self.config.arena_size();
+        let mut gone = Vec::new();
+        let mut flying = Vec::new();
+        for (id, entity) in &mut self.entities {
+            let EntityKind::Projectile { owner, expires } = entity.kind else {
+                continue;
+            };
+            entity.position += entity.velocity * dt;
+            let p = entity.position;
+            let outside = p.x < 0.0 || p.y < 0.0 || p.x > size || p.y > size;
+            let in_wall = self
+                .walls
+                .iter()
+                .any(|w| p.cmpge(w.min).all() && p.cmple(w.max).all());
+            if expires <= self.tick || outside || in_wall {
+                gone.push(id);
+            } else {
+                flying.push((id, owner, p));
+            }
+        }
+        let reach = PLAYER_RADIUS + PROJECTILE_RADIUS;
+        for (projectile, owner, at) in flying {
+            // The victim is the touching player with the lowest id: a fixed choice.
+            let mut victim: Option<PlayerId> = None;
+            self.players_near(at, reach, |_, body| {
+                if let EntityKind::Player(pid) = body.kind
+                    && pid != owner
+                    && victim.is_none_or(|v| pid < v)
+                {
+                    victim = Some(pid);
+                }
+            });
+            if let Some(victim) = victim
+                && self.players.get(&victim).is_some_and(Player::is_alive)
+            {
+                gone.push(projectile);
+                self.damage(victim, owner, events);
+            }
+        }
+        for id in gone {
+            self.entities.remove(id);
+        }
+    }
+
+    fn damage(&mut self, victim: PlayerId, by: PlayerId, events: &mut Vec<GameEvent>) {
+        let respawn = Tick(self.tick.0 + self.config.ticks(RESPAWN_DELAY_S));
+        let Some(player) = self.players.get_mut(&victim) else {
+            return;
+        };
+        if !player.is_alive() {
+            return;
+        }
+        player.health = player.health.saturating_sub(PROJECTILE_DAMAGE);
+        events.push(GameEvent::Hit { victim, by });
+        if player.health == 0 {
+            player.deaths += 1;
+            player.respawn_at = Some(respawn);
+            if let Some(body) = self.entities.get_mut(player.entity) {
+                body.velocity = Vec2::ZERO;
+            }
+            if let Some(shooter) = self.players.get_mut(&by) {
+                shooter.score += 1;
+            }
+            events.push(GameEvent::Killed { victim, by });
+        }
+    }
+
+    fn spawn_point(&mut self) -> Vec2 {
+        let size = self.config.arena_size();
+        let margin = PLAYER_RADIUS + 1.0;
+        let mut candidate = Vec2::splat(size / 2.0);
+        // Bounded: a few tries to land clear of pillars; the last one is kept regardless
+        // (movement pushes a player out of a pillar on the next step).
+        for _ in 0..8 {
+            candidate = Vec2::new(
+                self.rng.random_range(margin..size - margin),
+                self.rng.random_range(margin..size - margin),
+            );
+            let clear = self
+                .walls
+                .iter()
+                .all(|w| push_out_of_box(candidate, PLAYER_RADIUS, w) == candidate);
+            if clear {
+                break;
+            }
+        }
+        candidate
+    }
+}
+
+/// Moves a circle out of a box along the shortest axis, if it overlaps.
+fn push_out_of_box(center: Vec2, radius: f32, wall: &Wall) -> Vec2 {
+    let closest = center.clamp(wall.min, wall.max);
+    let offset = center - closest;
+    let distance_sq = offset.length_squared();
+    if distance_sq >= radius * radius {
+        return center;
+    }
+    if distance_sq > 0.0 {
+        return closest + offset / distance_sq.sqrt() * radius;
+    }
+    // Centre inside the box: leave by the nearest face.
+    let to_left = center.x - wall.min.x;
+    let to_right = wall.max.x - center.x;
+    let to_bottom = center.y - wall.min.y;
+    let to_top = wall.max.y - center.y;
+    let nearest = to_left.min(to_right).min(to_bottom).min(to_top);
+    if nearest == to_left {
+        Vec2::new(wall.min.x - radius, center.y)
+    } else if nearest == to_right {
+        Vec2::new(wall.max.x + radius, center.y)
+    } else if nearest == to_bottom {
+        Vec2::new(center.x, wall.min.y - radius)
+    } else {
+        Vec2::new(center.x, wall.max.y + radius)
+    }
+}
