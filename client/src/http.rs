@@ -1,0 +1,86 @@
+//! A minimal HTTP/1.1 client for the admin API (tokens, status). Plain HTTP only: the admin
+//! API listens on loopback or a private network.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+/// Connect, send and read all within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one request to `url` (`http://host:port/path`) and returns the status and body.
+pub async fn request(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+) -> anyhow::Result<(u16, Bytes)> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(method, url, body))
+        .await
+        .map_err(|_| anyhow!("{method} {url}: no answer within {REQUEST_TIMEOUT:?}"))?
+}
+
+async fn request_inner(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+) -> anyhow::Result<(u16, Bytes)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("{url}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("cannot reach the admin API at {authority}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake failed")?;
+    tokio::spawn(connection);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, authority);
+    if body.is_some() {
+        builder = builder.header(CONTENT_TYPE, "application/json");
+    }
+    let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .with_context(|| format!("{method} {url} failed"))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    token: String,
+}
+
+/// Asks the admin API at `admin_url` for a connect token for `name`.
+pub async fn fetch_token(admin_url: &str, name: &str) -> anyhow::Result<Vec<u8>> {
+    let url = format!("{}/token", admin_url.trim_end_matches('/'));
+    let body = serde_json::json!({ "name": name }).to_string();
+    let (status, answer) = request("POST", &url, Some(body)).await?;
+    if status != 200 {
+        bail!(
+            "POST {url} answered {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let answer: TokenAnswer = serde_json::from_slice(&answer)
+        .with_context(|| format!("POST {url}: unexpected answer"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(answer.token)
+        .with_context(|| format!("POST {url}: token is not base64"))
+}
