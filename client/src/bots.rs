@@ -190,11 +190,8 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
         tokio::select! {
             ready = socket.readable() => {
                 if ready.is_ok() {
-                    loop {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((len, from)) => session.handle_datagram(clock.now(), from, &mut buf[..len]),
-                            Err(_) => break,
-                        }
+                    while let Ok((len, from)) = socket.try_recv_from(&mut buf) {
+                        session.handle_datagram(clock.now(), from, &mut buf[..len]);
                     }
                 }
             }
