@@ -1,1 +1,10 @@
-//! x
+//! arena-tests: a simulated network for Arena's sans-IO server and clients, and helpers
+//! for tests that run the real binaries on loopback.
+//!
+//! # Layout
+//!
+//! - [`simnet`]: a virtual clock, lossy links, and a server with its clients in one process.
+//! - [`procs`]: starting and stopping the real binaries on OS-chosen loopback ports.
+
+pub mod procs;
+pub mod simnet;

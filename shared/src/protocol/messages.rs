@@ -17,10 +17,17 @@ pub const MAX_INPUT_FRAMES_PER_PACKET: usize = 32;
 /// Largest body after the header.
 pub const MAX_BODY_BYTES: usize = MAX_PAYLOAD_BYTES - HEADER_BYTES;
 
-type Config = Configuration<LittleEndian, Varint, Limit<MAX_BODY_BYTES>>;
+/// The decoder's allocation limit. bincode 2 checks a container's *in-memory* size
+/// (elements × `size_of`) against it before reading, so it must exceed what 1192 wire
+/// bytes can legitimately expand to (a full snapshot is about 3 KiB in memory), while
+/// still stopping a forged length prefix from allocating more. Encoding is bounded by the
+/// 1200-byte output buffer instead: bincode 2 does not apply the limit there.
+const DECODE_LIMIT_BYTES: usize = 16 * 1024;
+
+type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT_BYTES>>;
 
 fn config() -> Config {
-    bincode::config::standard().with_limit::<MAX_BODY_BYTES>()
+    bincode::config::standard().with_limit::<DECODE_LIMIT_BYTES>()
 }
 
 /// Client to server.
@@ -346,6 +353,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_snapshot_filling_the_datagram_decodes() {
+        let entity = EntityState {
+            id: NetEntityId {
+                index: 1,
+                generation: 1,
+            },
+            kind: NetEntityKind::Player,
+            x: 100,
+            y: 100,
+            vx: 1,
+            vy: 1,
+            health: 100,
+        };
+        // 10 wire bytes each, about 20 in memory: in-memory size far above the body size.
+        let count = (MAX_BODY_BYTES - 40) / entity.encoded_len();
+        let message = ServerMessage::Snapshot(Snapshot {
+            tick: Tick(1),
+            baseline_tick: None,
+            your_entity: None,
+            last_applied_input: 0,
+            you: PlayerStatus::default(),
+            entities: vec![entity; count],
+            deferred: 0,
+        });
+        let mut out = [0u8; MAX_PAYLOAD_BYTES];
+        let len = encode(PacketHeader::default(), &message, &mut out).expect("fits");
+        assert!(len > 1100, "{len}");
+        assert_eq!(decode_server(&out[..len]).map(|(_, m)| m), Ok(message));
     }
 
     #[test]

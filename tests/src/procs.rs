@@ -1,0 +1,201 @@
+//! Starting the real binaries on loopback, with ports the OS picks, and stopping them by
+//! process id.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A key file every loopback test shares (written once per test process).
+pub const TEST_KEY_HEX: &str = "6a6b6c6d6e6f707172737475767778797a7b7c7d7e7f80818283848586878889";
+
+/// The path of a workspace binary, built by `cargo test --workspace` next to the tests.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "arena-test-{}-{}-{label}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// Writes [`TEST_KEY_HEX`] into `dir` and returns the file's path.
+pub fn write_key_file(dir: &Path) -> PathBuf {
+    let path = dir.join("test.key");
+    std::fs::write(&path, TEST_KEY_HEX).unwrap_or_else(|e| panic!("cannot write key: {e}"));
+    path
+}
+
+/// A running `arena-server`, stopped (by its pid) when dropped.
+pub struct ServerProcess {
+    child: Child,
+    /// Its UDP address.
+    pub udp: SocketAddr,
+    /// Its admin API address.
+    pub admin: SocketAddr,
+    /// Every line it logged so far arrives here.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts the server on OS-chosen loopback ports and waits (at most 20 s) until it
+    /// logs that it is serving.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
+        let key = write_key_file(data_dir);
+        let mut child = Command::new(bin_path("arena-server"))
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--key-file")
+            .arg(&key)
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start arena-server: {e}"));
+        let (tx, rx) = mpsc::channel();
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut udp = None;
+        let mut admin = None;
+        while udp.is_none() || admin.is_none() {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+                let _ = child.kill();
+                panic!("arena-server did not report serving within 20 s");
+            };
+            if line.contains("serving") {
+                udp = field(&line, "udp");
+                admin = field(&line, "admin");
+            }
+        }
+        Self {
+            child,
+            udp: udp.unwrap_or_else(|| unreachable!()),
+            admin: admin.unwrap_or_else(|| unreachable!()),
+            log: rx,
+        }
+    }
+
+    /// The admin API's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the process to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        wait_bounded(&mut self.child, Duration::from_secs(10))
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends a signal to a process by id with `kill(1)`.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Waits for `child` at most `limit`, then kills it; returns its exit status.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let step = Duration::from_millis(20);
+    let mut waited = Duration::ZERO;
+    while waited < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        std::thread::sleep(step);
+        waited += step;
+    }
+    let _ = child.kill();
+    child
+        .wait()
+        .unwrap_or_else(|e| panic!("cannot reap a child: {e}"))
+}
+
+/// The value of `name=value` in a log line.
+fn field(line: &str, name: &str) -> Option<SocketAddr> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+/// Runs `arena-bots` to the end (at most `limit`) and returns its exit status and stdout.
+pub fn run_bots(args: &[&str], limit: Duration) -> (ExitStatus, String, String) {
+    let mut child = Command::new(bin_path("arena-bots"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start arena-bots: {e}"));
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out = std::thread::spawn(move || read_all(stdout));
+    let err = std::thread::spawn(move || read_all(stderr));
+    let status = wait_bounded(&mut child, limit);
+    (
+        status,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
+fn read_all(pipe: Option<impl std::io::Read>) -> String {
+    let mut text = String::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_string(&mut text);
+    }
+    text
+}

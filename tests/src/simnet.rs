@@ -1,0 +1,355 @@
+//! A simulated network: the real server core and real client sessions, joined by links
+//! with seeded loss, latency, jitter and duplication, at a virtual time.
+//!
+//! Time advances a tick at a time; within a tick every datagram is delivered at its own
+//! arrival time (the sans-IO cores take `now` as an argument), so latency and jitter are
+//! exact and reordering happens whenever jitter exceeds the gap between two sends.
+//! A minute of a hundred players runs in a few seconds.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use arena_client::bots::{Behavior, Brain};
+use arena_client::session::Session;
+use arena_server::core::{CoreConfig, ServerCore};
+use arena_shared::identity::{ARENA_PROTOCOL_ID, TokenRequest, mint_token};
+use arena_shared::netcode::{self, Key};
+use arena_shared::sim::WorldConfig;
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+/// The fleet key every simulated server and token uses.
+pub const KEY: Key = [0x42; 32];
+/// Where the virtual clock starts (unix seconds: token timestamps must make sense).
+pub const START_UNIX_S: u64 = 1_800_000_000;
+
+/// What a link does to datagrams.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkConfig {
+    /// Share of datagrams lost (0..1).
+    pub loss: f64,
+    /// One-way delay.
+    pub latency: Duration,
+    /// Extra delay, uniform in ±jitter (never below zero).
+    pub jitter: Duration,
+    /// Share of datagrams delivered twice.
+    pub duplicate: f64,
+}
+
+impl LinkConfig {
+    /// A perfect link.
+    pub fn clean() -> Self {
+        Self::default()
+    }
+
+    /// Loss, latency and jitter.
+    pub fn lossy(loss: f64, latency_ms: u64, jitter_ms: u64) -> Self {
+        Self {
+            loss,
+            latency: Duration::from_millis(latency_ms),
+            jitter: Duration::from_millis(jitter_ms),
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// One direction of a path: datagrams in flight, ordered by arrival time.
+#[derive(Debug)]
+pub struct Link {
+    config: LinkConfig,
+    rng: Pcg64Mcg,
+    /// (arrival, order of sending, bytes)
+    in_flight: BinaryHeap<Reverse<(Duration, u64, Vec<u8>)>>,
+    sent: u64,
+    /// Datagrams lost on purpose.
+    pub lost: u64,
+}
+
+impl Link {
+    /// A link with its own seeded randomness.
+    pub fn new(config: LinkConfig, seed: u64) -> Self {
+        Self {
+            config,
+            rng: Pcg64Mcg::seed_from_u64(seed),
+            in_flight: BinaryHeap::new(),
+            sent: 0,
+            lost: 0,
+        }
+    }
+
+    /// Puts a datagram on the wire at `now`.
+    pub fn send(&mut self, now: Duration, bytes: Vec<u8>) {
+        if self.rng.random_bool(self.config.loss) {
+            self.lost += 1;
+            return;
+        }
+        let copies = if self.rng.random_bool(self.config.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter = self.config.jitter.as_secs_f64();
+            let offset = if jitter > 0.0 {
+                self.rng.random_range(-jitter..jitter)
+            } else {
+                0.0
+            };
+            let delay = (self.config.latency.as_secs_f64() + offset).max(0.0);
+            self.sent += 1;
+            self.in_flight.push(Reverse((
+                now + Duration::from_secs_f64(delay),
+                self.sent,
+                bytes.clone(),
+            )));
+        }
+    }
+
+    /// The next datagram that has arrived by `now`, with its arrival time.
+    pub fn receive(&mut self, now: Duration) -> Option<(Duration, Vec<u8>)> {
+        if self
+            .in_flight
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            self.in_flight
+                .pop()
+                .map(|Reverse((at, _, bytes))| (at, bytes))
+        } else {
+            None
+        }
+    }
+}
+
+/// A simulated player: a session, its bot brain, and its two links.
+pub struct SimClient {
+    /// Its address as the server sees it.
+    pub addr: SocketAddr,
+    /// The real client session.
+    pub session: Session,
+    /// Decides inputs.
+    pub brain: Brain,
+    /// Client to server.
+    pub up: Link,
+    /// Server to client.
+    pub down: Link,
+    /// While false the client sends nothing and makes no inputs (a frozen process).
+    pub running: bool,
+    /// While false the client makes no new inputs but still resends (draining).
+    pub playing: bool,
+}
+
+/// A server and its clients on a simulated network.
+pub struct SimNet {
+    /// The virtual clock (since the unix epoch).
+    pub now: Duration,
+    /// The real server core.
+    pub server: ServerCore,
+    /// Its address.
+    pub server_addr: SocketAddr,
+    /// The clients.
+    pub clients: Vec<SimClient>,
+    /// Ticks per second.
+    pub tick_hz: u32,
+    seed: u64,
+}
+
+/// How to build a [`SimNet`].
+#[derive(Debug, Clone, Copy)]
+pub struct SimConfig {
+    /// Seeds everything (world, links, bots); printed on failure by the tests.
+    pub seed: u64,
+    /// Player slots.
+    pub max_players: u32,
+    /// View radius, metres.
+    pub view_radius_m: f32,
+    /// Ticks per second.
+    pub tick_hz: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            max_players: 128,
+            view_radius_m: 30.0,
+            tick_hz: 60,
+        }
+    }
+}
+
+impl SimNet {
+    /// A server with no clients yet.
+    pub fn new(config: SimConfig) -> Self {
+        let server_addr: SocketAddr = "10.0.0.1:7777".parse().unwrap_or_else(|_| unreachable!());
+        let core = ServerCore::new(CoreConfig {
+            match_id: "sim".into(),
+            netcode: netcode::ServerConfig {
+                protocol_id: ARENA_PROTOCOL_ID,
+                private_key: KEY,
+                max_clients: config.max_players as usize,
+                addresses: vec![server_addr],
+            },
+            world: WorldConfig {
+                max_players: config.max_players,
+                tick_hz: config.tick_hz,
+                seed: config.seed,
+            },
+            view_radius_m: config.view_radius_m,
+        });
+        Self {
+            now: Duration::from_secs(START_UNIX_S),
+            server: core,
+            server_addr,
+            clients: Vec::new(),
+            tick_hz: config.tick_hz,
+            seed: config.seed,
+        }
+    }
+
+    /// Adds a client that starts connecting now over links with `link` both ways.
+    pub fn add_client(&mut self, link: LinkConfig, behavior: Behavior) -> usize {
+        let n = self.clients.len() as u64;
+        let addr = SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 40000));
+        let token = mint_token(
+            &TokenRequest {
+                protocol_id: ARENA_PROTOCOL_ID,
+                server_addresses: vec![self.server_addr],
+                client_id: 1000 + n,
+                name: format!("sim-{n}"),
+                now_unix_s: self.now.as_secs(),
+                expire_s: 600,
+                timeout_s: 5,
+            },
+            &KEY,
+        )
+        .and_then(|t| t.write())
+        .map(|bytes| bytes.to_vec())
+        .unwrap_or_default();
+        let seed = self.seed.wrapping_mul(1_000_003).wrapping_add(n);
+        self.clients.push(SimClient {
+            addr,
+            session: Session::new(self.now, &token, self.tick_hz),
+            brain: Brain::new(behavior, seed),
+            up: Link::new(link, seed ^ 0xa5a5),
+            down: Link::new(link, seed ^ 0x5a5a),
+            running: true,
+            playing: true,
+        });
+        self.clients.len() - 1
+    }
+
+    /// One tick of virtual time: deliver what arrives, tick the server, clients act.
+    pub fn step(&mut self) {
+        let end = self.now + self.tick_period();
+        self.deliver_until(end);
+        self.now = end;
+        self.server.tick(self.now);
+        self.collect_server_transmits();
+        let now = self.now;
+        for client in &mut self.clients {
+            if !client.running {
+                continue;
+            }
+            client.session.update(now);
+            for snapshot in client.session.take_snapshots() {
+                client.brain.observe(&snapshot);
+            }
+            if client.playing {
+                let input = client.brain.decide();
+                client.session.send_input(now, input);
+            } else {
+                client.session.resend_inputs(now);
+            }
+            while let Some(t) = client.session.poll_transmit() {
+                client.up.send(now, t.contents);
+            }
+        }
+    }
+
+    /// Runs `ticks` ticks.
+    pub fn run_ticks(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            self.step();
+        }
+    }
+
+    /// Steps until `done` holds, at most `limit_ticks`; returns whether it held.
+    pub fn run_until(&mut self, limit_ticks: u64, mut done: impl FnMut(&Self) -> bool) -> bool {
+        for _ in 0..limit_ticks {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    /// Seconds of virtual time per tick.
+    pub fn tick_period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.tick_hz))
+    }
+
+    /// Stops making inputs; clients keep resending until the server applies them.
+    pub fn stop_playing(&mut self) {
+        for client in &mut self.clients {
+            client.playing = false;
+        }
+    }
+
+    /// Every client connected.
+    pub fn all_connected(&self) -> bool {
+        self.clients.iter().all(|c| c.session.is_connected())
+    }
+
+    /// Input frames made but never applied, over all clients.
+    pub fn inputs_unapplied(&self) -> u64 {
+        self.clients
+            .iter()
+            .map(|c| c.session.stats().inputs_sent - u64::from(c.session.last_applied_input()))
+            .sum()
+    }
+
+    fn deliver_until(&mut self, end: Duration) {
+        // Datagrams arrive in time order across all links; replies go out at once.
+        loop {
+            let mut next: Option<(Duration, usize, bool)> = None;
+            for (i, client) in self.clients.iter().enumerate() {
+                for (up, link) in [(true, &client.up), (false, &client.down)] {
+                    if let Some(Reverse((at, _, _))) = link.in_flight.peek()
+                        && *at <= end
+                        && next.is_none_or(|(t, _, _)| *at < t)
+                    {
+                        next = Some((*at, i, up));
+                    }
+                }
+            }
+            let Some((_, i, up)) = next else {
+                break;
+            };
+            let client = &mut self.clients[i];
+            if up {
+                if let Some((at, mut bytes)) = client.up.receive(end) {
+                    self.server.handle_datagram(at, client.addr, &mut bytes);
+                }
+            } else if let Some((at, mut bytes)) = client.down.receive(end)
+                && client.running
+            {
+                client
+                    .session
+                    .handle_datagram(at, self.server_addr, &mut bytes);
+            }
+        }
+    }
+
+    fn collect_server_transmits(&mut self) {
+        let now = self.now;
+        while let Some(t) = self.server.poll_transmit() {
+            if let Some(client) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
+                client.down.send(now, t.contents);
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Scenarios on the simulated network: the real server core and client sessions, lossy
+//! links, virtual time. Each prints its seed if it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use arena_client::bots::Behavior;
+use arena_tests::simnet::{LinkConfig, SimConfig, SimNet};
+
+const TICK_HZ: u64 = 60;
+
+/// Connects `count` clients, plays `seconds`, then lets every unapplied input drain.
+fn play(seed: u64, count: usize, link: LinkConfig, seconds: u64) -> SimNet {
+    let mut net = SimNet::new(SimConfig {
+        seed,
+        max_players: 128,
+        ..SimConfig::default()
+    });
+    for _ in 0..count {
+        net.add_client(link, Behavior::Wander);
+    }
+    assert!(
+        net.run_until(3 * TICK_HZ, SimNet::all_connected),
+        "seed {seed}: not every client connected within 3 s"
+    );
+    net.run_ticks(seconds * TICK_HZ);
+    net.stop_playing();
+    net.run_until(2 * TICK_HZ, |n| n.inputs_unapplied() == 0);
+    net
+}
+
+#[test]
+fn a_hundred_clients_play_a_minute_on_a_clean_link_and_every_input_is_applied() {
+    let seed = 11;
+    let net = play(seed, 100, LinkConfig::clean(), 60);
+    assert!(net.all_connected(), "seed {seed}: someone was disconnected");
+    assert_eq!(net.inputs_unapplied(), 0, "seed {seed}");
+    let stats = net.server.stats();
+    let sent: u64 = net
+        .clients
+        .iter()
+        .map(|c| c.session.stats().inputs_sent)
+        .sum();
+    assert!(
+        sent >= 100 * 60 * TICK_HZ,
+        "seed {seed}: only {sent} inputs made"
+    );
+    assert_eq!(stats.inputs_applied, sent, "seed {seed}");
+    assert_eq!(
+        stats.inputs_skipped + stats.inputs_dropped,
+        0,
+        "seed {seed}"
+    );
+    // Bots firing at each other for a minute: the game is being played.
+    assert!(stats.kills > 0, "seed {seed}: no kills in a minute of play");
+    for client in &net.clients {
+        let s = client.session.stats();
+        assert!(
+            s.snapshots >= 60 * TICK_HZ - 5,
+            "seed {seed}: {} snapshots",
+            s.snapshots
+        );
+        assert!(
+            s.max_snapshot_gap.as_millis() <= 20,
+            "seed {seed}: gap {:?}",
+            s.max_snapshot_gap
+        );
+    }
+}
+
+#[test]
+fn under_5_percent_loss_and_80ms_latency_every_input_is_still_applied() {
+    let seed = 12;
+    let net = play(seed, 100, LinkConfig::lossy(0.05, 80, 20), 60);
+    assert!(net.all_connected(), "seed {seed}: someone was disconnected");
+    assert_eq!(
+        net.inputs_unapplied(),
+        0,
+        "seed {seed}: inputs never applied"
+    );
+    let stats = net.server.stats();
+    assert_eq!(
+        stats.inputs_skipped + stats.inputs_dropped,
+        0,
+        "seed {seed}"
+    );
+    let lost: u64 = net.clients.iter().map(|c| c.up.lost).sum();
+    assert!(
+        lost > 1000,
+        "seed {seed}: the link lost only {lost} datagrams"
+    );
+    let rtt = net.clients[0].session.rtt().expect("rtt measured");
+    assert!(
+        (0.150..0.230).contains(&rtt.as_secs_f64()),
+        "seed {seed}: rtt {rtt:?} is not about 160 ms plus a tick"
+    );
+}
+
+#[test]
+fn a_silent_client_times_out_and_its_entity_is_removed() {
+    let seed = 13;
+    let mut net = SimNet::new(SimConfig {
+        seed,
+        ..SimConfig::default()
+    });
+    for _ in 0..3 {
+        net.add_client(LinkConfig::clean(), Behavior::Wander);
+    }
+    assert!(
+        net.run_until(3 * TICK_HZ, SimNet::all_connected),
+        "seed {seed}"
+    );
+    assert_eq!(net.server.world().players().len(), 3);
+    let bodies = net.server.world().entities().len();
+    net.clients[1].running = false;
+    // The token's timeout is 5 s; the slot and the body go within a tick of it.
+    net.run_ticks(5 * TICK_HZ - 5);
+    assert_eq!(net.server.num_players(), 3, "seed {seed}: timed out early");
+    net.run_ticks(10);
+    assert_eq!(net.server.num_players(), 2, "seed {seed}");
+    assert_eq!(net.server.world().players().len(), 2, "seed {seed}");
+    assert!(net.server.world().entities().len() < bodies + 50);
+    assert!(net.clients[0].session.is_connected() && net.clients[2].session.is_connected());
+}
+
+#[test]
+fn every_snapshot_fits_1200_bytes_with_500_players_in_view() {
+    let seed = 14;
+    let mut net = SimNet::new(SimConfig {
+        seed,
+        max_players: 500,
+        // The whole arena in view: every client sees all 500.
+        view_radius_m: 1000.0,
+        tick_hz: 60,
+    });
+    for _ in 0..500 {
+        net.add_client(LinkConfig::clean(), Behavior::Idle);
+    }
+    assert!(
+        net.run_until(5 * TICK_HZ, SimNet::all_connected),
+        "seed {seed}"
+    );
+    let sent_before = net.server.stats().snapshots_sent;
+    net.run_ticks(10);
+    let stats = net.server.stats();
+    // Every client got a snapshot every tick: none was refused for its size.
+    assert_eq!(stats.snapshots_sent - sent_before, 500 * 10, "seed {seed}");
+    assert!(
+        stats.entities_deferred > 0,
+        "seed {seed}: nothing was deferred"
+    );
+    for client in &net.clients {
+        let snapshot = client.session.latest_snapshot().expect("snapshots arrive");
+        assert!(
+            snapshot.entities.len() >= 40,
+            "only {} entities fit",
+            snapshot.entities.len()
+        );
+        assert_eq!(
+            snapshot.entities.len() + usize::from(snapshot.deferred),
+            500
+        );
+        // The client's own body is nearest, so it is always first.
+        assert_eq!(Some(snapshot.entities[0].id), snapshot.your_entity);
+    }
+}
