@@ -58,7 +58,7 @@ fn setup() -> Setup {
         }
         while let Some(t) = server.poll_transmit() {
             let mut buf = t.contents;
-            let _ = client.handle_packet(now, t.destination, &mut buf);
+            let _ = client.handle_packet(now, "127.0.0.1:40000".parse().unwrap(), &mut buf);
         }
     }
     assert!(client.is_connected());

@@ -587,3 +587,84 @@ fn push_out_of_box(center: Vec2, radius: f32, wall: &Wall) -> Vec2 {
         Vec2::new(center.x, wall.max.y + radius)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::Buttons;
+
+    fn world() -> World {
+        World::new(WorldConfig {
+            max_players: 16,
+            tick_hz: 60,
+            seed: 3,
+        })
+    }
+
+    fn hold(world: &mut World, inputs: &[(PlayerId, PlayerInput)], ticks: u32) -> Vec<GameEvent> {
+        let inputs: BTreeMap<_, _> = inputs.iter().copied().collect();
+        (0..ticks).flat_map(|_| world.step(&inputs)).collect()
+    }
+
+    #[test]
+    fn a_player_accelerates_to_the_speed_limit_and_stays_inside_the_arena() {
+        let mut w = world();
+        let p = PlayerId(1);
+        let body = w.add_player(p);
+        let right = PlayerInput {
+            buttons: Buttons::RIGHT,
+            aim: 0,
+        };
+        hold(&mut w, &[(p, right)], 600);
+        let e = w.entity(body).expect("body");
+        assert!(e.velocity.x <= PLAYER_MAX_SPEED + 1e-3);
+        let size = w.config().arena_size();
+        assert!(
+            e.position.x <= size - PLAYER_RADIUS + 1e-3,
+            "{:?}",
+            e.position
+        );
+        assert!(
+            e.position.x > size - PLAYER_RADIUS - 3.0,
+            "blocked early: {:?}",
+            e.position
+        );
+    }
+
+    #[test]
+    fn four_hits_kill_score_and_the_victim_respawns() {
+        let mut w = world();
+        let (shooter, victim) = (PlayerId(1), PlayerId(2));
+        let shooter_body = w.add_player(shooter);
+        let victim_body = w.add_player(victim);
+        // Put them face to face in open space, clear of pillars.
+        let spot = Vec2::splat(w.config().arena_size() / 2.0);
+        w.walls.clear();
+        if let Some(e) = w.entities.get_mut(shooter_body) {
+            e.position = spot;
+        }
+        if let Some(e) = w.entities.get_mut(victim_body) {
+            e.position = spot + Vec2::new(3.0, 0.0);
+        }
+        w.rebuild_grids();
+        let fire_right = PlayerInput {
+            buttons: Buttons::FIRE,
+            aim: 0,
+        };
+        let events = hold(&mut w, &[(shooter, fire_right)], 60);
+        let hits = events
+            .iter()
+            .filter(|e| matches!(e, GameEvent::Hit { victim: v, .. } if *v == victim))
+            .count();
+        assert_eq!(hits, 4, "{events:?}");
+        assert!(events.contains(&GameEvent::Killed {
+            victim,
+            by: shooter
+        }));
+        assert_eq!(w.player(shooter).map(|p| p.score), Some(1));
+        assert_eq!(w.player(victim).map(|p| p.health), Some(0));
+        let events = hold(&mut w, &[(shooter, PlayerInput::default())], 130);
+        assert!(events.contains(&GameEvent::Respawned { player: victim }));
+        assert_eq!(w.player(victim).map(|p| p.health), Some(PLAYER_MAX_HEALTH));
+    }
+}
