@@ -32,6 +32,8 @@ use arena_shared::sim::{
 
 /// Input frames held per client ahead of their tick; more are dropped and counted.
 pub const MAX_PENDING_INPUTS: usize = 128;
+/// The most ticks between a client's snapshots when the server sheds load (15 Hz at 60).
+pub const MAX_SNAPSHOT_EVERY: u32 = 4;
 /// Frames queued beyond this are applied even if early: a client whose clock runs ahead
 /// gets bounded extra latency, not an ever-growing queue.
 const MAX_INPUT_LEAD_FRAMES: usize = 8;
@@ -95,6 +97,9 @@ pub struct ServerCore {
     visible: Vec<(f32, EntityId)>,
     /// Reused each tick: the inputs for the step.
     inputs: BTreeMap<PlayerId, PlayerInput>,
+    /// Each client gets a snapshot every this many ticks (1 normally). Under load the
+    /// driver raises it: clients are updated less often, the simulation keeps its rate.
+    snapshot_every: u32,
 }
 
 impl ServerCore {
@@ -109,6 +114,7 @@ impl ServerCore {
             stats: CoreStats::default(),
             visible: Vec::new(),
             inputs: BTreeMap::new(),
+            snapshot_every: 1,
             config,
         }
     }
@@ -157,10 +163,24 @@ impl ServerCore {
                 tracing::debug!(tick = tick.0, victim = victim.0, by = by.0, "kill");
             }
         }
+        // Clients are spread over the ticks of one period, so the work stays even.
+        let every = u64::from(self.snapshot_every);
         for index in 0..self.clients.len() {
-            self.send_snapshot(now, index);
+            if (tick.0 + index as u64).is_multiple_of(every) {
+                self.send_snapshot(now, index);
+            }
         }
         events
+    }
+
+    /// Sends each client a snapshot every `ticks` ticks (clamped to 1..=MAX_SNAPSHOT_EVERY).
+    pub fn set_snapshot_every(&mut self, ticks: u32) {
+        self.snapshot_every = ticks.clamp(1, MAX_SNAPSHOT_EVERY);
+    }
+
+    /// How many ticks apart each client's snapshots are.
+    pub fn snapshot_every(&self) -> u32 {
+        self.snapshot_every
     }
 
     /// The next datagram to send.

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::core::ServerCore;
+use crate::core::{MAX_SNAPSHOT_EVERY, ServerCore};
 use crate::status::{Sample, Status, Window};
 
 /// Ticks the loop may run back to back to catch up before it gives up on the lost time.
@@ -22,6 +22,12 @@ const RECV_BUFFER_BYTES: usize = 2048;
 /// (about 200 KiB) overflows between reads and the kernel drops datagrams silently.
 const SOCKET_BUFFER_PER_PLAYER: usize = 8 * 1024;
 const MIN_SOCKET_BUFFER: usize = 1 << 20;
+/// Load (busy share of each tick period, smoothed) above which snapshots are spaced out.
+const SHED_ABOVE: f64 = 0.6;
+/// Load the loop should stay under after snapshots are brought closer again.
+const RESTORE_BELOW: f64 = 0.4;
+/// Least time between two changes of the snapshot spacing.
+const SHED_HOLD: Duration = Duration::from_secs(1);
 /// How often the loop publishes its status for the admin API.
 const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -109,6 +115,8 @@ pub async fn run_loop(
         tick_overruns: 0,
         ticks_skipped: 0,
         started: clock.now(),
+        load: 0.0,
+        shed_changed_at: clock.now(),
     };
     let mut next_tick = clock.now() + period;
     let mut next_status = clock.now();
@@ -166,9 +174,44 @@ struct Driver {
     tick_overruns: u64,
     ticks_skipped: u64,
     started: Duration,
+    /// Busy share of the tick period, smoothed over about a second.
+    load: f64,
+    /// When the snapshot spacing last changed.
+    shed_changed_at: Duration,
 }
 
 impl Driver {
+    /// Spaces snapshots out when the loop is too busy, and back in when it has room.
+    ///
+    /// Snapshot building and sending is most of each tick's cost; the simulation itself
+    /// is a small part. Shedding it keeps the tick rate, so the game never slows down;
+    /// players see fewer updates instead (DESIGN: "under load").
+    fn shed_load(&mut self, core: &mut ServerCore, busy: Duration, period: Duration) {
+        let share = busy.as_secs_f64() / period.as_secs_f64();
+        self.load += (share - self.load) * 0.05;
+        let now = self.clock.now();
+        if now.saturating_sub(self.shed_changed_at) < SHED_HOLD {
+            return;
+        }
+        let every = core.snapshot_every();
+        let next = if self.load > SHED_ABOVE && every < MAX_SNAPSHOT_EVERY {
+            every + 1
+        } else if every > 1 && self.load * f64::from(every) / f64::from(every - 1) < RESTORE_BELOW {
+            every - 1
+        } else {
+            return;
+        };
+        core.set_snapshot_every(next);
+        self.shed_changed_at = now;
+        tracing::info!(
+            match_id = core.match_id(),
+            tick = core.world().tick().0,
+            load = format_args!("{:.2}", self.load),
+            snapshot_every_ticks = next,
+            "snapshot rate changed to keep the tick rate"
+        );
+    }
+
     /// Reads every datagram waiting on the socket.
     fn drain(&mut self, core: &mut ServerCore) {
         let start = self.clock.now();
@@ -218,7 +261,9 @@ impl Driver {
                 packets_in: stats.packets_received,
                 packets_out: stats.packets_sent,
             });
+            let busy = self.busy;
             self.busy = Duration::ZERO;
+            self.shed_load(core, busy, period);
             next_tick += period;
             ran += 1;
         }
@@ -272,6 +317,8 @@ impl Driver {
             snapshots_sent: stats.snapshots_sent,
             entities_deferred: stats.entities_deferred,
             socket_errors: self.socket_errors,
+            snapshot_every_ticks: core.snapshot_every(),
+            load: self.load,
             drops: core
                 .netcode_stats()
                 .drop_counts()

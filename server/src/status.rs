@@ -58,6 +58,10 @@ pub struct Status {
     pub entities_deferred: u64,
     /// Socket errors on receive or send.
     pub socket_errors: u64,
+    /// Ticks between a client's snapshots: 1 normally, more while shedding load.
+    pub snapshot_every_ticks: u32,
+    /// Busy share of each tick period, smoothed (what load shedding acts on).
+    pub load: f64,
     /// Datagrams dropped by the transport, by reason (every reason listed, zeros too).
     pub drops: BTreeMap<&'static str, u64>,
     /// Seconds since the process started serving.

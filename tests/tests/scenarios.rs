@@ -163,3 +163,38 @@ fn every_snapshot_fits_1200_bytes_with_500_players_in_view() {
         assert_eq!(Some(snapshot.entities[0].id), snapshot.your_entity);
     }
 }
+
+#[test]
+fn shedding_load_halves_snapshots_but_keeps_the_tick_rate_and_every_input() {
+    let seed = 15;
+    let mut net = SimNet::new(SimConfig {
+        seed,
+        ..SimConfig::default()
+    });
+    for _ in 0..10 {
+        net.add_client(LinkConfig::clean(), Behavior::Wander);
+    }
+    assert!(
+        net.run_until(3 * TICK_HZ, SimNet::all_connected),
+        "seed {seed}"
+    );
+    net.server.set_snapshot_every(2);
+    let before: Vec<u64> = net
+        .clients
+        .iter()
+        .map(|c| c.session.stats().snapshots)
+        .collect();
+    let tick_before = net.server.world().tick().0;
+    net.run_ticks(10 * TICK_HZ);
+    assert_eq!(net.server.world().tick().0 - tick_before, 10 * TICK_HZ);
+    for (client, before) in net.clients.iter().zip(before) {
+        let got = client.session.stats().snapshots - before;
+        assert!(
+            (295..=305).contains(&got),
+            "seed {seed}: {got} snapshots in 10 s at every=2"
+        );
+    }
+    net.stop_playing();
+    net.run_until(2 * TICK_HZ, |n| n.inputs_unapplied() == 0);
+    assert_eq!(net.inputs_unapplied(), 0, "seed {seed}");
+}

@@ -28,7 +28,9 @@ const RESPAWN_DELAY_S: f32 = 2.0;
 /// Area per player slot, m²: the arena grows with capacity so density stays playable.
 const AREA_PER_PLAYER_M2: f32 = 100.0;
 const MIN_ARENA_SIZE: f32 = 40.0;
-const GRID_CELL: f32 = 4.0;
+/// Grid cell side, metres: small enough that a hit query touches one to four cells, large
+/// enough that a 30 m view query touches about 64 rather than hundreds.
+const GRID_CELL: f32 = 8.0;
 
 /// What shapes a match's simulation. Part of every snapshot of the match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
