@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use arena_shared::identity::name_from_user_data;
-use arena_shared::netcode::{self, ClientIndex, ServerEvent, Transmit};
+use arena_shared::netcode::{self, ClientIndex, DisconnectReason, ServerEvent, Transmit};
 use arena_shared::protocol::messages::{MAX_BODY_BYTES, encoded_len};
 use arena_shared::protocol::{
     AckTracker, ClientMessage, EntityState, NetEntityId, NetEntityKind, PlayerStatus,
@@ -29,6 +29,7 @@ use arena_shared::sim::{
     Buttons, EntityId, EntityKind, GameEvent, InputFrame, PlayerId, PlayerInput, Tick, World,
     WorldConfig,
 };
+use arena_shared::snapshot::{MatchState, RosterEntry};
 
 /// Input frames held per client ahead of their tick; more are dropped and counted.
 pub const MAX_PENDING_INPUTS: usize = 128;
@@ -72,6 +73,21 @@ pub struct CoreStats {
     pub kills: u64,
 }
 
+/// How long a player whose connection timed out keeps its place, in seconds: enough to
+/// reconnect after a crash of the server or a lost network.
+pub const RECONNECT_GRACE_S: u64 = 10;
+
+/// What one step was fed, for replaying a match (see [`ServerCore::record_inputs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickRecord {
+    /// The tick stepped to.
+    pub tick: Tick,
+    /// The players in the world before the step.
+    pub players: Vec<PlayerId>,
+    /// The inputs given to the step.
+    pub inputs: BTreeMap<PlayerId, PlayerInput>,
+}
+
 /// One connected client's game-side state.
 #[derive(Debug)]
 struct ClientSlot {
@@ -91,12 +107,18 @@ pub struct ServerCore {
     world: World,
     /// Indexed by netcode slot.
     clients: Vec<Option<ClientSlot>>,
+    /// Every player in the match, by client id, connected or not.
+    roster: BTreeMap<u64, RosterEntry>,
+    /// Players with no connection, and the tick they lost it: removed after the grace.
+    detached: BTreeMap<u64, Tick>,
     next_player_id: u32,
     stats: CoreStats,
     /// Reused each tick: entities in one client's view, with squared distance.
     visible: Vec<(f32, EntityId)>,
     /// Reused each tick: the inputs for the step.
     inputs: BTreeMap<PlayerId, PlayerInput>,
+    /// When on (tests), what every step was fed: to replay a match and compare hashes.
+    input_log: Option<Vec<TickRecord>>,
     /// Each client gets a snapshot every this many ticks (1 normally). Under load the
     /// driver raises it: clients are updated less often, the simulation keeps its rate.
     snapshot_every: u32,
@@ -105,17 +127,55 @@ pub struct ServerCore {
 impl ServerCore {
     /// A new match with no players.
     pub fn new(config: CoreConfig) -> Self {
+        let world = World::new(config.world);
+        Self::with_state(
+            config,
+            MatchState {
+                world,
+                roster: Vec::new(),
+                next_player_id: 1,
+            },
+        )
+    }
+
+    /// A match restored from a snapshot. Its players wait, detached, for their clients to
+    /// reconnect; those that do not come back within the grace are removed.
+    pub fn with_state(config: CoreConfig, state: MatchState) -> Self {
         let slots = config.netcode.max_clients;
+        let tick = state.world.tick();
+        let roster: BTreeMap<u64, RosterEntry> = state
+            .roster
+            .into_iter()
+            .map(|entry| (entry.client_id, entry))
+            .collect();
         Self {
             netcode: netcode::Server::new(config.netcode.clone()),
-            world: World::new(config.world),
+            world: state.world,
             clients: (0..slots).map(|_| None).collect(),
-            next_player_id: 1,
+            detached: roster.keys().map(|&id| (id, tick)).collect(),
+            roster,
+            next_player_id: state.next_player_id,
             stats: CoreStats::default(),
             visible: Vec::new(),
             inputs: BTreeMap::new(),
             snapshot_every: 1,
+            input_log: None,
             config,
+        }
+    }
+
+    /// The whole match as it stands, for a snapshot (connections are not part of it).
+    pub fn match_state(&self) -> MatchState {
+        let mut roster = self.roster.clone();
+        for slot in self.clients.iter().flatten() {
+            if let Some(entry) = roster.get_mut(&slot.client_id) {
+                entry.last_applied_input = slot.last_applied;
+            }
+        }
+        MatchState {
+            world: self.world.clone(),
+            roster: roster.into_values().collect(),
+            next_player_id: self.next_player_id,
         }
     }
 
@@ -154,6 +214,7 @@ impl ServerCore {
     pub fn tick(&mut self, now: Duration) -> Vec<GameEvent> {
         self.netcode.update(now);
         self.handle_connection_events();
+        self.remove_expired_detached();
         let tick = self.world.tick().next();
         self.gather_inputs(tick);
         let events = self.world.step(&self.inputs);
@@ -171,6 +232,19 @@ impl ServerCore {
             }
         }
         events
+    }
+
+    /// Starts keeping a record of every step's inputs (tests; it grows without bound).
+    pub fn record_inputs(&mut self) {
+        self.input_log = Some(Vec::new());
+    }
+
+    /// The record kept since [`ServerCore::record_inputs`] (or the last take).
+    pub fn take_input_log(&mut self) -> Vec<TickRecord> {
+        self.input_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Sends each client a snapshot every `ticks` ticks (clamped to 1..=MAX_SNAPSHOT_EVERY).
@@ -233,50 +307,105 @@ impl ServerCore {
                     client_id,
                     address,
                     user_data,
-                } => {
-                    let player = PlayerId(self.next_player_id);
-                    self.next_player_id += 1;
-                    self.world.add_player(player);
-                    tracing::info!(
-                        match_id = %self.config.match_id,
-                        tick = self.world.tick().0,
-                        client_id,
-                        player = player.0,
-                        %address,
-                        name = %name_from_user_data(&user_data),
-                        "player joined"
-                    );
-                    if let Some(slot) = self.clients.get_mut(client.0 as usize) {
-                        *slot = Some(ClientSlot {
-                            client_id,
-                            player,
-                            acks: AckTracker::default(),
-                            pending: BTreeMap::new(),
-                            last_applied: 0,
-                        });
-                    }
-                }
+                } => self.attach(client, client_id, address, &name_from_user_data(&user_data)),
                 ServerEvent::ClientDisconnected {
                     client,
                     client_id,
                     reason,
-                } => {
-                    if let Some(slot) = self
-                        .clients
-                        .get_mut(client.0 as usize)
-                        .and_then(Option::take)
-                    {
-                        self.world.remove_player(slot.player);
-                        tracing::info!(
-                            match_id = %self.config.match_id,
-                            tick = self.world.tick().0,
-                            client_id,
-                            player = slot.player.0,
-                            ?reason,
-                            "player left"
-                        );
-                    }
-                }
+                } => self.detach(client, client_id, reason),
+            }
+        }
+    }
+
+    /// Gives a newly connected client its player: the one it had (after a reconnect, a
+    /// handoff or a restore), or a new one.
+    fn attach(&mut self, client: ClientIndex, client_id: u64, address: SocketAddr, name: &str) {
+        let tick = self.world.tick().0;
+        let returning = self.roster.contains_key(&client_id);
+        let entry = self.roster.entry(client_id).or_insert_with(|| {
+            let player = PlayerId(self.next_player_id);
+            self.next_player_id += 1;
+            RosterEntry {
+                client_id,
+                player,
+                name: name.to_owned(),
+                last_applied_input: 0,
+            }
+        });
+        let (player, last_applied) = (entry.player, entry.last_applied_input);
+        self.detached.remove(&client_id);
+        self.world.add_player(player);
+        tracing::info!(
+            match_id = %self.config.match_id,
+            tick,
+            client_id,
+            player = player.0,
+            %address,
+            name,
+            returning,
+            "player joined"
+        );
+        if let Some(slot) = self.clients.get_mut(client.0 as usize) {
+            *slot = Some(ClientSlot {
+                client_id,
+                player,
+                acks: AckTracker::default(),
+                pending: BTreeMap::new(),
+                last_applied,
+            });
+        }
+    }
+
+    /// A client left: a clean goodbye removes its player; a timeout keeps the player for
+    /// the grace, so the client can come back.
+    fn detach(&mut self, client: ClientIndex, client_id: u64, reason: DisconnectReason) {
+        let Some(slot) = self
+            .clients
+            .get_mut(client.0 as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        if let Some(entry) = self.roster.get_mut(&client_id) {
+            entry.last_applied_input = slot.last_applied;
+        }
+        let tick = self.world.tick();
+        if reason == DisconnectReason::ClientDisconnected {
+            self.world.remove_player(slot.player);
+            self.roster.remove(&client_id);
+        } else {
+            self.detached.insert(client_id, tick);
+        }
+        tracing::info!(
+            match_id = %self.config.match_id,
+            tick = tick.0,
+            client_id,
+            player = slot.player.0,
+            ?reason,
+            "player left"
+        );
+    }
+
+    fn remove_expired_detached(&mut self) {
+        let grace = RECONNECT_GRACE_S * u64::from(self.world.config().tick_hz);
+        let now = self.world.tick().0;
+        let expired: Vec<u64> = self
+            .detached
+            .iter()
+            .filter(|&(_, &since)| now.saturating_sub(since.0) >= grace)
+            .map(|(&id, _)| id)
+            .collect();
+        for client_id in expired {
+            self.detached.remove(&client_id);
+            if let Some(entry) = self.roster.remove(&client_id) {
+                self.world.remove_player(entry.player);
+                tracing::info!(
+                    match_id = %self.config.match_id,
+                    tick = now,
+                    client_id,
+                    player = entry.player.0,
+                    "player did not come back; removed"
+                );
             }
         }
     }
@@ -287,6 +416,19 @@ impl ServerCore {
             if let Some(input) = take_due_input(slot, tick, &mut self.stats) {
                 self.inputs.insert(slot.player, input);
             }
+        }
+        // A player waiting for its client stands still rather than repeating its last move.
+        for client_id in self.detached.keys() {
+            if let Some(entry) = self.roster.get(client_id) {
+                self.inputs.insert(entry.player, PlayerInput::default());
+            }
+        }
+        if let Some(log) = &mut self.input_log {
+            log.push(TickRecord {
+                tick,
+                players: self.world.players().keys().copied().collect(),
+                inputs: self.inputs.clone(),
+            });
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`net`]: the tokio driver: socket, fixed-timestep loop, shutdown.
 //! - [`admin`]: the HTTP admin API (`/status`, `/metrics`, `/token`).
 //! - [`config`]: command-line flags and the private key file.
+//! - [`store`]: snapshots and ownership leases on disk, with epoch fencing.
 //! - [`status`]: the figures the tick loop publishes for the admin API.
 
 pub mod admin;
@@ -17,3 +18,4 @@ pub mod config;
 pub mod core;
 pub mod net;
 pub mod status;
+pub mod store;

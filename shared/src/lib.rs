@@ -10,8 +10,10 @@
 //! - [`netcode`]: the netcode.io 1.02 transport (tokens, packets, server and client).
 //! - [`protocol`]: the game protocol inside netcode payloads: ack header, messages, codec.
 //! - [`sim`]: the deterministic game.
+//! - [`snapshot`]: `MatchSnapshot`, the self-describing format a match moves and recovers in.
 
 pub mod identity;
 pub mod netcode;
 pub mod protocol;
 pub mod sim;
+pub mod snapshot;

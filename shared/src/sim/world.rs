@@ -6,7 +6,7 @@ use glam::Vec2;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
-use slotmap::{Key, SlotMap};
+use slotmap::SlotMap;
 
 use super::grid::Grid;
 use super::hash::StableHasher;
@@ -87,6 +87,10 @@ pub enum EntityKind {
 /// Something with a position.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Entity {
+    /// Creation order, unique in the match. The simulation orders entities by this, never
+    /// by SlotMap slot: a restored SlotMap rebuilds its free list in another order, so slot
+    /// numbers of new entities may differ after a restore while serials do not.
+    pub serial: u64,
     /// What it is.
     pub kind: EntityKind,
     /// Centre, metres.
@@ -153,6 +157,8 @@ pub struct World {
     config: WorldConfig,
     tick: Tick,
     rng: Pcg64Mcg,
+    /// Serial of the next entity created.
+    next_serial: u64,
     entities: SlotMap<EntityId, Entity>,
     /// Ordered by id: the order inputs are applied in.
     players: BTreeMap<PlayerId, Player>,
@@ -187,6 +193,7 @@ impl World {
             config,
             tick: Tick(0),
             rng,
+            next_serial: 1,
             entities: SlotMap::with_key(),
             players: BTreeMap::new(),
             walls,
@@ -238,7 +245,9 @@ impl World {
             return player.entity;
         }
         let position = self.spawn_point();
+        let serial = self.take_serial();
         let entity = self.entities.insert(Entity {
+            serial,
             kind: EntityKind::Player(id),
             position,
             velocity: Vec2::ZERO,
@@ -348,13 +357,19 @@ impl World {
     }
 
     /// A stable 64-bit hash of the whole state (RNG included).
+    ///
+    /// Entities are hashed in serial order and named by serial, not by SlotMap key, so a
+    /// restored world hashes like the original (see [`Entity::serial`]).
     pub fn hash(&self) -> u64 {
         let mut h = StableHasher::default();
         h.u64(self.tick.0);
         h.u64(self.rng.clone().random::<u64>());
-        h.u64(self.entities.len() as u64);
-        for (id, e) in &self.entities {
-            h.u64(id.data().as_ffi());
+        h.u64(self.next_serial);
+        let mut entities: Vec<&Entity> = self.entities.values().collect();
+        entities.sort_unstable_by_key(|e| e.serial);
+        h.u64(entities.len() as u64);
+        for e in entities {
+            h.u64(e.serial);
             match e.kind {
                 EntityKind::Player(p) => h.u64(u64::from(p.0)),
                 EntityKind::Projectile { owner, expires } => {
@@ -368,7 +383,7 @@ impl World {
         }
         for (id, p) in &self.players {
             h.u64(u64::from(id.0));
-            h.u64(p.entity.data().as_ffi());
+            h.u64(self.entities.get(p.entity).map_or(0, |e| e.serial));
             h.bytes(&[p.health, p.last_input.buttons]);
             h.u64(u64::from(p.score) << 32 | u64::from(p.deaths));
             h.f32(p.aim.x);
@@ -383,6 +398,12 @@ impl World {
             }
         }
         h.finish()
+    }
+
+    fn take_serial(&mut self) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        serial
     }
 
     fn respawn_due(&mut self, events: &mut Vec<GameEvent>) {
@@ -437,6 +458,7 @@ impl World {
                 let muzzle =
                     body.position + player.aim * (PLAYER_RADIUS + PROJECTILE_RADIUS + 0.05);
                 shots.push(Entity {
+                    serial: 0,
                     kind: EntityKind::Projectile {
                         owner: id,
                         expires: Tick(self.tick.0 + lifetime),
@@ -446,7 +468,8 @@ impl World {
                 });
             }
         }
-        for shot in shots {
+        for mut shot in shots {
+            shot.serial = self.take_serial();
             self.entities.insert(shot);
         }
     }
@@ -489,11 +512,13 @@ impl World {
             if expires <= self.tick || outside || in_wall {
                 gone.push(id);
             } else {
-                flying.push((id, owner, p));
+                flying.push((entity.serial, id, owner, p));
             }
         }
+        // Hits resolve in creation order, whatever slots the projectiles sit in.
+        flying.sort_unstable_by_key(|&(serial, ..)| serial);
         let reach = PLAYER_RADIUS + PROJECTILE_RADIUS;
-        for (projectile, owner, at) in flying {
+        for (_, projectile, owner, at) in flying {
             // The victim is the touching player with the lowest id: a fixed choice.
             let mut victim: Option<PlayerId> = None;
             self.players_near(at, reach, |_, body| {
