@@ -16,9 +16,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use arena_shared::netcode::{self, ClientState, Transmit};
-use arena_shared::protocol::messages::MAX_INPUT_FRAMES_PER_PACKET;
+use arena_shared::protocol::messages::{MAX_INPUT_FRAMES_PER_PACKET, TOKEN_PARTS};
 use arena_shared::protocol::{
-    AckTracker, ClientMessage, ServerMessage, Snapshot, decode_server, encode,
+    AckTracker, ClientMessage, ServerMessage, Snapshot, TokenPart, TokenPurpose, decode_server,
+    encode,
 };
 use arena_shared::sim::{InputFrame, PlayerInput, Tick};
 
@@ -27,6 +28,11 @@ use arena_shared::sim::{InputFrame, PlayerInput, Tick};
 pub const MAX_UNAPPLIED_INPUTS: usize = 120;
 /// Ticks of margin so inputs arrive just before the tick they are for.
 const INPUT_LEAD_TICKS: f64 = 2.0;
+/// Silence from a connected server after which the session reconnects with its reconnect
+/// token (the server may have died; a standby may hold the match now).
+pub const SILENCE_BEFORE_RECONNECT: Duration = Duration::from_millis(1000);
+/// Reconnect attempts (each tries the token's addresses) before the session gives up.
+const MAX_RECONNECT_ATTEMPTS: u32 = 5;
 
 /// Counters a session keeps.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +51,55 @@ pub struct SessionStats {
     pub max_snapshot_gap: Duration,
     /// Payloads that were not a valid game message.
     pub bad_messages: u64,
+    /// Redirects followed (the match was handed to another server).
+    pub handoffs_followed: u64,
+    /// Reconnections after the server went silent.
+    pub reconnects: u64,
+}
+
+/// The session moved to another server (a handoff or a reconnect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// The server it left.
+    pub from: Option<SocketAddr>,
+    /// Whether it was told to (a handoff) or found the server silent (a reconnect).
+    pub redirected: bool,
+    /// When it started moving.
+    pub at: Duration,
+    /// When the first snapshot from the new server arrived (`None`: not yet).
+    pub done_at: Option<Duration>,
+}
+
+/// A token arriving in parts.
+#[derive(Debug, Default)]
+struct IncomingToken {
+    id: u32,
+    parts: [Option<Vec<u8>>; TOKEN_PARTS as usize],
+}
+
+impl IncomingToken {
+    /// Files a part; returns the whole token when the last part arrives.
+    fn add(&mut self, part: TokenPart) -> Option<Vec<u8>> {
+        if part.token_id != self.id {
+            if part.token_id < self.id {
+                return None; // An older token's late part.
+            }
+            *self = Self {
+                id: part.token_id,
+                ..Self::default()
+            };
+        }
+        let slot = self.parts.get_mut(usize::from(part.part))?;
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(part.bytes);
+        if self.parts.iter().all(Option::is_some) {
+            Some(self.parts.iter().flatten().flatten().copied().collect())
+        } else {
+            None
+        }
+    }
 }
 
 /// One client's connection to a match. See the module docs for the calling order.
@@ -66,6 +121,13 @@ pub struct Session {
     /// Snapshots not yet taken by the caller (bounded).
     fresh: VecDeque<Snapshot>,
     stats: SessionStats,
+    tokens: [IncomingToken; 2],
+    /// The newest complete reconnect token.
+    reconnect_token: Option<Vec<u8>>,
+    reconnect_attempts: u32,
+    /// Datagrams a replaced transport still had to send (its disconnect packets).
+    outbox: VecDeque<Transmit>,
+    moved: Option<Moved>,
 }
 
 impl Session {
@@ -83,6 +145,11 @@ impl Session {
             latest_at: now,
             fresh: VecDeque::new(),
             stats: SessionStats::default(),
+            tokens: [IncomingToken::default(), IncomingToken::default()],
+            reconnect_token: None,
+            reconnect_attempts: 0,
+            outbox: VecDeque::new(),
+            moved: None,
         }
     }
 
@@ -105,7 +172,55 @@ impl Session {
         }
         match message {
             ServerMessage::Snapshot(snapshot) => self.receive_snapshot(now, snapshot),
+            ServerMessage::TokenPart(part) => self.receive_token_part(now, part),
         }
+    }
+
+    fn receive_token_part(&mut self, now: Duration, part: TokenPart) {
+        let purpose = part.purpose;
+        let index = match purpose {
+            TokenPurpose::Reconnect => 0,
+            TokenPurpose::Redirect => 1,
+        };
+        let Some(token) = self.tokens[index].add(part) else {
+            return;
+        };
+        match purpose {
+            TokenPurpose::Reconnect => self.reconnect_token = Some(token),
+            TokenPurpose::Redirect => {
+                tracing::info!(from = ?self.server_address(), "match moved: following the redirect");
+                self.stats.handoffs_followed += 1;
+                self.replace_transport(now, &token, 0, true);
+                self.tokens[index] = IncomingToken {
+                    id: self.tokens[index].id,
+                    ..IncomingToken::default()
+                };
+            }
+        }
+    }
+
+    /// Connects again with `token`, starting at address `first`. Unapplied inputs, the
+    /// newest snapshot and the statistics carry over; the ack state starts afresh, as
+    /// the new server's does.
+    fn replace_transport(&mut self, now: Duration, token: &[u8], first: usize, say_goodbye: bool) {
+        let from = self.netcode.server_address();
+        if say_goodbye {
+            self.netcode.disconnect(now);
+            while let Some(t) = self.netcode.poll_transmit() {
+                self.outbox.push_back(t);
+            }
+        }
+        self.netcode = match netcode::ConnectToken::read(token) {
+            Ok(parsed) => netcode::Client::with_token_from(now, parsed, first),
+            Err(_) => netcode::Client::new(now, token),
+        };
+        self.acks = AckTracker::default();
+        self.moved = Some(Moved {
+            from,
+            redirected: say_goodbye,
+            at: now,
+            done_at: None,
+        });
     }
 
     fn receive_snapshot(&mut self, now: Duration, snapshot: Snapshot) {
@@ -135,11 +250,44 @@ impl Session {
         self.fresh.push_back(snapshot.clone());
         self.latest = Some(snapshot);
         self.latest_at = now;
+        self.reconnect_attempts = 0;
+        if let Some(moved) = &mut self.moved
+            && moved.done_at.is_none()
+        {
+            moved.done_at = Some(now);
+        }
     }
 
-    /// Runs the transport's timers.
+    /// Runs the transport's timers; reconnects when the server has gone silent.
     pub fn update(&mut self, now: Duration) {
         self.netcode.update(now);
+        let silent = self.netcode.is_connected()
+            && self.latest.is_some()
+            && now.saturating_sub(self.latest_at) >= SILENCE_BEFORE_RECONNECT;
+        let failed = self.netcode.state().is_error();
+        if !(silent || failed) || self.reconnect_attempts >= MAX_RECONNECT_ATTEMPTS {
+            return;
+        }
+        let Some(token) = self.reconnect_token.clone() else {
+            return;
+        };
+        // After silence, skip the server that went quiet; after a failed round, start over.
+        let first = if silent {
+            let current = self.netcode.server_address();
+            let addresses = netcode::ConnectToken::read(&token)
+                .map(|t| t.server_addresses)
+                .unwrap_or_default();
+            let at = addresses.iter().position(|a| Some(*a) == current);
+            at.map_or(0, |i| (i + 1) % addresses.len().max(1))
+        } else {
+            0
+        };
+        tracing::info!(server = ?self.netcode.server_address(), ?silent, "reconnecting");
+        self.reconnect_attempts += 1;
+        self.stats.reconnects += 1;
+        self.replace_transport(now, &token, first, false);
+        // The new transport must not inherit the silence that triggered this.
+        self.latest_at = now;
     }
 
     /// Makes this tick's input frame and sends it with every other unapplied one.
@@ -208,7 +356,10 @@ impl Session {
     /// The next datagram to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let transmit = self.netcode.poll_transmit()?;
+        let transmit = self
+            .outbox
+            .pop_front()
+            .or_else(|| self.netcode.poll_transmit())?;
         self.stats.bytes_out += transmit.contents.len() as u64;
         Some(transmit)
     }
@@ -226,6 +377,23 @@ impl Session {
     /// Whether payloads flow.
     pub fn is_connected(&self) -> bool {
         self.netcode.is_connected()
+    }
+
+    /// Whether the session has given up: the transport failed and no reconnect is left.
+    pub fn is_lost(&self) -> bool {
+        let state = self.netcode.state();
+        (state.is_error() || state == ClientState::Disconnected)
+            && (self.reconnect_token.is_none() || self.reconnect_attempts >= MAX_RECONNECT_ATTEMPTS)
+    }
+
+    /// Whether a reconnect token has arrived.
+    pub fn has_reconnect_token(&self) -> bool {
+        self.reconnect_token.is_some()
+    }
+
+    /// The last move to another server, if any.
+    pub fn moved(&self) -> Option<Moved> {
+        self.moved
     }
 
     /// The server being tried or connected to.

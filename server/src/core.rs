@@ -18,12 +18,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use arena_shared::identity::name_from_user_data;
+use arena_shared::identity::{TokenRequest, mint_token, name_from_user_data};
 use arena_shared::netcode::{self, ClientIndex, DisconnectReason, ServerEvent, Transmit};
-use arena_shared::protocol::messages::{MAX_BODY_BYTES, encoded_len};
+use arena_shared::protocol::messages::{
+    MAX_BODY_BYTES, TOKEN_PART_BYTES, TOKEN_PARTS, encoded_len,
+};
 use arena_shared::protocol::{
     AckTracker, ClientMessage, EntityState, NetEntityId, NetEntityKind, PlayerStatus,
-    ServerMessage, Snapshot, decode_client, encode,
+    ServerMessage, Snapshot, TokenPart, TokenPurpose, decode_client, encode,
 };
 use arena_shared::sim::{
     Buttons, EntityId, EntityKind, GameEvent, InputFrame, PlayerId, PlayerInput, Tick, World,
@@ -50,6 +52,51 @@ pub struct CoreConfig {
     pub world: WorldConfig,
     /// How far a player sees, metres.
     pub view_radius_m: f32,
+    /// The tokens this server hands its clients.
+    pub tokens: TokenConfig,
+}
+
+/// What goes into the reconnect and redirect tokens a server gives its clients.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// This server's address as clients reach it.
+    pub own_address: SocketAddr,
+    /// Standbys that may take the match over (`--peer`), tried after this server.
+    pub peers: Vec<SocketAddr>,
+    /// Seconds of silence before a connection drops.
+    pub timeout_s: i32,
+    /// Seconds a token stays usable; tokens are refreshed at half of it.
+    pub expire_s: u64,
+}
+
+/// How often an unacknowledged token part is sent again.
+const TOKEN_RESEND: Duration = Duration::from_millis(100);
+
+/// A token on its way to a client, in parts, resent until each part is acknowledged.
+#[derive(Debug)]
+struct OutgoingToken {
+    purpose: TokenPurpose,
+    id: u32,
+    bytes: Vec<u8>,
+    minted_at: Duration,
+    acked: [bool; TOKEN_PARTS as usize],
+    /// Which of our packets carried which part (the newest few).
+    in_flight: Vec<(u16, u8)>,
+    last_sent: Option<Duration>,
+}
+
+impl OutgoingToken {
+    fn on_ack(&mut self, sequence: u16) {
+        for &(sent, part) in &self.in_flight {
+            if sent == sequence {
+                self.acked[usize::from(part)] = true;
+            }
+        }
+    }
+
+    fn delivered(&self) -> bool {
+        self.acked.iter().all(|&a| a)
+    }
 }
 
 /// Counters the core keeps besides netcode's.
@@ -98,6 +145,10 @@ struct ClientSlot {
     pending: BTreeMap<u32, InputFrame>,
     /// Newest sequence applied; all older ones were applied (or skipped by the client).
     last_applied: u32,
+    /// The newest reconnect token for this client.
+    reconnect: Option<OutgoingToken>,
+    /// Where this client must go, once the match has moved.
+    redirect: Option<OutgoingToken>,
 }
 
 /// One match and its connections. See the module docs for the calling order.
@@ -112,6 +163,8 @@ pub struct ServerCore {
     /// Players with no connection, and the tick they lost it: removed after the grace.
     detached: BTreeMap<u64, Tick>,
     next_player_id: u32,
+    /// Ids for tokens sent to clients (a newer id replaces an older token).
+    next_token_id: u32,
     stats: CoreStats,
     /// Reused each tick: entities in one client's view, with squared distance.
     visible: Vec<(f32, EntityId)>,
@@ -155,6 +208,7 @@ impl ServerCore {
             detached: roster.keys().map(|&id| (id, tick)).collect(),
             roster,
             next_player_id: state.next_player_id,
+            next_token_id: 0,
             stats: CoreStats::default(),
             visible: Vec::new(),
             inputs: BTreeMap::new(),
@@ -199,7 +253,21 @@ impl ServerCore {
                 return;
             }
         };
-        if !slot.acks.on_receive(now, header, |_| {}) {
+        let ClientSlot {
+            acks,
+            reconnect,
+            redirect,
+            ..
+        } = slot;
+        let fresh = acks.on_receive(now, header, |sequence| {
+            for token in [reconnect.as_mut(), redirect.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                token.on_ack(sequence);
+            }
+        });
+        if !fresh {
             return;
         }
         match message {
@@ -231,7 +299,171 @@ impl ServerCore {
                 self.send_snapshot(now, index);
             }
         }
+        self.send_tokens(now, true);
         events
+    }
+
+    /// Tells every client to move to `to` (the match was handed over there): each gets a
+    /// token for it, resent until it leaves. The world is no longer ticked after this;
+    /// call [`ServerCore::serve_redirects`] instead of `tick` until the clients are gone.
+    pub fn redirect_all(&mut self, now: Duration, to: SocketAddr) {
+        let mut addresses = vec![to];
+        addresses.extend(
+            self.config
+                .tokens
+                .peers
+                .iter()
+                .filter(|&&p| p != to && p != self.config.tokens.own_address),
+        );
+        for index in 0..self.clients.len() {
+            let Some(slot) = &self.clients[index] else {
+                continue;
+            };
+            let client_id = slot.client_id;
+            if let Some(token) = self.mint(now, client_id, &addresses, TokenPurpose::Redirect)
+                && let Some(slot) = self.clients[index].as_mut()
+            {
+                slot.redirect = Some(token);
+            }
+        }
+        tracing::info!(
+            match_id = %self.config.match_id,
+            tick = self.world.tick().0,
+            %to,
+            players = self.num_players(),
+            "redirecting every client"
+        );
+    }
+
+    /// After [`ServerCore::redirect_all`]: keeps connections alive and resends redirects.
+    pub fn serve_redirects(&mut self, now: Duration) {
+        self.netcode.update(now);
+        self.handle_connection_events();
+        self.send_tokens(now, false);
+    }
+
+    /// Mints reconnect tokens when due and sends unacknowledged token parts.
+    fn send_tokens(&mut self, now: Duration, refresh_reconnect: bool) {
+        let refresh_after = Duration::from_secs(self.config.tokens.expire_s / 2);
+        let own = self.reconnect_addresses();
+        for index in 0..self.clients.len() {
+            let Some(slot) = &self.clients[index] else {
+                continue;
+            };
+            let stale = slot
+                .reconnect
+                .as_ref()
+                .is_none_or(|t| now.saturating_sub(t.minted_at) >= refresh_after);
+            if refresh_reconnect && stale && slot.redirect.is_none() {
+                let client_id = slot.client_id;
+                let token = self.mint(now, client_id, &own, TokenPurpose::Reconnect);
+                if let Some(slot) = self.clients[index].as_mut() {
+                    slot.reconnect = token;
+                }
+            }
+            self.send_token_parts(now, index);
+        }
+    }
+
+    /// This server first, then its standbys.
+    fn reconnect_addresses(&self) -> Vec<SocketAddr> {
+        let own = self.config.tokens.own_address;
+        let mut addresses = vec![own];
+        addresses.extend(self.config.tokens.peers.iter().filter(|&&p| p != own));
+        addresses.truncate(netcode::MAX_SERVERS_PER_CONNECT);
+        addresses
+    }
+
+    fn mint(
+        &mut self,
+        now: Duration,
+        client_id: u64,
+        addresses: &[SocketAddr],
+        purpose: TokenPurpose,
+    ) -> Option<OutgoingToken> {
+        let name = self
+            .roster
+            .get(&client_id)
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        let minted = mint_token(
+            &TokenRequest {
+                protocol_id: self.config.netcode.protocol_id,
+                server_addresses: addresses.to_vec(),
+                client_id,
+                name,
+                now_unix_s: now.as_secs(),
+                expire_s: self.config.tokens.expire_s,
+                timeout_s: self.config.tokens.timeout_s,
+            },
+            &self.config.netcode.private_key,
+        )
+        .and_then(|token| token.write());
+        match minted {
+            Ok(bytes) => {
+                self.next_token_id += 1;
+                Some(OutgoingToken {
+                    purpose,
+                    id: self.next_token_id,
+                    bytes: bytes.to_vec(),
+                    minted_at: now,
+                    acked: [false; TOKEN_PARTS as usize],
+                    in_flight: Vec::new(),
+                    last_sent: None,
+                })
+            }
+            Err(error) => {
+                tracing::error!(%error, client_id, "could not mint a token");
+                None
+            }
+        }
+    }
+
+    fn send_token_parts(&mut self, now: Duration, index: usize) {
+        let Some(slot) = self.clients[index].as_mut() else {
+            return;
+        };
+        let mut datagrams = Vec::new();
+        for token in [slot.reconnect.as_mut(), slot.redirect.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let due = token
+                .last_sent
+                .is_none_or(|at| now.saturating_sub(at) >= TOKEN_RESEND);
+            if token.delivered() && token.purpose == TokenPurpose::Reconnect || !due {
+                continue;
+            }
+            token.last_sent = Some(now);
+            for part in 0..TOKEN_PARTS {
+                // A redirect is resent until the client leaves, acknowledged or not: it
+                // is the last thing this server has to say.
+                if token.acked[usize::from(part)] && token.purpose == TokenPurpose::Reconnect {
+                    continue;
+                }
+                let start = usize::from(part) * TOKEN_PART_BYTES;
+                let message = ServerMessage::TokenPart(TokenPart {
+                    purpose: token.purpose,
+                    token_id: token.id,
+                    part,
+                    bytes: token.bytes[start..start + TOKEN_PART_BYTES].to_vec(),
+                });
+                let header = slot.acks.next_header(now);
+                if token.in_flight.len() >= 16 {
+                    token.in_flight.remove(0);
+                }
+                token.in_flight.push((header.sequence, part));
+                let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
+                if let Ok(len) = encode(header, &message, &mut out) {
+                    datagrams.push(out[..len].to_vec());
+                }
+            }
+        }
+        for datagram in datagrams {
+            let _ = self
+                .netcode
+                .send_payload(now, ClientIndex(index as u32), &datagram);
+        }
     }
 
     /// Starts keeping a record of every step's inputs (tests; it grows without bound).
@@ -352,6 +584,8 @@ impl ServerCore {
                 acks: AckTracker::default(),
                 pending: BTreeMap::new(),
                 last_applied,
+                reconnect: None,
+                redirect: None,
             });
         }
     }

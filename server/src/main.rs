@@ -65,6 +65,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             seed,
         },
         view_radius_m: args.view_radius,
+        tokens: arena_server::core::TokenConfig {
+            own_address: public_addr,
+            peers: Vec::new(),
+            timeout_s: args.client_timeout_s,
+            expire_s: args.token_expire_s,
+        },
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

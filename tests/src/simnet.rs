@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use arena_client::bots::{Behavior, Brain};
 use arena_client::session::Session;
-use arena_server::core::{CoreConfig, ServerCore};
+use arena_server::core::{CoreConfig, ServerCore, TokenConfig};
 use arena_shared::identity::{ARENA_PROTOCOL_ID, TokenRequest, mint_token};
 use arena_shared::netcode::{self, Key};
 use arena_shared::sim::WorldConfig;
+use arena_shared::snapshot;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
@@ -55,13 +56,16 @@ impl LinkConfig {
     }
 }
 
+/// A datagram on a link: arrival time, order of sending, the server at the other end,
+/// bytes. Ordered by arrival, then by sending.
+type InFlight = (Duration, u64, SocketAddr, Vec<u8>);
+
 /// One direction of a path: datagrams in flight, ordered by arrival time.
 #[derive(Debug)]
 pub struct Link {
     config: LinkConfig,
     rng: Pcg64Mcg,
-    /// (arrival, order of sending, bytes)
-    in_flight: BinaryHeap<Reverse<(Duration, u64, Vec<u8>)>>,
+    in_flight: BinaryHeap<Reverse<InFlight>>,
     sent: u64,
     /// Datagrams lost on purpose.
     pub lost: u64,
@@ -79,8 +83,8 @@ impl Link {
         }
     }
 
-    /// Puts a datagram on the wire at `now`.
-    pub fn send(&mut self, now: Duration, bytes: Vec<u8>) {
+    /// Puts a datagram on the wire at `now`; `server` is the server at the other end.
+    pub fn send(&mut self, now: Duration, server: SocketAddr, bytes: Vec<u8>) {
         if self.rng.random_bool(self.config.loss) {
             self.lost += 1;
             return;
@@ -102,21 +106,22 @@ impl Link {
             self.in_flight.push(Reverse((
                 now + Duration::from_secs_f64(delay),
                 self.sent,
+                server,
                 bytes.clone(),
             )));
         }
     }
 
-    /// The next datagram that has arrived by `now`, with its arrival time.
-    pub fn receive(&mut self, now: Duration) -> Option<(Duration, Vec<u8>)> {
+    /// The next datagram that has arrived by `now`: arrival time, server, bytes.
+    pub fn receive(&mut self, now: Duration) -> Option<(Duration, SocketAddr, Vec<u8>)> {
         if self
             .in_flight
             .peek()
-            .is_some_and(|Reverse((at, _, _))| *at <= now)
+            .is_some_and(|Reverse((at, ..))| *at <= now)
         {
             self.in_flight
                 .pop()
-                .map(|Reverse((at, _, bytes))| (at, bytes))
+                .map(|Reverse((at, _, server, bytes))| (at, server, bytes))
         } else {
             None
         }
@@ -141,19 +146,39 @@ pub struct SimClient {
     pub playing: bool,
 }
 
-/// A server and its clients on a simulated network.
+/// What a simulated server process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerMode {
+    /// Owns the match and ticks it.
+    Ticking,
+    /// Handed the match over: keeps connections and resends redirects.
+    Redirecting,
+    /// Running with no match (a standby), or killed: datagrams to it vanish.
+    Down,
+}
+
+/// A server process on the simulated network.
+pub struct SimServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its core, once it has a match.
+    pub core: Option<ServerCore>,
+    /// What it is doing.
+    pub mode: ServerMode,
+}
+
+/// Servers and clients on a simulated network.
 pub struct SimNet {
     /// The virtual clock (since the unix epoch).
     pub now: Duration,
-    /// The real server core.
-    pub server: ServerCore,
-    /// Its address.
-    pub server_addr: SocketAddr,
+    /// Server processes; the first starts as the owner, the others as standbys.
+    pub servers: Vec<SimServer>,
     /// The clients.
     pub clients: Vec<SimClient>,
     /// Ticks per second.
     pub tick_hz: u32,
     seed: u64,
+    config: SimConfig,
 }
 
 /// How to build a [`SimNet`].
@@ -167,6 +192,8 @@ pub struct SimConfig {
     pub view_radius_m: f32,
     /// Ticks per second.
     pub tick_hz: u32,
+    /// Server processes (1: no standby).
+    pub servers: usize,
 }
 
 impl Default for SimConfig {
@@ -176,37 +203,134 @@ impl Default for SimConfig {
             max_players: 128,
             view_radius_m: 30.0,
             tick_hz: 60,
+            servers: 1,
         }
     }
 }
 
+/// The address of simulated server number `n`.
+pub fn server_address(n: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1 + n as u8], 7777))
+}
+
 impl SimNet {
-    /// A server with no clients yet.
+    /// An owner with no clients yet, and `config.servers - 1` standbys.
     pub fn new(config: SimConfig) -> Self {
-        let server_addr: SocketAddr = "10.0.0.1:7777".parse().unwrap_or_else(|_| unreachable!());
-        let core = ServerCore::new(CoreConfig {
+        let mut net = Self {
+            now: Duration::from_secs(START_UNIX_S),
+            servers: Vec::new(),
+            clients: Vec::new(),
+            tick_hz: config.tick_hz,
+            seed: config.seed,
+            config,
+        };
+        for n in 0..config.servers.max(1) {
+            net.servers.push(SimServer {
+                addr: server_address(n),
+                core: None,
+                mode: ServerMode::Down,
+            });
+        }
+        let owner = net.core_config(0);
+        net.servers[0].core = Some(ServerCore::new(owner));
+        net.servers[0].mode = ServerMode::Ticking;
+        net
+    }
+
+    /// The configuration server `n` runs with (its peers are the other servers).
+    pub fn core_config(&self, n: usize) -> CoreConfig {
+        let addr = server_address(n);
+        CoreConfig {
             match_id: "sim".into(),
             netcode: netcode::ServerConfig {
                 protocol_id: ARENA_PROTOCOL_ID,
                 private_key: KEY,
-                max_clients: config.max_players as usize,
-                addresses: vec![server_addr],
+                max_clients: self.config.max_players as usize,
+                addresses: vec![addr],
             },
             world: WorldConfig {
-                max_players: config.max_players,
-                tick_hz: config.tick_hz,
-                seed: config.seed,
+                max_players: self.config.max_players,
+                tick_hz: self.config.tick_hz,
+                seed: self.config.seed,
             },
-            view_radius_m: config.view_radius_m,
-        });
-        Self {
-            now: Duration::from_secs(START_UNIX_S),
-            server: core,
-            server_addr,
-            clients: Vec::new(),
-            tick_hz: config.tick_hz,
-            seed: config.seed,
+            view_radius_m: self.config.view_radius_m,
+            tokens: TokenConfig {
+                own_address: addr,
+                peers: (0..self.config.servers)
+                    .map(server_address)
+                    .filter(|&a| a != addr)
+                    .collect(),
+                timeout_s: 5,
+                expire_s: 600,
+            },
         }
+    }
+
+    /// The owner's core (server 0).
+    pub fn server(&self) -> &ServerCore {
+        self.core(0)
+    }
+
+    /// The owner's core, mutable.
+    pub fn server_mut(&mut self) -> &mut ServerCore {
+        self.core_mut(0)
+    }
+
+    /// Server `n`'s core; panics if it has no match (a test's mistake).
+    pub fn core(&self, n: usize) -> &ServerCore {
+        self.servers[n]
+            .core
+            .as_ref()
+            .unwrap_or_else(|| panic!("server {n} has no match"))
+    }
+
+    /// Server `n`'s core, mutable.
+    pub fn core_mut(&mut self, n: usize) -> &mut ServerCore {
+        self.servers[n]
+            .core
+            .as_mut()
+            .unwrap_or_else(|| panic!("server {n} has no match"))
+    }
+
+    /// A MatchSnapshot of server `n`'s match, as the owner would write it.
+    pub fn snapshot_bytes(&self, n: usize, epoch: u64) -> Vec<u8> {
+        snapshot::encode("sim", epoch, &self.core(n).match_state())
+            .unwrap_or_else(|e| panic!("snapshot of server {n}: {e}"))
+    }
+
+    /// Server `to` restores `bytes` and starts ticking; it records every step's inputs.
+    pub fn restore(&mut self, to: usize, bytes: &[u8]) {
+        let (_, state) = snapshot::decode(bytes, "sim").unwrap_or_else(|e| panic!("restore: {e}"));
+        let mut core = ServerCore::with_state(self.core_config(to), state);
+        core.record_inputs();
+        self.servers[to].core = Some(core);
+        self.servers[to].mode = ServerMode::Ticking;
+    }
+
+    /// A planned handoff at the current tick boundary: `from` freezes and snapshots, `to`
+    /// restores and resumes, `from` redirects every client. Returns the snapshot.
+    pub fn hand_off(&mut self, from: usize, to: usize) -> Vec<u8> {
+        let bytes = self.snapshot_bytes(from, 1);
+        self.restore(to, &bytes);
+        let now = self.now;
+        let target = self.servers[to].addr;
+        self.core_mut(from).redirect_all(now, target);
+        self.servers[from].mode = ServerMode::Redirecting;
+        bytes
+    }
+
+    /// Server `n` dies: it ticks no more and datagrams to and from it vanish.
+    pub fn crash(&mut self, n: usize) {
+        self.servers[n].mode = ServerMode::Down;
+    }
+
+    /// Clients connected to server `n`.
+    pub fn connected_to(&self, n: usize) -> usize {
+        let addr = self.servers[n].addr;
+        self.clients
+            .iter()
+            .filter(|c| c.session.is_connected() && c.session.server_address() == Some(addr))
+            .count()
     }
 
     /// Adds a client that starts connecting now over links with `link` both ways.
@@ -216,7 +340,7 @@ impl SimNet {
         let token = mint_token(
             &TokenRequest {
                 protocol_id: ARENA_PROTOCOL_ID,
-                server_addresses: vec![self.server_addr],
+                server_addresses: vec![server_address(0)],
                 client_id: 1000 + n,
                 name: format!("sim-{n}"),
                 now_unix_s: self.now.as_secs(),
@@ -241,12 +365,21 @@ impl SimNet {
         self.clients.len() - 1
     }
 
-    /// One tick of virtual time: deliver what arrives, tick the server, clients act.
+    /// One tick of virtual time: deliver what arrives, tick the servers, clients act.
     pub fn step(&mut self) {
         let end = self.now + self.tick_period();
         self.deliver_until(end);
         self.now = end;
-        self.server.tick(self.now);
+        let now = self.now;
+        for server in &mut self.servers {
+            match (server.mode, server.core.as_mut()) {
+                (ServerMode::Ticking, Some(core)) => {
+                    core.tick(now);
+                }
+                (ServerMode::Redirecting, Some(core)) => core.serve_redirects(now),
+                _ => {}
+            }
+        }
         self.collect_server_transmits();
         let now = self.now;
         for client in &mut self.clients {
@@ -264,7 +397,7 @@ impl SimNet {
                 client.session.resend_inputs(now);
             }
             while let Some(t) = client.session.poll_transmit() {
-                client.up.send(now, t.contents);
+                client.up.send(now, t.destination, t.contents);
             }
         }
     }
@@ -318,7 +451,7 @@ impl SimNet {
             let mut next: Option<(Duration, usize, bool)> = None;
             for (i, client) in self.clients.iter().enumerate() {
                 for (up, link) in [(true, &client.up), (false, &client.down)] {
-                    if let Some(Reverse((at, _, _))) = link.in_flight.peek()
+                    if let Some(Reverse((at, ..))) = link.in_flight.peek()
                         && *at <= end
                         && next.is_none_or(|(t, _, _)| *at < t)
                     {
@@ -331,24 +464,34 @@ impl SimNet {
             };
             let client = &mut self.clients[i];
             if up {
-                if let Some((at, mut bytes)) = client.up.receive(end) {
-                    self.server.handle_datagram(at, client.addr, &mut bytes);
+                if let Some((at, to, mut bytes)) = client.up.receive(end)
+                    && let Some(server) = self.servers.iter_mut().find(|s| s.addr == to)
+                    && server.mode != ServerMode::Down
+                    && let Some(core) = server.core.as_mut()
+                {
+                    core.handle_datagram(at, client.addr, &mut bytes);
                 }
-            } else if let Some((at, mut bytes)) = client.down.receive(end)
+            } else if let Some((at, from, mut bytes)) = client.down.receive(end)
                 && client.running
             {
-                client
-                    .session
-                    .handle_datagram(at, self.server_addr, &mut bytes);
+                client.session.handle_datagram(at, from, &mut bytes);
             }
         }
     }
 
     fn collect_server_transmits(&mut self) {
         let now = self.now;
-        while let Some(t) = self.server.poll_transmit() {
-            if let Some(client) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
-                client.down.send(now, t.contents);
+        for server in &mut self.servers {
+            let Some(core) = server.core.as_mut() else {
+                continue;
+            };
+            while let Some(t) = core.poll_transmit() {
+                if server.mode == ServerMode::Down {
+                    continue;
+                }
+                if let Some(client) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
+                    client.down.send(now, server.addr, t.contents);
+                }
             }
         }
     }

@@ -34,7 +34,7 @@ fn a_hundred_clients_play_a_minute_on_a_clean_link_and_every_input_is_applied() 
     let net = play(seed, 100, LinkConfig::clean(), 60);
     assert!(net.all_connected(), "seed {seed}: someone was disconnected");
     assert_eq!(net.inputs_unapplied(), 0, "seed {seed}");
-    let stats = net.server.stats();
+    let stats = net.server().stats();
     let sent: u64 = net
         .clients
         .iter()
@@ -77,7 +77,7 @@ fn under_5_percent_loss_and_80ms_latency_every_input_is_still_applied() {
         0,
         "seed {seed}: inputs never applied"
     );
-    let stats = net.server.stats();
+    let stats = net.server().stats();
     assert_eq!(
         stats.inputs_skipped + stats.inputs_dropped,
         0,
@@ -109,26 +109,30 @@ fn a_silent_client_times_out_and_its_entity_is_removed() {
         net.run_until(3 * TICK_HZ, SimNet::all_connected),
         "seed {seed}"
     );
-    assert_eq!(net.server.world().players().len(), 3);
-    let bodies = net.server.world().entities().len();
+    assert_eq!(net.server().world().players().len(), 3);
+    let bodies = net.server().world().entities().len();
     net.clients[1].running = false;
     // The token's timeout is 5 s; the slot and the body go within a tick of it.
     net.run_ticks(5 * TICK_HZ - 5);
-    assert_eq!(net.server.num_players(), 3, "seed {seed}: timed out early");
+    assert_eq!(
+        net.server().num_players(),
+        3,
+        "seed {seed}: timed out early"
+    );
     net.run_ticks(10);
-    assert_eq!(net.server.num_players(), 2, "seed {seed}");
+    assert_eq!(net.server().num_players(), 2, "seed {seed}");
     // Its body stays for the reconnect grace, standing still, then goes.
-    assert_eq!(net.server.world().players().len(), 3, "seed {seed}");
+    assert_eq!(net.server().world().players().len(), 3, "seed {seed}");
     let grace = arena_server::core::RECONNECT_GRACE_S * TICK_HZ;
     net.run_ticks(grace - 15);
     assert_eq!(
-        net.server.world().players().len(),
+        net.server().world().players().len(),
         3,
         "seed {seed}: removed before the grace"
     );
     net.run_ticks(20);
-    assert_eq!(net.server.world().players().len(), 2, "seed {seed}");
-    assert!(net.server.world().entities().len() < bodies + 50);
+    assert_eq!(net.server().world().players().len(), 2, "seed {seed}");
+    assert!(net.server().world().entities().len() < bodies + 50);
     assert!(net.clients[0].session.is_connected() && net.clients[2].session.is_connected());
 }
 
@@ -140,7 +144,7 @@ fn every_snapshot_fits_1200_bytes_with_500_players_in_view() {
         max_players: 500,
         // The whole arena in view: every client sees all 500.
         view_radius_m: 1000.0,
-        tick_hz: 60,
+        ..SimConfig::default()
     });
     for _ in 0..500 {
         net.add_client(LinkConfig::clean(), Behavior::Idle);
@@ -149,9 +153,9 @@ fn every_snapshot_fits_1200_bytes_with_500_players_in_view() {
         net.run_until(5 * TICK_HZ, SimNet::all_connected),
         "seed {seed}"
     );
-    let sent_before = net.server.stats().snapshots_sent;
+    let sent_before = net.server().stats().snapshots_sent;
     net.run_ticks(10);
-    let stats = net.server.stats();
+    let stats = net.server().stats();
     // Every client got a snapshot every tick: none was refused for its size.
     assert_eq!(stats.snapshots_sent - sent_before, 500 * 10, "seed {seed}");
     assert!(
@@ -188,15 +192,15 @@ fn shedding_load_halves_snapshots_but_keeps_the_tick_rate_and_every_input() {
         net.run_until(3 * TICK_HZ, SimNet::all_connected),
         "seed {seed}"
     );
-    net.server.set_snapshot_every(2);
+    net.server_mut().set_snapshot_every(2);
     let before: Vec<u64> = net
         .clients
         .iter()
         .map(|c| c.session.stats().snapshots)
         .collect();
-    let tick_before = net.server.world().tick().0;
+    let tick_before = net.server().world().tick().0;
     net.run_ticks(10 * TICK_HZ);
-    assert_eq!(net.server.world().tick().0 - tick_before, 10 * TICK_HZ);
+    assert_eq!(net.server().world().tick().0 - tick_before, 10 * TICK_HZ);
     for (client, before) in net.clients.iter().zip(before) {
         let got = client.session.stats().snapshots - before;
         assert!(

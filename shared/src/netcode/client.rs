@@ -123,9 +123,23 @@ impl Client {
 
     /// A client that starts connecting with an already parsed token.
     pub fn with_token(now: Duration, token: ConnectToken) -> Self {
+        Self::with_token_from(now, token, 0)
+    }
+
+    /// Like [`Client::with_token`], but starts with the token's address number `first`
+    /// (skipping a server known to be gone); clamped to the list.
+    pub fn with_token_from(now: Duration, token: ConnectToken, first: usize) -> Self {
+        let first = first.min(token.server_addresses.len().saturating_sub(1));
         let mut client = Self::blank(now, Some(token));
-        client.start_attempt(now, 0);
+        client.start_attempt(now, first);
         client
+    }
+
+    /// The token's server addresses, in order.
+    pub fn server_addresses(&self) -> &[SocketAddr] {
+        self.token
+            .as_ref()
+            .map_or(&[], |t| t.server_addresses.as_slice())
     }
 
     fn blank(now: Duration, token: Option<ConnectToken>) -> Self {

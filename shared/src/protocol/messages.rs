@@ -46,6 +46,37 @@ pub enum ClientMessage {
 pub enum ServerMessage {
     /// What the client sees at a tick.
     Snapshot(Snapshot),
+    /// Part of a connect token the server gives the client (a token is 2048 bytes, more
+    /// than one datagram holds, so it travels in [`TOKEN_PARTS`] parts).
+    TokenPart(TokenPart),
+}
+
+/// What a token the server sends is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TokenPurpose {
+    /// Keep it: if this server goes silent, reconnect with it (it lists this server and
+    /// its standbys).
+    Reconnect,
+    /// Use it now: the match moved to the server it lists.
+    Redirect,
+}
+
+/// Parts a 2048-byte token is sent in.
+pub const TOKEN_PARTS: u8 = 2;
+/// Bytes per part.
+pub const TOKEN_PART_BYTES: usize = crate::netcode::CONNECT_TOKEN_BYTES / TOKEN_PARTS as usize;
+
+/// One part of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenPart {
+    /// What the token is for.
+    pub purpose: TokenPurpose,
+    /// Which token (a newer one replaces an older one).
+    pub token_id: u32,
+    /// Which part, from 0.
+    pub part: u8,
+    /// The part's bytes ([`TOKEN_PART_BYTES`]).
+    pub bytes: Vec<u8>,
 }
 
 /// The world as one client sees it at one tick.
@@ -253,7 +284,13 @@ pub fn decode_client(bytes: &[u8]) -> Result<(PacketHeader, ClientMessage), Deco
 
 /// Decodes and validates what a server sent.
 pub fn decode_server(bytes: &[u8]) -> Result<(PacketHeader, ServerMessage), DecodeError> {
-    decode::<ServerMessage>(bytes)
+    let (header, message) = decode::<ServerMessage>(bytes)?;
+    if let ServerMessage::TokenPart(part) = &message
+        && (part.part >= TOKEN_PARTS || part.bytes.len() != TOKEN_PART_BYTES)
+    {
+        return Err(DecodeError::OutOfBounds("token part index or size"));
+    }
+    Ok((header, message))
 }
 
 #[cfg(test)]

@@ -11,5 +11,5 @@ pub mod messages;
 pub use ack::{AckTracker, PacketHeader};
 pub use messages::{
     ClientMessage, DecodeError, EncodeError, EntityState, NetEntityId, NetEntityKind, PlayerStatus,
-    ServerMessage, Snapshot, decode_client, decode_server, encode,
+    ServerMessage, Snapshot, TokenPart, TokenPurpose, decode_client, decode_server, encode,
 };

@@ -1,0 +1,142 @@
+//! Handoff and crash recovery on the simulated network: real cores, real sessions, a real
+//! MatchSnapshot between them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use arena_client::bots::Behavior;
+use arena_server::core::TickRecord;
+use arena_shared::sim::{PlayerId, World};
+use arena_shared::snapshot;
+use arena_tests::simnet::{LinkConfig, SimConfig, SimNet};
+
+const TICK_HZ: u64 = 60;
+
+fn net(seed: u64, clients: usize, link: LinkConfig) -> SimNet {
+    let mut net = SimNet::new(SimConfig {
+        seed,
+        servers: 2,
+        ..SimConfig::default()
+    });
+    for _ in 0..clients {
+        net.add_client(link, Behavior::Wander);
+    }
+    assert!(
+        net.run_until(3 * TICK_HZ, SimNet::all_connected),
+        "seed {seed}: connect"
+    );
+    // Play long enough for every client to hold a reconnect token.
+    net.run_ticks(3 * TICK_HZ);
+    assert!(
+        net.clients.iter().all(|c| c.session.has_reconnect_token()),
+        "seed {seed}: reconnect tokens did not arrive"
+    );
+    net
+}
+
+/// Steps `world` through what a server's steps were fed.
+fn replay(world: &mut World, log: &[TickRecord]) {
+    for record in log {
+        let wanted: BTreeSet<PlayerId> = record.players.iter().copied().collect();
+        let present: Vec<PlayerId> = world.players().keys().copied().collect();
+        for id in present.iter().filter(|id| !wanted.contains(id)) {
+            world.remove_player(*id);
+        }
+        for id in &record.players {
+            world.add_player(*id);
+        }
+        assert_eq!(world.tick().next(), record.tick, "replay out of step");
+        world.step(&record.inputs);
+    }
+}
+
+#[test]
+fn a_handoff_under_loss_loses_no_input_and_continues_the_same_world() {
+    let seed = 21;
+    let mut net = net(seed, 100, LinkConfig::lossy(0.05, 40, 10));
+    let bytes = net.hand_off(0, 1);
+    let (_, frozen) = snapshot::decode(&bytes, "sim").unwrap();
+    assert!(
+        net.run_until(3 * TICK_HZ, |n| n.connected_to(1) == 100),
+        "seed {seed}: only {} clients followed the redirect",
+        net.connected_to(1)
+    );
+    net.run_ticks(5 * TICK_HZ);
+    net.stop_playing();
+    net.run_until(3 * TICK_HZ, |n| n.inputs_unapplied() == 0);
+
+    assert_eq!(
+        net.inputs_unapplied(),
+        0,
+        "seed {seed}: inputs lost in the handoff"
+    );
+    let b = net.core(1).stats();
+    assert_eq!(b.inputs_skipped + b.inputs_dropped, 0, "seed {seed}");
+    for client in &net.clients {
+        assert_eq!(client.session.stats().handoffs_followed, 1, "seed {seed}");
+        let gap = client.session.stats().max_snapshot_gap;
+        assert!(
+            gap.as_millis() < 500,
+            "seed {seed}: a client went {gap:?} without a snapshot"
+        );
+    }
+    // The old owner saw everyone leave.
+    assert_eq!(net.core(0).num_players(), 0, "seed {seed}");
+
+    // The new owner's world is the frozen one stepped with exactly what the new owner
+    // applied: nothing of the match was lost or changed in transit.
+    let mut uninterrupted = frozen.world.clone();
+    let log = net.core_mut(1).take_input_log();
+    assert!(log.len() as u64 >= 5 * TICK_HZ);
+    replay(&mut uninterrupted, &log);
+    assert_eq!(
+        uninterrupted.hash(),
+        net.core(1).world().hash(),
+        "seed {seed}"
+    );
+}
+
+#[test]
+fn after_a_crash_every_client_comes_back_to_the_standby_with_a_bounded_rollback() {
+    let seed = 22;
+    let mut net = net(seed, 50, LinkConfig::lossy(0.01, 20, 5));
+    // The owner snapshots every second; it dies 0.75 s after its last one.
+    let snapshot = net.snapshot_bytes(0, 1);
+    let snapshot_tick = snapshot::read_header(&snapshot).unwrap().tick.0;
+    let ids_before: Vec<_> = net.server().match_state().roster;
+    net.run_ticks(45);
+    let crash_tick = net.server().world().tick().0;
+    net.crash(0);
+    // The standby notices the lapsed lease about a second later and restores.
+    net.run_ticks(TICK_HZ);
+    net.restore(1, &snapshot);
+    let restored_at = net.now;
+    assert!(
+        net.run_until(5 * TICK_HZ, |n| n.connected_to(1) == 50),
+        "seed {seed}: only {} clients came back",
+        net.connected_to(1)
+    );
+    let back_after = net.now - restored_at;
+    assert!(
+        back_after.as_secs_f64() < 1.5,
+        "seed {seed}: clients took {back_after:?}"
+    );
+    let rollback = crash_tick - snapshot_tick;
+    assert!(
+        rollback <= TICK_HZ,
+        "seed {seed}: rolled back {rollback} ticks"
+    );
+    // Everyone has their own player back: same ids, no new players.
+    let ids_after: Vec<_> = net.core(1).match_state().roster;
+    let key = |r: &[arena_shared::snapshot::RosterEntry]| -> Vec<(u64, PlayerId)> {
+        r.iter().map(|e| (e.client_id, e.player)).collect()
+    };
+    assert_eq!(key(&ids_after), key(&ids_before), "seed {seed}");
+    for client in &net.clients {
+        assert!(client.session.stats().reconnects >= 1, "seed {seed}");
+    }
+    // And play goes on.
+    net.run_ticks(2 * TICK_HZ);
+    assert_eq!(net.connected_to(1), 50);
+}
