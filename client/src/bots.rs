@@ -78,6 +78,8 @@ struct BotResult {
     max_gap: Duration,
     inputs_sent: u64,
     inputs_applied: u64,
+    handoffs_followed: u64,
+    reconnects: u64,
     rtt_us: Histogram<u64>,
 }
 
@@ -111,6 +113,12 @@ pub struct BotsReport {
     pub inputs_applied: u64,
     /// Input frames the server never applied.
     pub inputs_lost: u64,
+    /// Redirects followed, over all bots (a handoff of the match counts once per bot).
+    pub handoffs_followed: u64,
+    /// Reconnections after the server went silent, over all bots.
+    pub reconnects: u64,
+    /// Bots that followed at least one handoff.
+    pub bots_handed_off: usize,
     /// The first error a bot met, if any.
     pub first_error: Option<String>,
 }
@@ -147,6 +155,8 @@ async fn run_bot(config: &BotsConfig, index: usize) -> BotResult {
         max_gap: Duration::ZERO,
         inputs_sent: 0,
         inputs_applied: 0,
+        handoffs_followed: 0,
+        reconnects: 0,
         rtt_us: new_histogram(),
     };
     if let Err(error) = play(config, index, &mut result).await {
@@ -203,7 +213,8 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
                     play_until = Some(now + config.duration);
                     result.connected_ever = true;
                 }
-                if result.connected_ever && !session.is_connected() {
+                // Moving to another server (a handoff or a reconnect) is not losing it.
+                if result.connected_ever && session.is_lost() {
                     result.lost_connection = true;
                     break;
                 }
@@ -249,6 +260,8 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     result.max_gap = stats.max_snapshot_gap;
     result.inputs_sent = stats.inputs_sent;
     result.inputs_applied = u64::from(session.last_applied_input());
+    result.handoffs_followed = stats.handoffs_followed;
+    result.reconnects = stats.reconnects;
     session.disconnect(now);
     while let Some(transmit) = session.poll_transmit() {
         let _ = socket
@@ -333,6 +346,9 @@ fn report(results: &[BotResult]) -> BotsReport {
         inputs_sent,
         inputs_applied,
         inputs_lost: inputs_sent.saturating_sub(inputs_applied),
+        handoffs_followed: results.iter().map(|r| r.handoffs_followed).sum(),
+        reconnects: results.iter().map(|r| r.reconnects).sum(),
+        bots_handed_off: results.iter().filter(|r| r.handoffs_followed > 0).count(),
         first_error: results.iter().find_map(|r| r.error.clone()),
     }
 }

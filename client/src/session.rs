@@ -118,6 +118,9 @@ pub struct Session {
     latest: Option<Snapshot>,
     /// When the newest snapshot arrived.
     latest_at: Duration,
+    /// When the current server was last heard from, or the current transport started:
+    /// the silence that triggers a reconnect is measured from here.
+    last_heard: Duration,
     /// Snapshots not yet taken by the caller (bounded).
     fresh: VecDeque<Snapshot>,
     stats: SessionStats,
@@ -143,6 +146,7 @@ impl Session {
             last_input_tick: Tick(0),
             latest: None,
             latest_at: now,
+            last_heard: now,
             fresh: VecDeque::new(),
             stats: SessionStats::default(),
             tokens: [IncomingToken::default(), IncomingToken::default()],
@@ -250,6 +254,7 @@ impl Session {
         self.fresh.push_back(snapshot.clone());
         self.latest = Some(snapshot);
         self.latest_at = now;
+        self.last_heard = now;
         self.reconnect_attempts = 0;
         if let Some(moved) = &mut self.moved
             && moved.done_at.is_none()
@@ -263,7 +268,7 @@ impl Session {
         self.netcode.update(now);
         let silent = self.netcode.is_connected()
             && self.latest.is_some()
-            && now.saturating_sub(self.latest_at) >= SILENCE_BEFORE_RECONNECT;
+            && now.saturating_sub(self.last_heard) >= SILENCE_BEFORE_RECONNECT;
         let failed = self.netcode.state().is_error();
         if !(silent || failed) || self.reconnect_attempts >= MAX_RECONNECT_ATTEMPTS {
             return;
@@ -287,7 +292,7 @@ impl Session {
         self.stats.reconnects += 1;
         self.replace_transport(now, &token, first, false);
         // The new transport must not inherit the silence that triggered this.
-        self.latest_at = now;
+        self.last_heard = now;
     }
 
     /// Makes this tick's input frame and sends it with every other unapplied one.

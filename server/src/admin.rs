@@ -6,30 +6,36 @@
 //!   this server. This is the development matchmaker; a production backend mints the same
 //!   tokens with the same private key.
 //!
+//! - `POST /handoff` with `{"to": "host:port"}`: hands the match to the standby whose
+//!   admin API is there.
+//! - `POST /match` (a standby): receives a sealed match from its owner.
+//!
+//! The mutating endpoints (`/token`, `/handoff`, `/match`) require
+//! `Authorization: Bearer <token>` when the server runs with `--admin-token`.
 //! The API never touches the world: it reads what the tick loop publishes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::handoff::FROZEN_AT_HEADER;
+use crate::host::{Host, ReceiveError, parse_admin_target};
+use crate::status::prometheus;
 use arena_shared::identity::{MAX_NAME_BYTES, TokenRequest, mint_token, random_client_id};
 use arena_shared::netcode::Key;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
-use crate::status::{Status, prometheus};
-
-/// What the API needs: the published status and what minting a token takes.
+/// What the API needs: the process and what minting a token takes.
 pub struct AdminState {
-    /// The latest status from the tick loop.
-    pub status: watch::Receiver<Status>,
+    /// The process: status, role, handoffs.
+    pub host: Arc<Host>,
     /// Token minting.
     pub tokens: TokenMinter,
 }
@@ -73,20 +79,129 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/token", post(token))
+        .route("/handoff", post(handoff))
+        .route("/match", post(receive_match))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_MATCH_BYTES))
         .with_state(state)
 }
 
+/// Largest sealed match accepted by `POST /match`.
+const MAX_MATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// Refuses a request without the bearer token, when one is configured.
+fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let expected = state.host.admin_token()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time enough for a loopback admin API: compare lengths, then all bytes.
+    let matches = given.is_some_and(|g| {
+        g.len() == expected.len()
+            && g.bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    (!matches).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(
+                serde_json::json!({ "error": "missing or wrong Authorization: Bearer token" }),
+            ),
+        )
+            .into_response()
+    })
+}
+
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
-    let status = state.status.borrow().clone();
+    let status = state.host.status.borrow().clone();
     axum::Json(status).into_response()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandoffBody {
+    to: String,
+}
+
+async fn handoff(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let request: HandoffBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => return bad_request(format!("expected {{\"to\": \"host:port\"}}: {error}")),
+    };
+    let to = match parse_admin_target(&request.to) {
+        Ok(to) => to,
+        Err(reason) => return bad_request(reason),
+    };
+    match state.host.hand_off(to.clone()).await {
+        Ok(accepted) => axum::Json(serde_json::json!({
+            "to": to,
+            "udp": accepted.udp,
+            "epoch": accepted.epoch,
+            "tick": accepted.tick,
+        }))
+        .into_response(),
+        Err(reason) => (
+            StatusCode::BAD_GATEWAY,
+            axum::Json(serde_json::json!({ "error": reason })),
+        )
+            .into_response(),
+    }
+}
+
+async fn receive_match(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let frozen_at = headers
+        .get(FROZEN_AT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let host = Arc::clone(&state.host);
+    let received = tokio::task::spawn_blocking(move || host.receive(&body, frozen_at)).await;
+    match received {
+        Ok(Ok(accepted)) => axum::Json(accepted).into_response(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "refused a handed-over match");
+            let code = match error {
+                ReceiveError::Refused(_) => StatusCode::FORBIDDEN,
+                ReceiveError::Busy(_) => StatusCode::CONFLICT,
+            };
+            (
+                code,
+                axum::Json(serde_json::json!({ "error": error.to_string() })),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "receiving the match failed",
+        )
+            .into_response(),
+    }
+}
+
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    let text = prometheus(&state.status.borrow());
+    let text = prometheus(&state.host.status.borrow());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn token(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+async fn token(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
     let request: TokenBody = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => return bad_request(format!("expected {{\"name\": \"...\"}}: {error}")),

@@ -67,6 +67,40 @@ pub struct Args {
     /// Seconds a token minted by POST /token may be used to connect.
     #[arg(long, default_value_t = 60)]
     pub token_expire_s: u64,
+
+    /// Start with no match and wait: for a handoff (POST /match from an owner), or, with
+    /// --watch, for the owner's lease to lapse.
+    #[arg(long)]
+    pub standby: bool,
+
+    /// As a standby: take over this match when its owner's lease lapses (crash recovery).
+    #[arg(long, requires = "standby")]
+    pub watch: Option<String>,
+
+    /// UDP address of a standby (repeatable). Clients get reconnect tokens listing this
+    /// server and then these, and reconnect there if this server dies.
+    #[arg(long = "peer")]
+    pub peers: Vec<SocketAddr>,
+
+    /// On SIGTERM, hand the match to the standby whose admin API is at this host:port
+    /// instead of stopping it.
+    #[arg(long, value_parser = crate::host::parse_admin_target)]
+    pub handoff_to: Option<String>,
+
+    /// Require `Authorization: Bearer <TOKEN>` on the admin API's mutating endpoints
+    /// (/token, /handoff, /match); needed to bind --admin beyond loopback. Servers of one
+    /// fleet share it. Also read from ARENA_ADMIN_TOKEN.
+    #[arg(long, env = "ARENA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Seconds between snapshots of the match to the store (the most a crash rolls back).
+    #[arg(long, default_value_t = 1.0)]
+    pub snapshot_every: f64,
+
+    /// Ownership lease, milliseconds: a standby takes over this long after the owner's
+    /// last renewal (renewed four times per lease).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub lease_ms: u64,
 }
 
 /// Parses a u64 written in decimal or as 0x-hex.

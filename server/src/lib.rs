@@ -7,7 +7,10 @@
 //! # Layout
 //!
 //! - [`core`]: the sans-IO server: connections, input buffers, the tick, snapshots.
-//! - [`net`]: the tokio driver: socket, fixed-timestep loop, shutdown.
+//! - [`net`]: the tokio driver: socket, fixed-timestep loop, handoff, shutdown.
+//! - [`ownership`]: snapshots off the tick thread, the lease, fencing.
+//! - [`host`]: the process's role (owner, standby), takeover and handoff receipt.
+//! - [`handoff`]: the sealed snapshot in transit and the call that carries it.
 //! - [`admin`]: the HTTP admin API (`/status`, `/metrics`, `/token`).
 //! - [`config`]: command-line flags and the private key file.
 //! - [`store`]: snapshots and ownership leases on disk, with epoch fencing.
@@ -16,6 +19,9 @@
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod handoff;
+pub mod host;
 pub mod net;
+pub mod ownership;
 pub mod status;
 pub mod store;

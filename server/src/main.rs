@@ -1,14 +1,16 @@
-//! `arena-server`: parses flags, binds, and runs the match until Ctrl-C or SIGTERM.
+//! `arena-server`: parses flags, binds, and runs (or waits for) a match until Ctrl-C or
+//! SIGTERM.
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use arena_server::admin::{self, AdminState, TokenMinter};
 use arena_server::config::{Args, load_or_create_key};
-use arena_server::core::{CoreConfig, ServerCore};
-use arena_server::net::{bind_udp, run_loop};
-use arena_server::status::Status;
+use arena_server::core::{CoreConfig, TokenConfig};
+use arena_server::host::{Host, HostConfig};
+use arena_server::net::{LoopExit, bind_udp};
 use arena_shared::netcode;
 use arena_shared::sim::WorldConfig;
 use clap::Parser;
@@ -18,7 +20,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("arena-server: {error:#}");
             ExitCode::FAILURE
@@ -37,21 +39,33 @@ fn init_logging() {
         .init();
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !args.admin.ip().is_loopback() && args.admin_token.is_none() {
+        bail!(
+            "--admin {} is not a loopback address: set --admin-token so strangers cannot mint tokens or move the match",
+            args.admin
+        );
+    }
+    if !(args.snapshot_every.is_finite() && (0.05..=3600.0).contains(&args.snapshot_every)) {
+        bail!(
+            "--snapshot-every must be 0.05 to 3600 seconds, got {}",
+            args.snapshot_every
+        );
+    }
     let private_key = load_or_create_key(&args)?;
     let max_players = args.max_players as usize;
     let udp = bind_udp(args.listen, max_players)?;
     let bound = udp.local_addr()?;
     let public_addr = args.public_addr.unwrap_or(bound);
     if public_addr.ip().is_unspecified() {
-        anyhow::bail!(
+        bail!(
             "--listen {bound} is a wildcard address: give --public-addr, the address clients reach"
         );
     }
     let seed = args
         .seed
         .unwrap_or_else(arena_shared::identity::random_client_id);
-    let core = ServerCore::new(CoreConfig {
+    let core = CoreConfig {
         match_id: args.match_id.clone(),
         netcode: netcode::ServerConfig {
             protocol_id: args.protocol_id,
@@ -65,13 +79,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             seed,
         },
         view_radius_m: args.view_radius,
-        tokens: arena_server::core::TokenConfig {
+        tokens: TokenConfig {
             own_address: public_addr,
-            peers: Vec::new(),
+            peers: args.peers.clone(),
             timeout_s: args.client_timeout_s,
             expire_s: args.token_expire_s,
         },
-    });
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -83,28 +97,37 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot bind the admin API on {}", args.admin))?;
         let admin_addr = admin_listener.local_addr()?;
-        let (status_tx, status_rx) = watch::channel(Status::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-
-        let tick_hz = args.tick_hz;
-        let loop_shutdown = shutdown_rx.clone();
-        let tick_loop = std::thread::Builder::new()
-            .name("tick-loop".into())
-            .spawn(move || -> anyhow::Result<()> {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("cannot start the tick loop's runtime")?;
-                runtime.block_on(run_loop(core, udp, tick_hz, status_tx, loop_shutdown))
-            })
-            .context("cannot start the tick loop thread")?;
+        let (host, mut loop_thread) = Host::start(
+            HostConfig {
+                core,
+                private_key,
+                owner_id: format!("pid{}@{}", std::process::id(), admin_addr),
+                lease: Duration::from_millis(args.lease_ms),
+                snapshot_every: Duration::from_secs_f64(args.snapshot_every),
+                admin_token: args.admin_token.clone(),
+                watch: args.watch.clone(),
+            },
+            &args.data_dir,
+            udp,
+            shutdown_rx.clone(),
+        )?;
+        if !args.standby {
+            let owner = Arc::clone(&host);
+            let match_id = args.match_id.clone();
+            tokio::task::spawn_blocking(move || owner.own(&match_id))
+                .await
+                .context("starting the match failed")??;
+        } else if let Some(match_id) = args.watch.clone() {
+            tokio::spawn(Arc::clone(&host).watch(match_id, shutdown_rx.clone()));
+        }
 
         let state = Arc::new(AdminState {
-            status: status_rx,
+            host: Arc::clone(&host),
             tokens: TokenMinter {
                 protocol_id: args.protocol_id,
                 private_key,
-                server_addresses: vec![public_addr],
+                server_addresses: std::iter::once(public_addr).chain(args.peers.iter().copied()).collect(),
                 expire_s: args.token_expire_s,
                 timeout_s: args.client_timeout_s,
             },
@@ -119,26 +142,44 @@ fn run(args: Args) -> anyhow::Result<()> {
         });
         tracing::info!(
             match_id = %args.match_id,
+            role = host.role(),
             udp = %bound,
             public = %public_addr,
             admin = %admin_addr,
             max_players,
-            tick_hz,
+            tick_hz = args.tick_hz,
             seed,
             "serving"
         );
 
-        wait_for_signal().await;
-        tracing::info!("shutdown requested");
+        let exit = tokio::select! {
+            () = wait_for_signal() => {
+                tracing::info!("shutdown requested");
+                if let (Some(to), "owner") = (&args.handoff_to, host.role()) {
+                    match host.hand_off(to.clone()).await {
+                        Ok(accepted) => tracing::info!(udp = %accepted.udp, "handed the match off on SIGTERM"),
+                        Err(reason) => tracing::error!(%reason, "handoff on SIGTERM failed; stopping the match here"),
+                    }
+                }
+                // After a handoff the loop serves redirects until its clients have left.
+                let handed_off = host.role() == "owner" && args.handoff_to.is_some();
+                if !handed_off {
+                    let _ = shutdown_tx.send(true);
+                }
+                host.stop_waiting();
+                (&mut loop_thread.done).await.unwrap_or(LoopExit::Shutdown)
+            }
+            exit = &mut loop_thread.done => exit.unwrap_or(LoopExit::Shutdown),
+        };
         let _ = shutdown_tx.send(true);
-        let joined = tokio::task::spawn_blocking(move || tick_loop.join())
-            .await
-            .context("tick loop join failed")?;
         let _ = admin.await;
-        match joined {
-            Ok(result) => result,
-            Err(_) => anyhow::bail!("the tick loop panicked"),
-        }
+        Ok(match exit {
+            LoopExit::Shutdown | LoopExit::HandedOff => ExitCode::SUCCESS,
+            LoopExit::LostOwnership(reason) => {
+                eprintln!("arena-server: another process owns the match now ({reason}); exiting");
+                ExitCode::from(3)
+            }
+        })
     })
 }
 

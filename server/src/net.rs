@@ -8,10 +8,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use arena_shared::snapshot;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::{MAX_SNAPSHOT_EVERY, ServerCore};
+use crate::handoff::Accepted;
+use crate::ownership::{Ownership, Standing};
 use crate::status::{Sample, Status, Window};
 
 /// Ticks the loop may run back to back to catch up before it gives up on the lost time.
@@ -94,16 +97,68 @@ pub fn bind_udp(addr: SocketAddr, max_players: usize) -> anyhow::Result<std::net
     Ok(socket.into())
 }
 
-/// Runs the match until `shutdown` turns true, then disconnects every client.
-pub async fn run_loop(
-    mut core: ServerCore,
-    socket: std::net::UdpSocket,
-    tick_hz: u32,
-    status_tx: watch::Sender<Status>,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let socket = UdpSocket::from_std(socket).context("cannot register the UDP socket")?;
+/// A request to the running match loop.
+#[derive(Debug)]
+pub enum LoopCommand {
+    /// Hand the match to the standby whose admin API is at `to` (`host:port`).
+    HandOff {
+        /// The standby's admin API.
+        to: String,
+        /// The outcome: the standby's UDP address, or why the handoff failed.
+        reply: oneshot::Sender<Result<Accepted, String>>,
+    },
+}
+
+/// Why the match loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoopExit {
+    /// Shutdown was requested; clients were disconnected.
+    Shutdown,
+    /// The match moved to another process and the clients followed (or the wait ended).
+    HandedOff,
+    /// Another process owns the match now (fenced, or our lease lapsed while paused).
+    LostOwnership(String),
+}
+
+/// What the loop needs to own a match besides the core and the socket.
+pub struct MatchRun {
+    /// Ticks per second.
+    pub tick_hz: u32,
+    /// Where the loop publishes its status.
+    pub status_tx: watch::Sender<Status>,
+    /// Turns true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Handoff requests.
+    pub commands: mpsc::UnboundedReceiver<LoopCommand>,
+    /// Snapshots, the lease, and what ownership this process holds.
+    pub ownership: Ownership,
+    /// When the previous owner froze this match (unix µs), if it was handed to us.
+    pub resumed_from_frozen_at_us: Option<u64>,
+    /// Figures carried in the status.
+    pub history: History,
+    /// The fleet key, to seal snapshots for handoffs.
+    pub private_key: arena_shared::netcode::Key,
+    /// Bearer token for the standby's admin API.
+    pub admin_token: Option<String>,
+}
+
+/// Counters that outlive one loop (shown in the status).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct History {
+    /// Handoffs this process took part in.
+    pub handoffs: u64,
+    /// The last handoff's pause, ms (measured by the process that resumed).
+    pub handoff_pause_ms: Option<f64>,
+    /// Matches restored from the store after a crash.
+    pub restores: u64,
+    /// Ticks lost in the last restore (old owner's last reported tick minus the snapshot's).
+    pub rollback_ticks: Option<u64>,
+}
+
+/// Runs the match until shutdown, a handoff, or lost ownership.
+pub async fn run_match(mut core: ServerCore, socket: UdpSocket, mut run: MatchRun) -> LoopExit {
     let clock = Clock::start();
+    let tick_hz = run.tick_hz;
     let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz));
     let mut driver = Driver {
         clock,
@@ -117,21 +172,53 @@ pub async fn run_loop(
         started: clock.now(),
         load: 0.0,
         shed_changed_at: clock.now(),
+        history: run.history,
+        snapshot_bytes: 0,
+        snapshot_serialize_us: 0,
+        snapshots_dropped: 0,
+        role: "owner",
     };
-    let mut next_tick = clock.now() + period;
+    // A match handed to us resumes at once: the pause is the players' to feel.
+    let mut next_tick = clock.now();
     let mut next_status = clock.now();
+    // The first snapshot goes out at the first tick: a standby always has one to restore.
+    let mut next_snapshot = clock.now();
+    let mut redirecting_since: Option<Duration> = None;
+    let mut frozen_at = run.resumed_from_frozen_at_us;
+    let mut lapsed_logged = false;
     tracing::info!(
         match_id = core.match_id(),
+        tick = core.world().tick().0,
+        epoch = run.ownership.epoch,
         tick_hz,
-        listen = %driver.socket.local_addr()?,
+        listen = %driver.socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "match running"
     );
-    loop {
+    let exit = loop {
         tokio::select! {
             biased;
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break;
+            changed = run.shutdown.changed() => {
+                if changed.is_err() || *run.shutdown.borrow() {
+                    break LoopExit::Shutdown;
+                }
+            }
+            Some(command) = run.commands.recv(), if redirecting_since.is_none() => {
+                let LoopCommand::HandOff { to, reply } = command;
+                match driver.hand_off(&mut core, &run, &to).await {
+                    Ok(accepted) => {
+                        run.ownership.stop();
+                        core.redirect_all(driver.clock.now(), accepted.udp);
+                        driver.flush(&mut core).await;
+                        driver.history.handoffs += 1;
+                        driver.role = "retired";
+                        redirecting_since = Some(driver.clock.now());
+                        let _ = reply.send(Ok(accepted));
+                    }
+                    Err(error) => {
+                        tracing::error!(match_id = core.match_id(), %error, "handoff failed; resuming the match here");
+                        next_tick = driver.clock.now();
+                        let _ = reply.send(Err(format!("{error:#}")));
+                    }
                 }
             }
             ready = driver.socket.readable() => {
@@ -140,26 +227,84 @@ pub async fn run_loop(
                 }
             }
             () = tokio::time::sleep_until(clock.instant_at(next_tick).into()) => {
-                next_tick = driver.run_due_ticks(&mut core, next_tick, period).await;
-                if clock.now() >= next_status {
-                    let _ = status_tx.send_replace(driver.status(&core, tick_hz));
-                    next_status = clock.now() + STATUS_INTERVAL;
+                if let Some(since) = redirecting_since {
+                    let now = driver.clock.now();
+                    core.serve_redirects(now);
+                    driver.flush(&mut core).await;
+                    next_tick = now + period;
+                    if core.num_players() == 0 || now.saturating_sub(since) >= REDIRECT_WAIT {
+                        tracing::info!(match_id = core.match_id(), players_left = core.num_players(), "handoff complete; exiting");
+                        break LoopExit::HandedOff;
+                    }
+                } else {
+                    match run.ownership.standing(driver.clock.now()) {
+                        Standing::Owned => {}
+                        Standing::Lapsed => {
+                            // Paused past our lease, or the store is unreachable: wait for
+                            // the writer to renew, or to learn that a successor took over.
+                            if !lapsed_logged {
+                                tracing::warn!(match_id = core.match_id(), epoch = run.ownership.epoch,
+                                    "lease lapsed: not ticking until it is renewed");
+                                lapsed_logged = true;
+                            }
+                            next_tick = driver.clock.now() + period;
+                            continue;
+                        }
+                        Standing::Fenced(reason) => {
+                            tracing::error!(match_id = core.match_id(), epoch = run.ownership.epoch, %reason,
+                                "lost ownership of the match: not ticking it, not writing it");
+                            break LoopExit::LostOwnership(reason);
+                        }
+                    }
+                    lapsed_logged = false;
+                    next_tick = driver.run_due_ticks(&mut core, next_tick, period).await;
+                    run.ownership.set_tick(core.world().tick().0);
+                    if let Some(frozen) = frozen_at.take() {
+                        // From the old owner's freeze after tick T to the end of our tick T+1.
+                        let pause_us = (driver.clock.now().as_micros() as u64).saturating_sub(frozen);
+                        let pause = pause_us as f64 / 1000.0;
+                        driver.history.handoff_pause_ms = Some(pause);
+                        driver.history.handoffs += 1;
+                        tracing::info!(match_id = core.match_id(), tick = core.world().tick().0, pause_ms = pause,
+                            "resumed a handed-over match");
+                    }
+                    if driver.clock.now() >= next_snapshot {
+                        driver.snapshot(&core, &run.ownership);
+                        next_snapshot = driver.clock.now() + run.ownership.snapshot_every;
+                    }
+                }
+                if driver.clock.now() >= next_status {
+                    let _ = run.status_tx.send_replace(driver.status(&core, tick_hz, &run.ownership));
+                    next_status = driver.clock.now() + STATUS_INTERVAL;
                 }
             }
         }
+    };
+    if exit == LoopExit::Shutdown {
+        let now = clock.now();
+        tracing::info!(
+            match_id = core.match_id(),
+            tick = core.world().tick().0,
+            players = core.num_players(),
+            "shutting down: final snapshot, disconnecting players"
+        );
+        driver.snapshot(&core, &run.ownership);
+        core.disconnect_all(now);
+        driver.flush(&mut core).await;
     }
-    let now = clock.now();
-    tracing::info!(
-        match_id = core.match_id(),
-        tick = core.world().tick().0,
-        players = core.num_players(),
-        "shutting down: disconnecting players"
-    );
-    core.disconnect_all(now);
-    driver.flush(&mut core).await;
-    let _ = status_tx.send_replace(driver.status(&core, tick_hz));
-    Ok(())
+    run.ownership.stop();
+    let mut status = driver.status(&core, tick_hz, &run.ownership);
+    status.role = match exit {
+        LoopExit::Shutdown => "stopped",
+        LoopExit::HandedOff => "retired",
+        LoopExit::LostOwnership(_) => "fenced",
+    };
+    let _ = run.status_tx.send_replace(status);
+    exit
 }
+
+/// How long an old owner keeps redirecting clients after a handoff before it exits.
+pub const REDIRECT_WAIT: Duration = Duration::from_secs(10);
 
 /// The loop's own state besides the core.
 struct Driver {
@@ -178,9 +323,73 @@ struct Driver {
     load: f64,
     /// When the snapshot spacing last changed.
     shed_changed_at: Duration,
+    history: History,
+    /// Size of the last snapshot, bytes.
+    snapshot_bytes: usize,
+    /// Time to serialize the last snapshot on the tick thread, µs.
+    snapshot_serialize_us: u64,
+    /// Snapshots not written because the writer was still busy.
+    snapshots_dropped: u64,
+    role: &'static str,
 }
 
 impl Driver {
+    /// Serializes the match on the tick thread and hands the bytes to the writer thread.
+    fn snapshot(&mut self, core: &ServerCore, ownership: &Ownership) {
+        let start = self.clock.now();
+        match snapshot::encode(core.match_id(), ownership.epoch, &core.match_state()) {
+            Ok(bytes) => {
+                self.snapshot_serialize_us =
+                    self.clock.now().saturating_sub(start).as_micros() as u64;
+                self.snapshot_bytes = bytes.len();
+                if !ownership.submit(core.world().tick().0, bytes) {
+                    self.snapshots_dropped += 1;
+                    tracing::warn!(
+                        match_id = core.match_id(),
+                        "snapshot writer busy; this snapshot is skipped"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::error!(match_id = core.match_id(), %error, "cannot encode a snapshot")
+            }
+        }
+    }
+
+    /// Freezes the match, seals it, and gives it to the standby at `to`.
+    async fn hand_off(
+        &mut self,
+        core: &mut ServerCore,
+        run: &MatchRun,
+        to: &str,
+    ) -> anyhow::Result<Accepted> {
+        let frozen_at = self.clock.now();
+        let bytes = snapshot::encode(core.match_id(), run.ownership.epoch, &core.match_state())?;
+        tracing::info!(
+            match_id = core.match_id(),
+            tick = core.world().tick().0,
+            epoch = run.ownership.epoch,
+            %to,
+            snapshot_bytes = bytes.len(),
+            "handing the match off"
+        );
+        let sealed = crate::handoff::seal(&run.private_key, &bytes);
+        let accepted = crate::handoff::send_to_standby(
+            to,
+            run.admin_token.as_deref(),
+            sealed,
+            frozen_at.as_micros() as u64,
+        )
+        .await?;
+        tracing::info!(
+            match_id = core.match_id(),
+            udp = %accepted.udp,
+            epoch = accepted.epoch,
+            "standby took the match; redirecting players"
+        );
+        Ok(accepted)
+    }
+
     /// Spaces snapshots out when the loop is too busy, and back in when it has room.
     ///
     /// Snapshot building and sending is most of each tick's cost; the simulation itself
@@ -299,9 +508,20 @@ impl Driver {
         }
     }
 
-    fn status(&self, core: &ServerCore, tick_hz: u32) -> Status {
+    fn status(&self, core: &ServerCore, tick_hz: u32, ownership: &Ownership) -> Status {
         let stats = core.stats();
         let mut status = Status {
+            role: self.role,
+            epoch: ownership.epoch,
+            last_snapshot_tick: ownership.last_written_tick(),
+            snapshot_bytes: self.snapshot_bytes,
+            snapshot_serialize_us: self.snapshot_serialize_us,
+            snapshots_dropped: self.snapshots_dropped,
+            snapshot_write_errors: ownership.write_errors(),
+            handoffs: self.history.handoffs,
+            handoff_pause_ms: self.history.handoff_pause_ms,
+            restores: self.history.restores,
+            rollback_ticks: self.history.rollback_ticks,
             match_id: core.match_id().to_owned(),
             tick: core.world().tick().0,
             tick_hz,

@@ -11,8 +11,31 @@ use serde::Serialize;
 /// The status of the match and the process, as served by `GET /status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
-    /// The match this process owns.
+    /// "owner" (ticking a match), "standby" (waiting for one), "retired" (handed its match
+    /// over), "fenced" (a successor took its match), "stopped".
+    pub role: &'static str,
+    /// The match this process owns (or watches).
     pub match_id: String,
+    /// Ownership epoch (0 for a standby).
+    pub epoch: u64,
+    /// Tick of the newest snapshot written to the store.
+    pub last_snapshot_tick: Option<u64>,
+    /// Size of the newest snapshot, bytes.
+    pub snapshot_bytes: usize,
+    /// Time to serialize it on the tick thread, µs.
+    pub snapshot_serialize_us: u64,
+    /// Snapshots skipped because the writer was busy.
+    pub snapshots_dropped: u64,
+    /// Snapshot writes and lease renewals that failed (fenced ones included).
+    pub snapshot_write_errors: u64,
+    /// Handoffs this process took part in (given or received).
+    pub handoffs: u64,
+    /// The last handoff's pause (old owner's freeze to our first tick), ms.
+    pub handoff_pause_ms: Option<f64>,
+    /// Matches restored from the store after an owner died.
+    pub restores: u64,
+    /// Ticks lost in the last restore.
+    pub rollback_ticks: Option<u64>,
     /// The last tick simulated.
     pub tick: u64,
     /// Ticks per second.

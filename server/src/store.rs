@@ -4,19 +4,23 @@
 //!
 //! ```text
 //! <data-dir>/matches/<match-id>/
-//!     lease.json                    owner, epoch, expiry (unix ms)
-//!     snapshot-<tick>.bin           the newest few MatchSnapshots
-//!     .lock                         taken (flock) around every read-modify-write
+//!     lease-<epoch>.json                 owner, epoch, expiry (unix ms), tick; the highest
+//!                                        epoch is the lease in force
+//!     snapshot-<epoch>-<tick>.bin        the newest few MatchSnapshots
 //! ```
 //!
-//! Writes are atomic (temp file, fsync, rename, fsync of the directory). Every change of
-//! ownership bumps the epoch; a snapshot write or lease renewal that carries an older epoch
-//! than the lease's is refused and counted (fencing), so an owner that was paused or cut
-//! off can never overwrite its successor's state.
+//! Every change of ownership bumps the epoch, and a new epoch's lease file is created
+//! exclusively (hard link of a finished temp file: it appears whole, and only once), so two
+//! standbys can never both take epoch e+1. No lock is ever held: an owner frozen mid-write
+//! (SIGSTOP) cannot block its successor. A snapshot write or lease renewal that carries an
+//! older epoch than the newest lease is refused and counted (fencing); a write that raced
+//! a takeover is checked again afterwards and removed. Snapshots are ordered by (epoch,
+//! tick), so a stale owner's late write never counts as the newest. All writes are atomic
+//! (temp file, fsync, rename or link, fsync of the directory).
 //!
 //! Across machines the same trait would sit on Redis; only the file store exists so far.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +39,9 @@ pub struct Lease {
     pub epoch: u64,
     /// Unix milliseconds after which a standby may take the match.
     pub expires_unix_ms: u64,
+    /// The match's tick at the last renewal: a successor's rollback is measured from it.
+    #[serde(default)]
+    pub tick: u64,
 }
 
 /// Why the store refused or failed.
@@ -137,26 +144,6 @@ impl FileStore {
         Ok(dir)
     }
 
-    /// Runs `f` holding the match's lock file (an exclusive flock).
-    fn locked<T>(
-        &self,
-        match_id: &str,
-        f: impl FnOnce(&Path) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let dir = self.dir(match_id)?;
-        let lock_path = dir.join(".lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io(&lock_path, e))?;
-        lock.lock().map_err(|e| io(&lock_path, e))?;
-        let result = f(&dir);
-        let _ = lock.unlock();
-        result
-    }
-
     fn fence(&self, held: &Lease, ours: u64) -> StoreError {
         self.fenced.fetch_add(1, Ordering::Relaxed);
         StoreError::Fenced {
@@ -171,49 +158,91 @@ fn io(path: &Path, error: std::io::Error) -> StoreError {
     StoreError::Io(path.display().to_string(), error)
 }
 
-fn read_lease(dir: &Path) -> Result<Option<Lease>, StoreError> {
-    let path = dir.join("lease.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::CorruptLease(path, e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&path, e)),
+/// Files in `dir` named `<prefix><numbers separated by '-'><suffix>`, sorted by the numbers.
+fn numbered(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> Result<Vec<(Vec<u64>, PathBuf)>, StoreError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name();
+        let Some(middle) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(suffix))
+        else {
+            continue;
+        };
+        let numbers: Option<Vec<u64>> = middle.split('-').map(|n| n.parse().ok()).collect();
+        if let Some(numbers) = numbers {
+            found.push((numbers, entry.path()));
+        }
     }
+    found.sort();
+    Ok(found)
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
+/// The lease in force: the one with the highest epoch.
+fn read_lease(dir: &Path) -> Result<Option<Lease>, StoreError> {
+    let Some((_, path)) = numbered(dir, "lease-", ".json")?.pop() else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::CorruptLease(path, e.to_string()))
+}
+
+fn lease_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("lease-{epoch:020}.json"))
+}
+
+/// Writes `bytes` to a fresh temp file next to `path`, synced.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
     file.write_all(bytes).map_err(|e| io(&tmp, e))?;
     file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    Ok(tmp)
+}
+
+fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent()
         && let Ok(dir) = File::open(dir)
     {
         let _ = dir.sync_all();
     }
+}
+
+/// Writes `bytes` to `path` atomically, replacing what was there.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = write_temp(path, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    sync_dir(path);
     Ok(())
 }
 
-fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-        let entry = entry.map_err(|e| io(dir, e))?;
-        let name = entry.file_name();
-        let Some(tick) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("snapshot-"))
-            .and_then(|n| n.strip_suffix(".bin"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        found.push((tick, entry.path()));
+/// Creates `path` with `bytes`, atomically and only if it does not exist: `Ok(false)` if
+/// another process created it first.
+fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
+    let tmp = write_temp(path, bytes)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            sync_dir(path);
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io(path, e)),
     }
-    found.sort();
-    Ok(found)
 }
 
 impl SnapshotStore for FileStore {
@@ -224,35 +253,41 @@ impl SnapshotStore for FileStore {
         tick: u64,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        self.locked(match_id, |dir| {
-            if let Some(lease) = read_lease(dir)?
-                && lease.epoch > epoch
-            {
-                return Err(self.fence(&lease, epoch));
-            }
-            write_atomic(&dir.join(format!("snapshot-{tick:020}.bin")), bytes)?;
-            let files = snapshot_files(dir)?;
-            for (_, old) in files
-                .iter()
-                .take(files.len().saturating_sub(KEEP_SNAPSHOTS))
-            {
-                let _ = std::fs::remove_file(old);
-            }
-            Ok(())
-        })
+        let dir = self.dir(match_id)?;
+        if let Some(lease) = read_lease(&dir)?
+            && lease.epoch > epoch
+        {
+            return Err(self.fence(&lease, epoch));
+        }
+        let path = dir.join(format!("snapshot-{epoch:020}-{tick:020}.bin"));
+        write_atomic(&path, bytes)?;
+        // A successor may have taken over while we wrote: then this write never happened.
+        if let Some(lease) = read_lease(&dir)?
+            && lease.epoch > epoch
+        {
+            let _ = std::fs::remove_file(&path);
+            return Err(self.fence(&lease, epoch));
+        }
+        let files = numbered(&dir, "snapshot-", ".bin")?;
+        for (_, old) in files
+            .iter()
+            .take(files.len().saturating_sub(KEEP_SNAPSHOTS))
+        {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
     }
 
     fn latest_snapshot(&self, match_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.locked(match_id, |dir| {
-            let Some((_, path)) = snapshot_files(dir)?.pop() else {
-                return Ok(None);
-            };
-            std::fs::read(&path).map(Some).map_err(|e| io(&path, e))
-        })
+        let dir = self.dir(match_id)?;
+        let Some((_, path)) = numbered(&dir, "snapshot-", ".bin")?.pop() else {
+            return Ok(None);
+        };
+        std::fs::read(&path).map(Some).map_err(|e| io(&path, e))
     }
 
     fn lease(&self, match_id: &str) -> Result<Option<Lease>, StoreError> {
-        self.locked(match_id, read_lease)
+        read_lease(&self.dir(match_id)?)
     }
 
     fn acquire(
@@ -262,34 +297,42 @@ impl SnapshotStore for FileStore {
         now_unix_ms: u64,
         handoff: bool,
     ) -> Result<(), StoreError> {
-        self.locked(match_id, |dir| {
-            if let Some(held) = read_lease(dir)? {
-                if held.epoch >= lease.epoch {
-                    return Err(self.fence(&held, lease.epoch));
-                }
-                if !handoff && held.expires_unix_ms > now_unix_ms {
-                    return Err(StoreError::Held {
-                        owner: held.owner,
-                        epoch: held.epoch,
-                        remaining_ms: held.expires_unix_ms - now_unix_ms,
-                    });
-                }
+        let dir = self.dir(match_id)?;
+        if let Some(held) = read_lease(&dir)? {
+            if held.epoch >= lease.epoch {
+                return Err(self.fence(&held, lease.epoch));
             }
-            let json = serde_json::to_vec(lease).map_err(|e| io(dir, std::io::Error::other(e)))?;
-            write_atomic(&dir.join("lease.json"), &json)
-        })
+            if !handoff && held.expires_unix_ms > now_unix_ms {
+                return Err(StoreError::Held {
+                    owner: held.owner,
+                    epoch: held.epoch,
+                    remaining_ms: held.expires_unix_ms - now_unix_ms,
+                });
+            }
+        }
+        let json = serde_json::to_vec(lease).map_err(|e| io(&dir, std::io::Error::other(e)))?;
+        if !create_exclusive(&lease_path(&dir, lease.epoch), &json)? {
+            // Another process took this epoch first.
+            let held = read_lease(&dir)?.unwrap_or_else(|| lease.clone());
+            return Err(self.fence(&held, lease.epoch));
+        }
+        // Old leases are history; keep the last few for operators.
+        let leases = numbered(&dir, "lease-", ".json")?;
+        for (_, old) in leases.iter().take(leases.len().saturating_sub(3)) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
     }
 
     fn renew(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError> {
-        self.locked(match_id, |dir| {
-            if let Some(held) = read_lease(dir)?
-                && (held.epoch != lease.epoch || held.owner != lease.owner)
-            {
-                return Err(self.fence(&held, lease.epoch));
-            }
-            let json = serde_json::to_vec(lease).map_err(|e| io(dir, std::io::Error::other(e)))?;
-            write_atomic(&dir.join("lease.json"), &json)
-        })
+        let dir = self.dir(match_id)?;
+        if let Some(held) = read_lease(&dir)?
+            && (held.epoch != lease.epoch || held.owner != lease.owner)
+        {
+            return Err(self.fence(&held, lease.epoch));
+        }
+        let json = serde_json::to_vec(lease).map_err(|e| io(&dir, std::io::Error::other(e)))?;
+        write_atomic(&lease_path(&dir, lease.epoch), &json)
     }
 
     fn fenced_count(&self) -> u64 {
@@ -316,6 +359,7 @@ mod tests {
             owner: owner.into(),
             epoch,
             expires_unix_ms: expires,
+            tick: 0,
         }
     }
 
@@ -331,7 +375,7 @@ mod tests {
                 .expect("writes");
         }
         assert_eq!(store.latest_snapshot("m").expect("reads"), Some(vec![7]));
-        let kept = snapshot_files(&dir.join("matches/m")).expect("lists");
+        let kept = numbered(&dir.join("matches/m"), "snapshot-", ".bin").expect("lists");
         assert_eq!(kept.len(), KEEP_SNAPSHOTS);
         assert_eq!(store.latest_snapshot("other").expect("reads"), None);
     }
@@ -380,6 +424,38 @@ mod tests {
         assert_eq!(
             store.lease("m").expect("reads").map(|l| l.owner),
             Some("c".into())
+        );
+    }
+
+    #[test]
+    fn only_one_process_takes_an_epoch_and_a_stale_write_never_becomes_the_newest() {
+        let (store, dir) = store();
+        store
+            .acquire("m", &lease("a", 1, 1000), 0, false)
+            .expect("free");
+        store
+            .write_snapshot("m", 1, 500, b"a at 500")
+            .expect("writes");
+        store
+            .acquire("m", &lease("b", 2, 5000), 2000, false)
+            .expect("expired");
+        assert!(matches!(
+            store.acquire("m", &lease("c", 2, 5000), 2000, true),
+            Err(StoreError::Fenced { .. })
+        ));
+        store
+            .write_snapshot("m", 2, 400, b"b at 400")
+            .expect("b writes");
+        // A late write by the old owner (it passed its check before b took over) lands
+        // on disk as epoch 1: it does not outrank b's.
+        write_atomic(
+            &dir.join(format!("matches/m/snapshot-{:020}-{:020}.bin", 1, 900)),
+            b"a at 900",
+        )
+        .expect("raw write");
+        assert_eq!(
+            store.latest_snapshot("m").expect("reads"),
+            Some(b"b at 400".to_vec())
         );
     }
 

@@ -66,7 +66,10 @@ impl ServerProcess {
     /// Starts the server on OS-chosen loopback ports and waits (at most 20 s) until it
     /// logs that it is serving.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
-        let key = write_key_file(data_dir);
+        let key = data_dir.join("test.key");
+        if !key.exists() {
+            write_key_file(data_dir);
+        }
         let mut child = Command::new(bin_path("arena-server"))
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -109,6 +112,11 @@ impl ServerProcess {
         }
     }
 
+    /// Everything it logged since the last call (for failure messages).
+    pub fn logs(&self) -> String {
+        self.log.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
     /// The admin API's base URL.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin)
@@ -129,6 +137,11 @@ impl ServerProcess {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits (at most `limit`) for the process to exit on its own.
+    pub fn wait_exit(mut self, limit: Duration) -> ExitStatus {
+        wait_bounded(&mut self.child, limit)
     }
 }
 
@@ -174,6 +187,18 @@ fn field(line: &str, name: &str) -> Option<SocketAddr> {
 
 /// Runs `arena-bots` to the end (at most `limit`) and returns its exit status and stdout.
 pub fn run_bots(args: &[&str], limit: Duration) -> (ExitStatus, String, String) {
+    spawn_bots(args).wait(limit)
+}
+
+/// `arena-bots` running in the background.
+pub struct BotsRun {
+    child: Child,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+}
+
+/// Starts `arena-bots` with `args`.
+pub fn spawn_bots(args: &[&str]) -> BotsRun {
     let mut child = Command::new(bin_path("arena-bots"))
         .args(args)
         .stdout(Stdio::piped())
@@ -182,14 +207,23 @@ pub fn run_bots(args: &[&str], limit: Duration) -> (ExitStatus, String, String) 
         .unwrap_or_else(|e| panic!("cannot start arena-bots: {e}"));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let out = std::thread::spawn(move || read_all(stdout));
-    let err = std::thread::spawn(move || read_all(stderr));
-    let status = wait_bounded(&mut child, limit);
-    (
-        status,
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    )
+    BotsRun {
+        child,
+        out: std::thread::spawn(move || read_all(stdout)),
+        err: std::thread::spawn(move || read_all(stderr)),
+    }
+}
+
+impl BotsRun {
+    /// Waits for the bots to finish (at most `limit`): exit status, stdout, stderr.
+    pub fn wait(mut self, limit: Duration) -> (ExitStatus, String, String) {
+        let status = wait_bounded(&mut self.child, limit);
+        (
+            status,
+            self.out.join().unwrap_or_default(),
+            self.err.join().unwrap_or_default(),
+        )
+    }
 }
 
 fn read_all(pipe: Option<impl std::io::Read>) -> String {

@@ -1,0 +1,167 @@
+//! Handoff and recovery with real processes on loopback: an owner, a standby and 50 bots.
+//! Processes are stopped by their ids.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use arena_client::http;
+use arena_tests::procs::{ServerProcess, signal, spawn_bots, temp_dir};
+use serde_json::Value;
+
+const BOTS: u64 = 50;
+
+fn get(url: &str) -> Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = runtime
+        .block_on(http::request("GET", url, None))
+        .unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
+    assert_eq!(status, 200, "GET {url}");
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn post(url: &str, body: &str) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, answer) = runtime
+        .block_on(http::request("POST", url, Some(body.to_owned())))
+        .unwrap_or_else(|e| panic!("POST {url}: {e:#}"));
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(Value::Null),
+    )
+}
+
+/// Polls `/status` (bounded: 30 s) until `done` holds; returns the last status.
+fn wait_status(server: &ServerProcess, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let url = format!("{}/status", server.admin_url());
+    for _ in 0..300 {
+        let status = get(&url);
+        if done(&status) {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{what}: not reached within 30 s; last status {}\nits log:\n{}",
+        get(&url),
+        server.logs()
+    );
+}
+
+/// A standby watching match "default", then an owner that lists it as its peer.
+fn pair(label: &str) -> (ServerProcess, ServerProcess) {
+    let dir = temp_dir(label);
+    let standby = ServerProcess::start(&dir, &["--standby", "--watch", "default"]);
+    let peer = standby.udp.to_string();
+    let owner = ServerProcess::start(&dir, &["--peer", &peer]);
+    (owner, standby)
+}
+
+fn bots_against(owner: &ServerProcess, seconds: &str) -> arena_tests::procs::BotsRun {
+    let udp = owner.udp.to_string();
+    let admin = owner.admin_url();
+    spawn_bots(&[
+        "--server",
+        &udp,
+        "--admin",
+        &admin,
+        "--count",
+        "50",
+        "--duration",
+        seconds,
+    ])
+}
+
+fn report(run: arena_tests::procs::BotsRun) -> Value {
+    let (status, stdout, stderr) = run.wait(Duration::from_secs(90));
+    assert!(status.success(), "arena-bots failed: {status:?}\n{stderr}");
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn a_handoff_by_post_moves_every_bot_and_loses_no_input() {
+    let (owner, standby) = pair("handoff");
+    let bots = bots_against(&owner, "6");
+    wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
+    let (code, answer) = post(
+        &format!("{}/handoff", owner.admin_url()),
+        &format!("{{\"to\": \"{}\"}}", standby.admin),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["udp"], standby.udp.to_string());
+    let report = report(bots);
+    assert_eq!(report["connected"], BOTS, "{report}");
+    assert_eq!(report["disconnects"], 0, "{report}");
+    assert_eq!(report["bots_handed_off"], BOTS, "{report}");
+    assert_eq!(report["inputs_lost"], 0, "{report}");
+    let status = get(&format!("{}/status", standby.admin_url()));
+    assert_eq!(status["role"], "owner");
+    assert_eq!(status["epoch"], 2);
+    assert_eq!(status["handoffs"], 1);
+    assert!(status["handoff_pause_ms"].as_f64().is_some(), "{status}");
+    // The old owner leaves once its players have.
+    assert!(owner.wait_exit(Duration::from_secs(15)).success());
+    standby.terminate();
+}
+
+#[test]
+fn after_kill_9_every_bot_is_back_on_the_standby() {
+    let (owner, standby) = pair("kill");
+    let bots = bots_against(&owner, "8");
+    wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
+    wait_status(&owner, "a snapshot written", |s| {
+        s["last_snapshot_tick"].is_u64()
+    });
+    owner.kill();
+    let status = wait_status(&standby, "standby took over", |s| s["role"] == "owner");
+    assert_eq!(status["restores"], 1);
+    assert!(
+        status["rollback_ticks"].as_u64().unwrap() <= 60 + 15,
+        "{status}"
+    );
+    wait_status(&standby, "bots back", |s| s["players"] == BOTS);
+    let report = report(bots);
+    assert_eq!(report["connected"], BOTS, "{report}");
+    assert_eq!(report["disconnects"], 0, "{report}");
+    assert!(report["reconnects"].as_u64().unwrap() >= BOTS, "{report}");
+    let gap = report["max_snapshot_gap_ms"].as_f64().unwrap();
+    assert!(
+        gap < 5000.0,
+        "a bot went {gap} ms without a snapshot: {report}"
+    );
+    standby.terminate();
+}
+
+#[test]
+fn an_owner_paused_past_its_lease_never_ticks_or_writes_again() {
+    let (owner, standby) = pair("stop");
+    let bots = bots_against(&owner, "8");
+    wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
+    signal(owner.pid(), "STOP");
+    wait_status(&standby, "standby took over", |s| s["role"] == "owner");
+    wait_status(&standby, "bots back", |s| s["players"] == BOTS);
+    let snapshot_before = wait_status(&standby, "the new owner snapshots", |s| {
+        s["last_snapshot_tick"].is_u64()
+    });
+    signal(owner.pid(), "CONT");
+    // It finds itself fenced and exits with its own code, having ticked nothing.
+    let exit = owner.wait_exit(Duration::from_secs(15));
+    assert_eq!(exit.code(), Some(3), "{exit:?}");
+    let report = report(bots);
+    assert_eq!(report["connected"], BOTS, "{report}");
+    assert_eq!(report["disconnects"], 0, "{report}");
+    let status = get(&format!("{}/status", standby.admin_url()));
+    assert_eq!(status["role"], "owner");
+    assert_eq!(status["epoch"], 2);
+    assert!(
+        status["last_snapshot_tick"].as_u64() >= snapshot_before["last_snapshot_tick"].as_u64()
+    );
+    assert_eq!(status["snapshot_write_errors"], 0, "{status}");
+    standby.terminate();
+}
