@@ -195,10 +195,6 @@ impl Session {
                 tracing::info!(from = ?self.server_address(), "match moved: following the redirect");
                 self.stats.handoffs_followed += 1;
                 self.replace_transport(now, &token, 0, true);
-                self.tokens[index] = IncomingToken {
-                    id: self.tokens[index].id,
-                    ..IncomingToken::default()
-                };
             }
         }
     }
@@ -219,6 +215,8 @@ impl Session {
             Err(_) => netcode::Client::new(now, token),
         };
         self.acks = AckTracker::default();
+        // Token ids are per server: the next server numbers its tokens afresh.
+        self.tokens = [IncomingToken::default(), IncomingToken::default()];
         self.moved = Some(Moved {
             from,
             redirected: say_goodbye,

@@ -140,3 +140,41 @@ fn after_a_crash_every_client_comes_back_to_the_standby_with_a_bounded_rollback(
     net.run_ticks(2 * TICK_HZ);
     assert_eq!(net.connected_to(1), 50);
 }
+
+#[test]
+fn two_handoffs_in_a_row_are_both_followed() {
+    let seed = 23;
+    let mut net = SimNet::new(SimConfig {
+        seed,
+        servers: 3,
+        ..SimConfig::default()
+    });
+    for _ in 0..20 {
+        net.add_client(LinkConfig::lossy(0.02, 20, 5), Behavior::Wander);
+    }
+    assert!(
+        net.run_until(3 * TICK_HZ, SimNet::all_connected),
+        "seed {seed}"
+    );
+    net.run_ticks(2 * TICK_HZ);
+    net.hand_off(0, 1);
+    assert!(
+        net.run_until(3 * TICK_HZ, |n| n.connected_to(1) == 20),
+        "seed {seed}: first"
+    );
+    net.run_ticks(2 * TICK_HZ);
+    // The second owner numbers its tokens afresh; clients must not take its redirect
+    // for a stale one.
+    net.hand_off(1, 2);
+    assert!(
+        net.run_until(3 * TICK_HZ, |n| n.connected_to(2) == 20),
+        "seed {seed}: only {} followed the second handoff",
+        net.connected_to(2)
+    );
+    net.stop_playing();
+    net.run_until(3 * TICK_HZ, |n| n.inputs_unapplied() == 0);
+    assert_eq!(net.inputs_unapplied(), 0, "seed {seed}");
+    for client in &net.clients {
+        assert_eq!(client.session.stats().handoffs_followed, 2, "seed {seed}");
+    }
+}

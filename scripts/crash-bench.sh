@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Crash recovery on loopback: a release owner, a standby watching its lease, N bots; the
+# owner gets SIGKILL (or SIGSTOP, then SIGCONT 3 s later) mid-match. Prints when the
+# standby took over, its rollback, and the bots' report (max_snapshot_gap_ms is the
+# worst time a bot went without a snapshot, so it bounds every bot's recovery).
+# Usage: scripts/crash-bench.sh [BOTS] [KILL|STOP]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bots=${1:-200}
+sig=${2:-KILL}
+cargo build --release --workspace --quiet
+dir=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+start() { # name, extra args...; prints "udp admin"
+    local name=$1; shift
+    ./target/release/arena-server --listen 127.0.0.1:0 --admin 127.0.0.1:0 --data-dir "$dir" "$@" 2> "$dir/$name.log" &
+    pids+=($!)
+    for _ in $(seq 100); do grep -q serving "$dir/$name.log" && break; sleep 0.05; done
+    echo "$(grep -o 'udp=[^ ]*' "$dir/$name.log" | head -1 | cut -d= -f2) $(grep -o 'admin=[^ ]*' "$dir/$name.log" | head -1 | cut -d= -f2) $!"
+}
+read -r b_udp b_admin _ < <(start standby --standby --watch default)
+read -r a_udp a_admin a_pid < <(start owner --peer "$b_udp")
+a_pid=$(pgrep -f "data-dir $dir --peer" | head -1)
+./target/release/arena-bots --server "$a_udp" --admin "http://$a_admin" --count "$bots" --duration 15 > "$dir/bots.json" &
+bots_pid=$!
+sleep 5
+echo "SIG$sig to the owner (pid $a_pid) at $(date +%T.%3N)"
+kill -"$sig" "$a_pid"
+if [ "$sig" = STOP ]; then sleep 3; kill -CONT "$a_pid"; echo "SIGCONT at $(date +%T.%3N)"; fi
+wait "$bots_pid"
+grep -h "lease lapsed\|took the match\|lost ownership" "$dir"/*.log | cut -c1-220
+curl -s "http://$b_admin/status" | python3 -c 'import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ["role","epoch","restores","rollback_ticks","players","inputs_skipped"]})'
+cat "$dir/bots.json"
