@@ -227,7 +227,7 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
                 match (play_until, draining_until) {
                     (Some(until), None) if now < until => {
                         let input = brain.decide();
-                        session.send_input(now, input);
+                        let _ = session.send_input(now, input);
                     }
                     (Some(_), None) => draining_until = Some(now + Duration::from_secs(1)),
                     (_, Some(until)) => {
@@ -299,6 +299,7 @@ pub fn local_token(
             now_unix_s: Clock::start().now().as_secs(),
             expire_s: 60,
             timeout_s: 5,
+            spectator: false,
         },
         &key,
     )?;

@@ -69,8 +69,17 @@ struct TokenAnswer {
 
 /// Asks the admin API at `admin_url` for a connect token for `name`.
 pub async fn fetch_token(admin_url: &str, name: &str) -> anyhow::Result<Vec<u8>> {
+    fetch_token_as(admin_url, name, false).await
+}
+
+/// Like [`fetch_token`], as a spectator when `spectate`.
+pub async fn fetch_token_as(
+    admin_url: &str,
+    name: &str,
+    spectate: bool,
+) -> anyhow::Result<Vec<u8>> {
     let url = format!("{}/token", admin_url.trim_end_matches('/'));
-    let body = serde_json::json!({ "name": name }).to_string();
+    let body = serde_json::json!({ "name": name, "spectate": spectate }).to_string();
     let (status, answer) = request("POST", &url, Some(body)).await?;
     if status != 200 {
         bail!(

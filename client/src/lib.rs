@@ -4,11 +4,17 @@
 //! # Layout
 //!
 //! - [`session`]: the sans-IO session (connect, send inputs, receive snapshots).
+//! - [`prediction`]: the own player moved at once and reconciled with the server.
+//! - [`interpolation`]: other entities drawn 100 ms in the past, smoothly.
+//! - [`conditioner`]: a link conditioner (loss, latency, jitter) for drivers.
 //! - [`bots`]: headless bots and their report.
 //! - [`http`]: a small HTTP client for the server's admin API (tokens, status).
 //! - [`clock`]: the drivers' clock.
 
 pub mod bots;
 pub mod clock;
+pub mod conditioner;
 pub mod http;
+pub mod interpolation;
+pub mod prediction;
 pub mod session;

@@ -18,8 +18,8 @@ use std::time::Duration;
 use arena_shared::netcode::{self, ClientState, Transmit};
 use arena_shared::protocol::messages::{MAX_INPUT_FRAMES_PER_PACKET, TOKEN_PARTS};
 use arena_shared::protocol::{
-    AckTracker, ClientMessage, ServerMessage, Snapshot, TokenPart, TokenPurpose, decode_server,
-    encode,
+    AckTracker, ClientMessage, ScoreEntry, ServerMessage, Snapshot, TokenPart, TokenPurpose,
+    decode_server, encode,
 };
 use arena_shared::sim::{InputFrame, PlayerInput, Tick};
 
@@ -131,6 +131,7 @@ pub struct Session {
     /// Datagrams a replaced transport still had to send (its disconnect packets).
     outbox: VecDeque<Transmit>,
     moved: Option<Moved>,
+    scoreboard: Vec<ScoreEntry>,
 }
 
 impl Session {
@@ -154,6 +155,7 @@ impl Session {
             reconnect_attempts: 0,
             outbox: VecDeque::new(),
             moved: None,
+            scoreboard: Vec::new(),
         }
     }
 
@@ -177,6 +179,7 @@ impl Session {
         match message {
             ServerMessage::Snapshot(snapshot) => self.receive_snapshot(now, snapshot),
             ServerMessage::TokenPart(part) => self.receive_token_part(now, part),
+            ServerMessage::Scoreboard(entries) => self.scoreboard = entries,
         }
     }
 
@@ -293,11 +296,11 @@ impl Session {
         self.last_heard = now;
     }
 
-    /// Makes this tick's input frame and sends it with every other unapplied one.
-    /// Does nothing before the first snapshot (the server's tick is not known yet).
-    pub fn send_input(&mut self, now: Duration, input: PlayerInput) {
+    /// Makes this tick's input frame and sends it with every other unapplied one; returns
+    /// the frame. Does nothing before the first snapshot (the server's tick is not known).
+    pub fn send_input(&mut self, now: Duration, input: PlayerInput) -> Option<InputFrame> {
         if !self.netcode.is_connected() || self.latest.is_none() {
-            return;
+            return None;
         }
         let tick = self.target_tick(now);
         self.last_input_tick = tick;
@@ -305,14 +308,16 @@ impl Session {
             self.unapplied.pop_front();
             self.stats.inputs_given_up += 1;
         }
-        self.unapplied.push_back(InputFrame {
+        let frame = InputFrame {
             sequence: self.next_input_sequence,
             tick,
             input,
-        });
+        };
+        self.unapplied.push_back(frame);
         self.next_input_sequence += 1;
         self.stats.inputs_sent += 1;
         self.send_unapplied(now);
+        Some(frame)
     }
 
     /// Sends the unapplied frames again without making a new one (while draining).
@@ -432,6 +437,16 @@ impl Session {
     /// Input frames made and not yet applied.
     pub fn unapplied_inputs(&self) -> usize {
         self.unapplied.len()
+    }
+
+    /// The unapplied frames themselves, oldest first (for prediction).
+    pub fn unapplied_frames(&self) -> impl Iterator<Item = &InputFrame> {
+        self.unapplied.iter()
+    }
+
+    /// The newest scoreboard.
+    pub fn scoreboard(&self) -> &[ScoreEntry] {
+        &self.scoreboard
     }
 
     /// Counters.

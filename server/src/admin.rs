@@ -60,6 +60,9 @@ pub struct TokenMinter {
 pub struct TokenBody {
     /// The player's display name (1 to 64 bytes of UTF-8).
     pub name: String,
+    /// Join as a spectator: see the whole arena, have no player.
+    #[serde(default)]
+    pub spectate: bool,
 }
 
 /// The answer to `POST /token`.
@@ -224,6 +227,7 @@ async fn token(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: B
             now_unix_s,
             expire_s: minter.expire_s,
             timeout_s: minter.timeout_s,
+            spectator: request.spectate,
         },
         &minter.private_key,
     )

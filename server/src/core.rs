@@ -18,13 +18,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use arena_shared::identity::{TokenRequest, mint_token, name_from_user_data};
+use arena_shared::identity::{TokenRequest, is_spectator, mint_token, name_from_user_data};
 use arena_shared::netcode::{self, ClientIndex, DisconnectReason, ServerEvent, Transmit};
 use arena_shared::protocol::messages::{
     MAX_BODY_BYTES, TOKEN_PART_BYTES, TOKEN_PARTS, encoded_len,
 };
 use arena_shared::protocol::{
-    AckTracker, ClientMessage, EntityState, NetEntityId, NetEntityKind, PlayerStatus,
+    AckTracker, ClientMessage, EntityState, NetEntityId, NetEntityKind, PlayerStatus, ScoreEntry,
     ServerMessage, Snapshot, TokenPart, TokenPurpose, decode_client, encode,
 };
 use arena_shared::sim::{
@@ -139,7 +139,8 @@ pub struct TickRecord {
 #[derive(Debug)]
 struct ClientSlot {
     client_id: u64,
-    player: PlayerId,
+    /// `None` for a spectator.
+    player: Option<PlayerId>,
     acks: AckTracker,
     /// Frames received and not yet applied, by sequence.
     pending: BTreeMap<u32, InputFrame>,
@@ -300,7 +301,66 @@ impl ServerCore {
             }
         }
         self.send_tokens(now, true);
+        self.send_scoreboards(now, tick);
         events
+    }
+
+    /// Once a second per client (spread over the ticks): the top ten and the client's line.
+    fn send_scoreboards(&mut self, now: Duration, tick: Tick) {
+        let hz = u64::from(self.world.config().tick_hz.max(1));
+        let due: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].is_some() && (tick.0 + i as u64) % hz == 0)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut table: Vec<(u32, u32, PlayerId, &str)> = self
+            .roster
+            .values()
+            .filter_map(|e| {
+                let p = self.world.player(e.player)?;
+                Some((p.score, p.deaths, e.player, e.name.as_str()))
+            })
+            .collect();
+        // Most kills first, then fewest deaths, then the older player.
+        table.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let table: Vec<(u32, u32, PlayerId, String)> = table
+            .into_iter()
+            .map(|(s, d, p, n)| (s, d, p, n.to_owned()))
+            .collect();
+        for index in due {
+            let Some(slot) = self.clients[index].as_mut() else {
+                continue;
+            };
+            let mut entries: Vec<ScoreEntry> = table
+                .iter()
+                .take(10)
+                .map(|(score, deaths, player, name)| ScoreEntry {
+                    name: name.clone(),
+                    score: *score,
+                    deaths: *deaths,
+                    you: Some(*player) == slot.player,
+                })
+                .collect();
+            if let Some(own) = slot.player
+                && !entries.iter().any(|e| e.you)
+                && let Some((score, deaths, _, name)) = table.iter().find(|t| t.2 == own)
+            {
+                entries.push(ScoreEntry {
+                    name: name.clone(),
+                    score: *score,
+                    deaths: *deaths,
+                    you: true,
+                });
+            }
+            let header = slot.acks.next_header(now);
+            let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
+            if let Ok(len) = encode(header, &ServerMessage::Scoreboard(entries), &mut out) {
+                let _ = self
+                    .netcode
+                    .send_payload(now, ClientIndex(index as u32), &out[..len]);
+            }
+        }
     }
 
     /// Tells every client to move to `to` (the match was handed over there): each gets a
@@ -395,6 +455,8 @@ impl ServerCore {
                 now_unix_s: now.as_secs(),
                 expire_s: self.config.tokens.expire_s,
                 timeout_s: self.config.tokens.timeout_s,
+                // Players are in the roster; spectators are not.
+                spectator: !self.roster.contains_key(&client_id),
             },
             &self.config.netcode.private_key,
         )
@@ -539,7 +601,14 @@ impl ServerCore {
                     client_id,
                     address,
                     user_data,
-                } => self.attach(client, client_id, address, &name_from_user_data(&user_data)),
+                } => {
+                    let name = name_from_user_data(&user_data);
+                    if is_spectator(&user_data) {
+                        self.attach_spectator(client, client_id, address, &name);
+                    } else {
+                        self.attach(client, client_id, address, &name);
+                    }
+                }
                 ServerEvent::ClientDisconnected {
                     client,
                     client_id,
@@ -580,10 +649,39 @@ impl ServerCore {
         if let Some(slot) = self.clients.get_mut(client.0 as usize) {
             *slot = Some(ClientSlot {
                 client_id,
-                player,
+                player: Some(player),
                 acks: AckTracker::default(),
                 pending: BTreeMap::new(),
                 last_applied,
+                reconnect: None,
+                redirect: None,
+            });
+        }
+    }
+
+    /// A spectator: a connection with no player, seeing the whole arena.
+    fn attach_spectator(
+        &mut self,
+        client: ClientIndex,
+        client_id: u64,
+        address: SocketAddr,
+        name: &str,
+    ) {
+        tracing::info!(
+            match_id = %self.config.match_id,
+            tick = self.world.tick().0,
+            client_id,
+            %address,
+            name,
+            "spectator joined"
+        );
+        if let Some(slot) = self.clients.get_mut(client.0 as usize) {
+            *slot = Some(ClientSlot {
+                client_id,
+                player: None,
+                acks: AckTracker::default(),
+                pending: BTreeMap::new(),
+                last_applied: 0,
                 reconnect: None,
                 redirect: None,
             });
@@ -600,12 +698,16 @@ impl ServerCore {
         else {
             return;
         };
+        let tick = self.world.tick();
+        let Some(player) = slot.player else {
+            tracing::info!(match_id = %self.config.match_id, tick = tick.0, client_id, ?reason, "spectator left");
+            return;
+        };
         if let Some(entry) = self.roster.get_mut(&client_id) {
             entry.last_applied_input = slot.last_applied;
         }
-        let tick = self.world.tick();
         if reason == DisconnectReason::ClientDisconnected {
-            self.world.remove_player(slot.player);
+            self.world.remove_player(player);
             self.roster.remove(&client_id);
         } else {
             self.detached.insert(client_id, tick);
@@ -614,7 +716,7 @@ impl ServerCore {
             match_id = %self.config.match_id,
             tick = tick.0,
             client_id,
-            player = slot.player.0,
+            player = player.0,
             ?reason,
             "player left"
         );
@@ -647,8 +749,10 @@ impl ServerCore {
     fn gather_inputs(&mut self, tick: Tick) {
         self.inputs.clear();
         for slot in self.clients.iter_mut().flatten() {
-            if let Some(input) = take_due_input(slot, tick, &mut self.stats) {
-                self.inputs.insert(slot.player, input);
+            if let Some(input) = take_due_input(slot, tick, &mut self.stats)
+                && let Some(player) = slot.player
+            {
+                self.inputs.insert(player, input);
             }
         }
         // A player waiting for its client stands still rather than repeating its last move.
@@ -670,19 +774,37 @@ impl ServerCore {
         let Some(slot) = self.clients[index].as_mut() else {
             return;
         };
-        let Some(player) = self.world.player(slot.player) else {
-            return;
-        };
-        let own = player.entity;
-        let Some(center) = self.world.entity(own).map(|e| e.position) else {
-            return;
+        // A player sees around its body; a spectator sees the arena from its centre.
+        let (own, center, radius, you) = match slot.player {
+            Some(id) => {
+                let Some(player) = self.world.player(id) else {
+                    return;
+                };
+                let Some(center) = self.world.entity(player.entity).map(|e| e.position) else {
+                    return;
+                };
+                let you = PlayerStatus {
+                    health: player.health,
+                    score: player.score,
+                    deaths: player.deaths,
+                };
+                (Some(player.entity), center, self.config.view_radius_m, you)
+            }
+            None => {
+                let half = self.world.config().arena_size() / 2.0;
+                (
+                    None,
+                    glam::Vec2::splat(half),
+                    half * 1.5,
+                    PlayerStatus::default(),
+                )
+            }
         };
         self.visible.clear();
         let visible = &mut self.visible;
-        self.world
-            .visible_near(center, self.config.view_radius_m, |id, e| {
-                visible.push((e.position.distance_squared(center), id));
-            });
+        self.world.visible_near(center, radius, |id, e| {
+            visible.push((e.position.distance_squared(center), id));
+        });
         // Nearest first; the id breaks ties so the order is deterministic.
         self.visible
             .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -690,13 +812,10 @@ impl ServerCore {
         let mut snapshot = Snapshot {
             tick: self.world.tick(),
             baseline_tick: None,
-            your_entity: Some(NetEntityId::from(own)),
+            world: *self.world.config(),
+            your_entity: own.map(NetEntityId::from),
             last_applied_input: slot.last_applied,
-            you: PlayerStatus {
-                health: player.health,
-                score: player.score,
-                deaths: player.deaths,
-            },
+            you,
             entities: Vec::new(),
             deferred: u16::MAX,
         };

@@ -9,6 +9,20 @@ pub const ARENA_PROTOCOL_ID: u64 = 0x4152_454e_4100_0001;
 
 /// Longest player name carried in a token, bytes.
 pub const MAX_NAME_BYTES: usize = 64;
+/// Where the user data says "spectator" (1) or "player" (0).
+const SPECTATOR_BYTE: usize = 1 + MAX_NAME_BYTES;
+
+/// User data for `name` joining as a spectator (sees the whole arena, has no player).
+pub fn user_data_for_spectator(name: &str) -> UserData {
+    let mut data = user_data_for_name(name);
+    data[SPECTATOR_BYTE] = 1;
+    data
+}
+
+/// Whether user data asks to spectate.
+pub fn is_spectator(data: &UserData) -> bool {
+    data[SPECTATOR_BYTE] == 1
+}
 
 /// User data holding `name`: a length byte, then up to 64 bytes of UTF-8 (cut at a
 /// character boundary).
@@ -46,6 +60,8 @@ pub struct TokenRequest {
     pub expire_s: u64,
     /// Silence after which either side drops the connection, seconds.
     pub timeout_s: i32,
+    /// Join as a spectator rather than a player.
+    pub spectator: bool,
 }
 
 /// Mints a standard netcode.io connect token.
@@ -58,7 +74,11 @@ pub fn mint_token(request: &TokenRequest, private_key: &Key) -> Result<ConnectTo
         public_addresses: request.server_addresses.clone(),
         internal_addresses: None,
         client_id: request.client_id,
-        user_data: user_data_for_name(&request.name),
+        user_data: if request.spectator {
+            user_data_for_spectator(&request.name)
+        } else {
+            user_data_for_name(&request.name)
+        },
     };
     ConnectToken::generate(&params, private_key)
 }

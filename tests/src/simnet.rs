@@ -12,11 +12,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use arena_client::bots::{Behavior, Brain};
+use arena_client::interpolation::Interpolator;
+use arena_client::prediction::Predictor;
 use arena_client::session::Session;
 use arena_server::core::{CoreConfig, ServerCore, TokenConfig};
 use arena_shared::identity::{ARENA_PROTOCOL_ID, TokenRequest, mint_token};
 use arena_shared::netcode::{self, Key};
-use arena_shared::sim::WorldConfig;
+use arena_shared::sim::{PlayerInput, WorldConfig};
 use arena_shared::snapshot;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
@@ -144,6 +146,12 @@ pub struct SimClient {
     pub running: bool,
     /// While false the client makes no new inputs but still resends (draining).
     pub playing: bool,
+    /// When set, the client sends this every tick instead of its brain's choice.
+    pub fixed_input: Option<PlayerInput>,
+    /// Predicts the own player, as the terminal client does.
+    pub predictor: Predictor,
+    /// Interpolates the others, as the terminal client does.
+    pub interpolator: Interpolator,
 }
 
 /// What a simulated server process is doing.
@@ -346,6 +354,7 @@ impl SimNet {
                 now_unix_s: self.now.as_secs(),
                 expire_s: 600,
                 timeout_s: 5,
+                spectator: false,
             },
             &KEY,
         )
@@ -361,6 +370,9 @@ impl SimNet {
             down: Link::new(link, seed ^ 0x5a5a),
             running: true,
             playing: true,
+            fixed_input: None,
+            predictor: Predictor::default(),
+            interpolator: Interpolator::default(),
         });
         self.clients.len() - 1
     }
@@ -387,12 +399,22 @@ impl SimNet {
                 continue;
             }
             client.session.update(now);
+            let mut fresh = false;
             for snapshot in client.session.take_snapshots() {
                 client.brain.observe(&snapshot);
+                client.interpolator.on_snapshot(now, &snapshot);
+                fresh = true;
+            }
+            if fresh && let Some(latest) = client.session.latest_snapshot() {
+                client
+                    .predictor
+                    .on_snapshot(latest, client.session.unapplied_frames());
             }
             if client.playing {
-                let input = client.brain.decide();
-                client.session.send_input(now, input);
+                let input = client.fixed_input.unwrap_or_else(|| client.brain.decide());
+                if let Some(frame) = client.session.send_input(now, input) {
+                    client.predictor.on_input(&frame);
+                }
             } else {
                 client.session.resend_inputs(now);
             }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ack::{HEADER_BYTES, PacketHeader};
 use crate::netcode::MAX_PAYLOAD_BYTES;
-use crate::sim::{InputFrame, Tick};
+use crate::sim::{InputFrame, Tick, WorldConfig};
 
 /// Most input frames one packet carries (half a second at 60 Hz).
 pub const MAX_INPUT_FRAMES_PER_PACKET: usize = 32;
@@ -46,9 +46,24 @@ pub enum ClientMessage {
 pub enum ServerMessage {
     /// What the client sees at a tick.
     Snapshot(Snapshot),
+    /// The top of the scoreboard (sent about once a second).
+    Scoreboard(Vec<ScoreEntry>),
     /// Part of a connect token the server gives the client (a token is 2048 bytes, more
     /// than one datagram holds, so it travels in [`TOKEN_PARTS`] parts).
     TokenPart(TokenPart),
+}
+
+/// One line of the scoreboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoreEntry {
+    /// The player's name.
+    pub name: String,
+    /// Kills.
+    pub score: u32,
+    /// Deaths.
+    pub deaths: u32,
+    /// Whether this line is the receiving client's own.
+    pub you: bool,
 }
 
 /// What a token the server sends is for.
@@ -86,6 +101,9 @@ pub struct Snapshot {
     pub tick: Tick,
     /// The tick this is a delta against; `None`: a full snapshot.
     pub baseline_tick: Option<Tick>,
+    /// What shapes the simulation: with it the client rebuilds the arena's walls and
+    /// predicts its own movement with the server's code.
+    pub world: WorldConfig,
     /// The client's own body, if it has one.
     pub your_entity: Option<NetEntityId>,
     /// The newest input sequence the server has applied; every older one is applied too.
@@ -411,6 +429,11 @@ mod tests {
         let message = ServerMessage::Snapshot(Snapshot {
             tick: Tick(1),
             baseline_tick: None,
+            world: WorldConfig {
+                max_players: 1024,
+                tick_hz: 60,
+                seed: u64::MAX,
+            },
             your_entity: None,
             last_applied_input: 0,
             you: PlayerStatus::default(),

@@ -11,5 +11,6 @@ pub mod messages;
 pub use ack::{AckTracker, PacketHeader};
 pub use messages::{
     ClientMessage, DecodeError, EncodeError, EntityState, NetEntityId, NetEntityKind, PlayerStatus,
-    ServerMessage, Snapshot, TokenPart, TokenPurpose, decode_client, decode_server, encode,
+    ScoreEntry, ServerMessage, Snapshot, TokenPart, TokenPurpose, decode_client, decode_server,
+    encode,
 };

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use input::{Buttons, InputFrame, PlayerInput};
 pub use world::{
     Entity, EntityKind, GameEvent, PLAYER_MAX_HEALTH, PLAYER_RADIUS, Player, Wall, World,
-    WorldConfig,
+    WorldConfig, move_player,
 };
 
 slotmap::new_key_type! {

@@ -444,15 +444,7 @@ impl World {
                 continue;
             };
             player.aim = input.aim_direction();
-            let wish = input.move_direction();
-            if wish == Vec2::ZERO {
-                let speed = body.velocity.length();
-                let slower = (speed - PLAYER_BRAKING * dt).max(0.0);
-                body.velocity = body.velocity.normalize_or_zero() * slower;
-            } else {
-                body.velocity += wish * PLAYER_ACCELERATION * dt;
-                body.velocity = body.velocity.clamp_length_max(PLAYER_MAX_SPEED);
-            }
+            body.velocity = accelerate(body.velocity, input, dt);
             if input.fire() && player.next_fire <= self.tick {
                 player.next_fire = Tick(self.tick.0 + cooldown);
                 let muzzle =
@@ -585,6 +577,48 @@ impl World {
         }
         candidate
     }
+}
+
+/// A player body's velocity after one tick of `input`: the acceleration and braking rules.
+pub fn accelerate(velocity: Vec2, input: PlayerInput, dt: f32) -> Vec2 {
+    let wish = input.move_direction();
+    if wish == Vec2::ZERO {
+        let speed = velocity.length();
+        let slower = (speed - PLAYER_BRAKING * dt).max(0.0);
+        velocity.normalize_or_zero() * slower
+    } else {
+        (velocity + wish * PLAYER_ACCELERATION * dt).clamp_length_max(PLAYER_MAX_SPEED)
+    }
+}
+
+/// A player body's position after one tick at `velocity`: kept inside the arena and out of
+/// the pillars.
+pub fn advance(position: Vec2, velocity: Vec2, dt: f32, arena_size: f32, walls: &[Wall]) -> Vec2 {
+    let mut position = (position + velocity * dt).clamp(
+        Vec2::splat(PLAYER_RADIUS),
+        Vec2::splat(arena_size - PLAYER_RADIUS),
+    );
+    for wall in walls {
+        position = push_out_of_box(position, PLAYER_RADIUS, wall);
+    }
+    position
+}
+
+/// One tick of a player body's movement, exactly as [`World::step`] does it: what a client
+/// runs to predict its own player.
+pub fn move_player(
+    position: Vec2,
+    velocity: Vec2,
+    input: PlayerInput,
+    config: &WorldConfig,
+    walls: &[Wall],
+) -> (Vec2, Vec2) {
+    let dt = config.dt();
+    let velocity = accelerate(velocity, input, dt);
+    (
+        advance(position, velocity, dt, config.arena_size(), walls),
+        velocity,
+    )
 }
 
 /// Moves a circle out of a box along the shortest axis, if it overlaps.
