@@ -309,7 +309,7 @@ impl ServerCore {
     fn send_scoreboards(&mut self, now: Duration, tick: Tick) {
         let hz = u64::from(self.world.config().tick_hz.max(1));
         let due: Vec<usize> = (0..self.clients.len())
-            .filter(|&i| self.clients[i].is_some() && (tick.0 + i as u64) % hz == 0)
+            .filter(|&i| self.clients[i].is_some() && (tick.0 + i as u64).is_multiple_of(hz))
             .collect();
         if due.is_empty() {
             return;
