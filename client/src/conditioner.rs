@@ -19,6 +19,8 @@ pub struct LinkSpec {
     pub latency: Duration,
     /// Extra delay, uniform in ±jitter.
     pub jitter: Duration,
+    /// Share delivered twice (0..1).
+    pub duplicate: f64,
 }
 
 impl std::str::FromStr for LinkSpec {
@@ -43,8 +45,22 @@ impl std::str::FromStr for LinkSpec {
                     spec.loss = percent / 100.0;
                 }
                 "latency" => spec.latency = parse_ms(value)?,
+                "duplicate" => {
+                    let percent: f64 =
+                        value.trim().trim_end_matches('%').parse().map_err(|_| {
+                            format!("duplicate={value}: expected a percentage like 1%")
+                        })?;
+                    if !(0.0..=100.0).contains(&percent) {
+                        return Err(format!("duplicate={value}: must be 0% to 100%"));
+                    }
+                    spec.duplicate = percent / 100.0;
+                }
                 "jitter" => spec.jitter = parse_ms(value)?,
-                other => return Err(format!("unknown setting {other:?} (loss, latency, jitter)")),
+                other => {
+                    return Err(format!(
+                        "unknown setting {other:?} (loss, latency, jitter, duplicate)"
+                    ));
+                }
             }
         }
         Ok(spec)
@@ -62,12 +78,16 @@ fn parse_ms(value: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// A datagram in flight: when it is due, the order it was pushed in (ties), the peer, the
+/// bytes.
+type InFlight = (Duration, u64, SocketAddr, Vec<u8>);
+
 /// One direction of a conditioned link.
 #[derive(Debug)]
 pub struct Conditioner {
     spec: LinkSpec,
     rng: Pcg64Mcg,
-    queue: BinaryHeap<Reverse<(Duration, u64, SocketAddr, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     order: u64,
     /// Datagrams dropped on purpose.
     pub dropped: u64,
@@ -91,31 +111,42 @@ impl Conditioner {
             self.dropped += 1;
             return;
         }
-        let jitter = self.spec.jitter.as_secs_f64();
-        let offset = if jitter > 0.0 {
-            self.rng.random_range(-jitter..jitter)
-        } else {
-            0.0
-        };
-        let delay = Duration::from_secs_f64((self.spec.latency.as_secs_f64() + offset).max(0.0));
-        self.order += 1;
-        self.queue
-            .push(Reverse((now + delay, self.order, peer, bytes)));
+        let duplicate =
+            self.spec.duplicate > 0.0 && self.rng.random_bool(self.spec.duplicate.min(1.0));
+        for _ in 0..if duplicate { 2 } else { 1 } {
+            let jitter = self.spec.jitter.as_secs_f64();
+            let offset = if jitter > 0.0 {
+                self.rng.random_range(-jitter..jitter)
+            } else {
+                0.0
+            };
+            let delay =
+                Duration::from_secs_f64((self.spec.latency.as_secs_f64() + offset).max(0.0));
+            self.order += 1;
+            self.queue
+                .push(Reverse((now + delay, self.order, peer, bytes.clone())));
+        }
     }
 
     /// The next datagram due by `now`.
     pub fn pop(&mut self, now: Duration) -> Option<(SocketAddr, Vec<u8>)> {
-        if self
-            .queue
-            .peek()
-            .is_some_and(|Reverse((at, ..))| *at <= now)
-        {
+        self.pop_timed(now).map(|(_, peer, bytes)| (peer, bytes))
+    }
+
+    /// The next datagram due by `now`, with the time it became due.
+    pub fn pop_timed(&mut self, now: Duration) -> Option<(Duration, SocketAddr, Vec<u8>)> {
+        if self.next_due().is_some_and(|at| at <= now) {
             self.queue
                 .pop()
-                .map(|Reverse((_, _, peer, bytes))| (peer, bytes))
+                .map(|Reverse((at, _, peer, bytes))| (at, peer, bytes))
         } else {
             None
         }
+    }
+
+    /// When the next datagram is due.
+    pub fn next_due(&self) -> Option<Duration> {
+        self.queue.peek().map(|Reverse((at, ..))| *at)
     }
 }
 

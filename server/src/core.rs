@@ -490,9 +490,12 @@ impl ServerCore {
             .into_iter()
             .flatten()
         {
-            let due = token
-                .last_sent
-                .is_none_or(|at| now.saturating_sub(at) >= TOKEN_RESEND);
+            // A redirect goes out every time we are called (each tick period): every
+            // lost copy would otherwise cost the player 100 ms of standing still.
+            let due = token.purpose == TokenPurpose::Redirect
+                || token
+                    .last_sent
+                    .is_none_or(|at| now.saturating_sub(at) >= TOKEN_RESEND);
             if token.delivered() && token.purpose == TokenPurpose::Reconnect || !due {
                 continue;
             }

@@ -6,12 +6,11 @@
 //! exact and reordering happens whenever jitter exceeds the gap between two sends.
 //! A minute of a hundred players runs in a few seconds.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use arena_client::bots::{Behavior, Brain};
+use arena_client::conditioner::{Conditioner, LinkSpec};
 use arena_client::interpolation::Interpolator;
 use arena_client::prediction::Predictor;
 use arena_client::session::Session;
@@ -20,8 +19,6 @@ use arena_shared::identity::{ARENA_PROTOCOL_ID, TokenRequest, mint_token};
 use arena_shared::netcode::{self, Key};
 use arena_shared::sim::{PlayerInput, WorldConfig};
 use arena_shared::snapshot;
-use rand::{RngExt, SeedableRng};
-use rand_pcg::Pcg64Mcg;
 
 /// The fleet key every simulated server and token uses.
 pub const KEY: Key = [0x42; 32];
@@ -58,75 +55,43 @@ impl LinkConfig {
     }
 }
 
-/// A datagram on a link: arrival time, order of sending, the server at the other end,
-/// bytes. Ordered by arrival, then by sending.
-type InFlight = (Duration, u64, SocketAddr, Vec<u8>);
-
-/// One direction of a path: datagrams in flight, ordered by arrival time.
+/// One direction of a path: the client library's link conditioner, which knows each
+/// datagram's arrival time.
 #[derive(Debug)]
-pub struct Link {
-    config: LinkConfig,
-    rng: Pcg64Mcg,
-    in_flight: BinaryHeap<Reverse<InFlight>>,
-    sent: u64,
-    /// Datagrams lost on purpose.
-    pub lost: u64,
-}
+pub struct Link(Conditioner);
 
 impl Link {
     /// A link with its own seeded randomness.
     pub fn new(config: LinkConfig, seed: u64) -> Self {
-        Self {
-            config,
-            rng: Pcg64Mcg::seed_from_u64(seed),
-            in_flight: BinaryHeap::new(),
-            sent: 0,
-            lost: 0,
-        }
+        Self(Conditioner::new(
+            LinkSpec {
+                loss: config.loss,
+                latency: config.latency,
+                jitter: config.jitter,
+                duplicate: config.duplicate,
+            },
+            seed,
+        ))
     }
 
     /// Puts a datagram on the wire at `now`; `server` is the server at the other end.
     pub fn send(&mut self, now: Duration, server: SocketAddr, bytes: Vec<u8>) {
-        if self.rng.random_bool(self.config.loss) {
-            self.lost += 1;
-            return;
-        }
-        let copies = if self.rng.random_bool(self.config.duplicate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let jitter = self.config.jitter.as_secs_f64();
-            let offset = if jitter > 0.0 {
-                self.rng.random_range(-jitter..jitter)
-            } else {
-                0.0
-            };
-            let delay = (self.config.latency.as_secs_f64() + offset).max(0.0);
-            self.sent += 1;
-            self.in_flight.push(Reverse((
-                now + Duration::from_secs_f64(delay),
-                self.sent,
-                server,
-                bytes.clone(),
-            )));
-        }
+        self.0.push(now, server, bytes);
     }
 
     /// The next datagram that has arrived by `now`: arrival time, server, bytes.
     pub fn receive(&mut self, now: Duration) -> Option<(Duration, SocketAddr, Vec<u8>)> {
-        if self
-            .in_flight
-            .peek()
-            .is_some_and(|Reverse((at, ..))| *at <= now)
-        {
-            self.in_flight
-                .pop()
-                .map(|Reverse((at, _, server, bytes))| (at, server, bytes))
-        } else {
-            None
-        }
+        self.0.pop_timed(now)
+    }
+
+    /// When the next datagram arrives.
+    pub fn next_arrival(&self) -> Option<Duration> {
+        self.0.next_due()
+    }
+
+    /// Datagrams lost on purpose.
+    pub fn lost(&self) -> u64 {
+        self.0.dropped
     }
 }
 
@@ -473,11 +438,11 @@ impl SimNet {
             let mut next: Option<(Duration, usize, bool)> = None;
             for (i, client) in self.clients.iter().enumerate() {
                 for (up, link) in [(true, &client.up), (false, &client.down)] {
-                    if let Some(Reverse((at, ..))) = link.in_flight.peek()
-                        && *at <= end
-                        && next.is_none_or(|(t, _, _)| *at < t)
+                    if let Some(at) = link.next_arrival()
+                        && at <= end
+                        && next.is_none_or(|(t, _, _)| at < t)
                     {
-                        next = Some((*at, i, up));
+                        next = Some((at, i, up));
                     }
                 }
             }

@@ -83,7 +83,7 @@ fn under_5_percent_loss_and_80ms_latency_every_input_is_still_applied() {
         0,
         "seed {seed}"
     );
-    let lost: u64 = net.clients.iter().map(|c| c.up.lost).sum();
+    let lost: u64 = net.clients.iter().map(|c| c.up.lost()).sum();
     assert!(
         lost > 1000,
         "seed {seed}: the link lost only {lost} datagrams"
