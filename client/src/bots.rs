@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::net::UdpSocket;
 
 use crate::clock::Clock;
+use crate::conditioner::{Conditioner, LinkSpec};
 use crate::session::Session;
 
 /// How a bot plays.
@@ -62,6 +63,8 @@ pub struct BotsConfig {
     pub behavior: Behavior,
     /// Inputs per second (the server's tick rate).
     pub tick_hz: u32,
+    /// A simulated bad network between each bot and the server (both ways).
+    pub link: Option<LinkSpec>,
 }
 
 /// What one bot saw.
@@ -190,6 +193,9 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut buf = vec![0u8; 2048];
+    let seed = config.seed.wrapping_add(index as u64).wrapping_mul(2);
+    let mut up = config.link.map(|spec| Conditioner::new(spec, seed));
+    let mut down = config.link.map(|spec| Conditioner::new(spec, seed + 1));
     let mut connected_at = None;
     let mut play_until = None;
     // Bounded: a bot ends at its play time plus one second of draining, or 10 s of failing
@@ -201,12 +207,20 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
             ready = socket.readable() => {
                 if ready.is_ok() {
                     while let Ok((len, from)) = socket.try_recv_from(&mut buf) {
-                        session.handle_datagram(clock.now(), from, &mut buf[..len]);
+                        match &mut down {
+                            Some(link) => link.push(clock.now(), from, buf[..len].to_vec()),
+                            None => session.handle_datagram(clock.now(), from, &mut buf[..len]),
+                        }
                     }
                 }
             }
             _ = ticker.tick() => {
                 let now = clock.now();
+                if let Some(link) = &mut down {
+                    while let Some((from, mut bytes)) = link.pop(now) {
+                        session.handle_datagram(now, from, &mut bytes);
+                    }
+                }
                 session.update(now);
                 if session.is_connected() && connected_at.is_none() {
                     connected_at = Some(now);
@@ -242,7 +256,17 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
                     let _ = result.rtt_us.record((sample.as_micros() as u64).max(1));
                 }
                 while let Some(transmit) = session.poll_transmit() {
-                    let _ = socket.send_to(&transmit.contents, transmit.destination).await;
+                    match &mut up {
+                        Some(link) => link.push(now, transmit.destination, transmit.contents),
+                        None => {
+                            let _ = socket.send_to(&transmit.contents, transmit.destination).await;
+                        }
+                    }
+                }
+                if let Some(link) = &mut up {
+                    while let Some((to, bytes)) = link.pop(now) {
+                        let _ = socket.send_to(&bytes, to).await;
+                    }
                 }
                 if now >= hard_stop {
                     break;
@@ -273,7 +297,7 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
 
 /// Binds on the loopback of the server's family when the server is on loopback, so tests
 /// never open a socket beyond this machine.
-fn local_bind_address(server: SocketAddr) -> SocketAddr {
+pub fn local_bind_address(server: SocketAddr) -> SocketAddr {
     let ip = match server.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),

@@ -6,6 +6,7 @@
 //! - [`session`]: the sans-IO session (connect, send inputs, receive snapshots).
 //! - [`prediction`]: the own player moved at once and reconciled with the server.
 //! - [`interpolation`]: other entities drawn 100 ms in the past, smoothly.
+//! - [`play`]: the terminal client's game state and drawing.
 //! - [`conditioner`]: a link conditioner (loss, latency, jitter) for drivers.
 //! - [`bots`]: headless bots and their report.
 //! - [`http`]: a small HTTP client for the server's admin API (tokens, status).
@@ -16,5 +17,6 @@ pub mod clock;
 pub mod conditioner;
 pub mod http;
 pub mod interpolation;
+pub mod play;
 pub mod prediction;
 pub mod session;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arena_client::bots::{Behavior, BotsConfig, DEFAULT_PROTOCOL_ID, TokenSource, run_bots};
+use arena_client::conditioner::LinkSpec;
 use clap::Parser;
 
 /// Headless bots for load and soak tests: each has its own UDP socket and plays with
@@ -47,6 +48,9 @@ struct Args {
     /// The server's tick rate (inputs per second).
     #[arg(long, default_value_t = 60)]
     tick_hz: u32,
+    /// Play over a worse network, e.g. "loss=5%,latency=80ms,jitter=20ms" (each way).
+    #[arg(long)]
+    simulate: Option<LinkSpec>,
 }
 
 fn parse_u64(text: &str) -> Result<u64, String> {
@@ -109,6 +113,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         seed: args.seed,
         behavior: args.behavior,
         tick_hz: args.tick_hz.max(1),
+        link: args.simulate,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
