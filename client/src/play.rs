@@ -169,14 +169,20 @@ impl Game {
         ])
         .areas(frame.area());
 
-        frame.render_widget(Paragraph::new(self.status_line(now)), status);
-        frame.render_widget(
-            Paragraph::new(Line::from(
+        frame.render_widget(Paragraph::new(self.status_line()), status);
+        // The bottom line lists the keys, or for a few seconds says where the match moved.
+        let bottom = match self.moved_notice(now) {
+            Some(notice) => Paragraph::new(Line::from(notice)).style(
+                Style::default()
+                    .fg(Color::LightGreen)
+                    .add_modifier(Modifier::BOLD),
+            ),
+            None => Paragraph::new(Line::from(
                 "WASD/arrows move · space fire · Tab scores · q/Esc quit",
             ))
             .style(Style::default().fg(Color::DarkGray)),
-            help,
-        );
+        };
+        frame.render_widget(bottom, help);
 
         let own_id = self.session.latest_snapshot().and_then(|s| s.your_entity);
         let own = self.predictor.render_position(dt);
@@ -196,7 +202,29 @@ impl Game {
         }
     }
 
-    fn status_line(&self, now: Duration) -> Line<'static> {
+    /// "moved to <address> in N ms", for a few seconds after a handoff or reconnect.
+    pub fn moved_notice(&self, now: Duration) -> Option<String> {
+        let moved = self.session.moved()?;
+        let done = moved.done_at?;
+        if now.saturating_sub(done) >= Duration::from_secs(8) {
+            return None;
+        }
+        let to = self
+            .session
+            .server_address()
+            .map_or("?".to_owned(), |a| a.to_string());
+        let how = if moved.redirected {
+            "match handed over: moved"
+        } else {
+            "server lost: reconnected"
+        };
+        Some(format!(
+            "{how} to {to} in {} ms",
+            done.saturating_sub(moved.at).as_millis()
+        ))
+    }
+
+    fn status_line(&self) -> Line<'static> {
         let server = self
             .session
             .server_address()
@@ -219,32 +247,19 @@ impl Game {
                 you.health, you.score, you.deaths
             ));
         }
-        if let Some(moved) = self.session.moved()
-            && let Some(done) = moved.done_at
-            && now.saturating_sub(done) < Duration::from_secs(8)
-        {
-            let to = self
-                .session
-                .server_address()
-                .map_or("?".to_owned(), |a| a.to_string());
-            let how = if moved.redirected {
-                "moved"
-            } else {
-                "reconnected"
-            };
-            text.push_str(&format!(
-                " │ {how} to {to} in {} ms",
-                done.saturating_sub(moved.at).as_millis()
-            ));
-        }
         Line::from(text).style(Style::default().add_modifier(Modifier::BOLD))
     }
 
     /// A line to show over the arena instead of the game, if any.
     fn message(&self) -> Option<String> {
         match self.session.state() {
-            ClientState::Connected if self.session.latest_snapshot().is_some() => None,
-            ClientState::Connected => Some("connected; waiting for the first snapshot…".into()),
+            ClientState::Connected => match self.session.latest_snapshot() {
+                Some(s) if s.you.health == 0 && !self.spectating => {
+                    Some("you were shot: back in a moment".into())
+                }
+                Some(_) => None,
+                None => Some("connected; waiting for the first snapshot…".into()),
+            },
             ClientState::SendingRequest | ClientState::SendingResponse => Some(format!(
                 "connecting to {}…",
                 self.session
