@@ -15,10 +15,10 @@ use hdrhistogram::Histogram;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
-use tokio::net::UdpSocket;
 
 use crate::clock::Clock;
-use crate::conditioner::{Conditioner, LinkSpec};
+use crate::conditioner::LinkSpec;
+use crate::driver::SessionSocket;
 use crate::session::Session;
 
 /// How a bot plays.
@@ -182,9 +182,8 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
             local_token(config.server, *key, *protocol_id, &name)?
         }
     };
-    let socket = UdpSocket::bind(local_bind_address(config.server))
-        .await
-        .context("cannot bind a UDP socket")?;
+    let seed = config.seed.wrapping_add(index as u64).wrapping_mul(2);
+    let mut socket = SessionSocket::bind(config.server, config.link, seed).await?;
     let clock = Clock::start();
     let start = clock.now();
     let mut session = Session::new(start, &token, config.tick_hz);
@@ -192,10 +191,6 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     let period = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut buf = vec![0u8; 2048];
-    let seed = config.seed.wrapping_add(index as u64).wrapping_mul(2);
-    let mut up = config.link.map(|spec| Conditioner::new(spec, seed));
-    let mut down = config.link.map(|spec| Conditioner::new(spec, seed + 1));
     let mut connected_at = None;
     let mut play_until = None;
     // Bounded: a bot ends at its play time plus one second of draining, or 10 s of failing
@@ -206,21 +201,12 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
         tokio::select! {
             ready = socket.readable() => {
                 if ready.is_ok() {
-                    while let Ok((len, from)) = socket.try_recv_from(&mut buf) {
-                        match &mut down {
-                            Some(link) => link.push(clock.now(), from, buf[..len].to_vec()),
-                            None => session.handle_datagram(clock.now(), from, &mut buf[..len]),
-                        }
-                    }
+                    socket.receive(&mut session, || clock.now());
                 }
             }
             _ = ticker.tick() => {
                 let now = clock.now();
-                if let Some(link) = &mut down {
-                    while let Some((from, mut bytes)) = link.pop(now) {
-                        session.handle_datagram(now, from, &mut bytes);
-                    }
-                }
+                socket.deliver_due(&mut session, now);
                 session.update(now);
                 if session.is_connected() && connected_at.is_none() {
                     connected_at = Some(now);
@@ -255,19 +241,7 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
                 while let Some(sample) = session.take_rtt_sample() {
                     let _ = result.rtt_us.record((sample.as_micros() as u64).max(1));
                 }
-                while let Some(transmit) = session.poll_transmit() {
-                    match &mut up {
-                        Some(link) => link.push(now, transmit.destination, transmit.contents),
-                        None => {
-                            let _ = socket.send_to(&transmit.contents, transmit.destination).await;
-                        }
-                    }
-                }
-                if let Some(link) = &mut up {
-                    while let Some((to, bytes)) = link.pop(now) {
-                        let _ = socket.send_to(&bytes, to).await;
-                    }
-                }
+                socket.flush(&mut session, now).await;
                 if now >= hard_stop {
                     break;
                 }
@@ -287,11 +261,7 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     result.handoffs_followed = stats.handoffs_followed;
     result.reconnects = stats.reconnects;
     session.disconnect(now);
-    while let Some(transmit) = session.poll_transmit() {
-        let _ = socket
-            .send_to(&transmit.contents, transmit.destination)
-            .await;
-    }
+    socket.flush_direct(&mut session).await;
     Ok(())
 }
 

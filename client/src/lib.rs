@@ -8,6 +8,7 @@
 //! - [`interpolation`]: other entities drawn 100 ms in the past, smoothly.
 //! - [`play`]: the terminal client's game state and drawing.
 //! - [`conditioner`]: a link conditioner (loss, latency, jitter) for drivers.
+//! - [`driver`]: the socket work every client driver shares.
 //! - [`bots`]: headless bots and their report.
 //! - [`http`]: a small HTTP client for the server's admin API (tokens, status).
 //! - [`clock`]: the drivers' clock.
@@ -15,6 +16,7 @@
 pub mod bots;
 pub mod clock;
 pub mod conditioner;
+pub mod driver;
 pub mod http;
 pub mod interpolation;
 pub mod play;

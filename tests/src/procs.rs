@@ -233,3 +233,31 @@ fn read_all(pipe: Option<impl std::io::Read>) -> String {
     }
     text
 }
+
+/// `GET url` on a loopback admin API; panics (a test failure) unless it answers 200 JSON.
+pub fn get_json(url: &str) -> serde_json::Value {
+    let (status, body) = http(url, "GET", None);
+    assert_eq!(status, 200, "GET {url}");
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
+/// `POST url` with a JSON body; returns the status and the JSON answer (Null if none).
+pub fn post_json(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, answer) = http(url, "POST", Some(body.to_owned()));
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// One request through the client library's HTTP client, on a runtime of its own.
+pub fn http(url: &str, method: &str, body: Option<String>) -> (u16, Vec<u8>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot start a runtime: {e}"));
+    runtime
+        .block_on(arena_client::http::request(method, url, body))
+        .map(|(status, body)| (status, body.to_vec()))
+        .unwrap_or_else(|e| panic!("{method} {url}: {e:#}"))
+}

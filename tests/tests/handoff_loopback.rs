@@ -5,43 +5,16 @@
 
 use std::time::Duration;
 
-use arena_client::http;
-use arena_tests::procs::{ServerProcess, signal, spawn_bots, temp_dir};
+use arena_tests::procs::{ServerProcess, get_json, post_json, signal, spawn_bots, temp_dir};
 use serde_json::Value;
 
 const BOTS: u64 = 50;
-
-fn get(url: &str) -> Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (status, body) = runtime
-        .block_on(http::request("GET", url, None))
-        .unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
-    assert_eq!(status, 200, "GET {url}");
-    serde_json::from_slice(&body).unwrap()
-}
-
-fn post(url: &str, body: &str) -> (u16, Value) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (status, answer) = runtime
-        .block_on(http::request("POST", url, Some(body.to_owned())))
-        .unwrap_or_else(|e| panic!("POST {url}: {e:#}"));
-    (
-        status,
-        serde_json::from_slice(&answer).unwrap_or(Value::Null),
-    )
-}
 
 /// Polls `/status` (bounded: 30 s) until `done` holds; returns the last status.
 fn wait_status(server: &ServerProcess, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let url = format!("{}/status", server.admin_url());
     for _ in 0..300 {
-        let status = get(&url);
+        let status = get_json(&url);
         if done(&status) {
             return status;
         }
@@ -49,7 +22,7 @@ fn wait_status(server: &ServerProcess, what: &str, done: impl Fn(&Value) -> bool
     }
     panic!(
         "{what}: not reached within 30 s; last status {}\nits log:\n{}",
-        get(&url),
+        get_json(&url),
         server.logs()
     );
 }
@@ -89,7 +62,7 @@ fn a_handoff_by_post_moves_every_bot_and_loses_no_input() {
     let (owner, standby) = pair("handoff");
     let bots = bots_against(&owner, "6");
     wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
-    let (code, answer) = post(
+    let (code, answer) = post_json(
         &format!("{}/handoff", owner.admin_url()),
         &format!("{{\"to\": \"{}\"}}", standby.admin),
     );
@@ -100,7 +73,7 @@ fn a_handoff_by_post_moves_every_bot_and_loses_no_input() {
     assert_eq!(report["disconnects"], 0, "{report}");
     assert_eq!(report["bots_handed_off"], BOTS, "{report}");
     assert_eq!(report["inputs_lost"], 0, "{report}");
-    let status = get(&format!("{}/status", standby.admin_url()));
+    let status = get_json(&format!("{}/status", standby.admin_url()));
     assert_eq!(status["role"], "owner");
     assert_eq!(status["epoch"], 2);
     assert_eq!(status["handoffs"], 1);
@@ -156,7 +129,7 @@ fn an_owner_paused_past_its_lease_never_ticks_or_writes_again() {
     let report = report(bots);
     assert_eq!(report["connected"], BOTS, "{report}");
     assert_eq!(report["disconnects"], 0, "{report}");
-    let status = get(&format!("{}/status", standby.admin_url()));
+    let status = get_json(&format!("{}/status", standby.admin_url()));
     assert_eq!(status["role"], "owner");
     assert_eq!(status["epoch"], 2);
     assert!(

@@ -5,21 +5,8 @@
 
 use std::time::Duration;
 
-use arena_client::http;
-use arena_tests::procs::{ServerProcess, run_bots, temp_dir};
+use arena_tests::procs::{ServerProcess, get_json, http, run_bots, temp_dir};
 use serde_json::Value;
-
-fn get_json(url: &str) -> Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (status, body) = runtime
-        .block_on(http::request("GET", url, None))
-        .unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
-    assert_eq!(status, 200, "GET {url}");
-    serde_json::from_slice(&body).expect("JSON")
-}
 
 #[test]
 fn twenty_bots_play_against_the_real_server() {
@@ -93,17 +80,9 @@ fn twenty_bots_play_against_the_real_server() {
     assert!(status["bytes_out_per_s"].as_f64().is_some(), "{status}");
     assert!(status["drops"]["replayed"].is_u64(), "{status}");
 
-    let metrics = {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (code, body) = runtime
-            .block_on(http::request("GET", &format!("{admin}/metrics"), None))
-            .unwrap();
-        assert_eq!(code, 200);
-        String::from_utf8(body.to_vec()).unwrap()
-    };
+    let (code, body) = http(&format!("{admin}/metrics"), "GET", None);
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8(body).unwrap();
     assert!(
         metrics.contains("arena_tick_us_p99{match_id=\"loop\"}"),
         "{metrics}"
@@ -118,23 +97,13 @@ fn the_token_endpoint_refuses_bad_bodies_with_a_reason() {
     let dir = temp_dir("token");
     let server = ServerProcess::start(&dir, &[]);
     let admin = server.admin_url();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     for body in [
         "not json",
         "{\"nom\": \"x\"}",
         "{\"name\": \"\"}",
         "{\"name\": 7}",
     ] {
-        let (status, answer) = runtime
-            .block_on(http::request(
-                "POST",
-                &format!("{admin}/token"),
-                Some(body.into()),
-            ))
-            .unwrap();
+        let (status, answer) = http(&format!("{admin}/token"), "POST", Some(body.into()));
         assert_eq!(status, 400, "{body}");
         let answer: Value = serde_json::from_slice(&answer).unwrap();
         assert!(
@@ -142,13 +111,11 @@ fn the_token_endpoint_refuses_bad_bodies_with_a_reason() {
             "{body}: {answer}"
         );
     }
-    let (status, answer) = runtime
-        .block_on(http::request(
-            "POST",
-            &format!("{admin}/token"),
-            Some("{\"name\": \"ann\"}".into()),
-        ))
-        .unwrap();
+    let (status, answer) = http(
+        &format!("{admin}/token"),
+        "POST",
+        Some("{\"name\": \"ann\"}".into()),
+    );
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_slice(&answer).unwrap();
     let token = arena_shared::netcode::ConnectToken::read(&base64_decode(

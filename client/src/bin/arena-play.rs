@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use arena_client::bots::local_bind_address;
 use arena_client::clock::Clock;
-use arena_client::conditioner::{Conditioner, LinkSpec};
+use arena_client::conditioner::LinkSpec;
+use arena_client::driver::SessionSocket;
 use arena_client::http::fetch_token_as;
 use arena_client::play::{Game, Key, describe_failure};
 use arena_client::session::Session;
@@ -18,7 +18,6 @@ use clap::Parser;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::{Backend, CrosstermBackend, TestBackend};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 /// Play Arena in the terminal: WASD or arrows move, space fires where you last moved,
@@ -73,9 +72,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let token = fetch_token_as(&args.admin, &args.name, args.spectate)
             .await
             .context("cannot get a connect token")?;
-        let socket = UdpSocket::bind(local_bind_address(args.server))
-            .await
-            .context("cannot open a UDP socket")?;
+        let socket = SessionSocket::bind(args.server, args.simulate, 1).await?;
         let clock = Clock::start();
         let session = Session::new(clock.now(), &token, args.tick_hz);
         let game = Game::new(session, args.spectate);
@@ -137,7 +134,7 @@ enum Input {
 async fn play<B: Backend>(
     mut game: Game,
     terminal: &mut Terminal<B>,
-    socket: UdpSocket,
+    mut socket: SessionSocket,
     clock: Clock,
     args: &Args,
     mut keys: Option<mpsc::UnboundedReceiver<Input>>,
@@ -148,9 +145,6 @@ where
     let period = Duration::from_secs_f64(1.0 / f64::from(args.tick_hz.max(1)));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut up = args.simulate.map(|spec| Conditioner::new(spec, 1));
-    let mut down = args.simulate.map(|spec| Conditioner::new(spec, 2));
-    let mut buf = vec![0u8; 2048];
     let mut frames = 0;
     let mut ticks: u64 = 0;
     let mut connected = false;
@@ -159,13 +153,7 @@ where
         tokio::select! {
             ready = socket.readable() => {
                 if ready.is_ok() {
-                    while let Ok((len, from)) = socket.try_recv_from(&mut buf) {
-                        let now = clock.now();
-                        match &mut down {
-                            Some(link) => link.push(now, from, buf[..len].to_vec()),
-                            None => game.session.handle_datagram(now, from, &mut buf[..len]),
-                        }
-                    }
+                    socket.receive(&mut game.session, || clock.now());
                 }
             }
             Some(input) = async { match &mut keys { Some(k) => k.recv().await, None => std::future::pending().await } } => {
@@ -179,11 +167,7 @@ where
             }
             _ = ticker.tick() => {
                 let now = clock.now();
-                if let Some(link) = &mut down {
-                    while let Some((from, mut bytes)) = link.pop(now) {
-                        game.session.handle_datagram(now, from, &mut bytes);
-                    }
-                }
+                socket.deliver_due(&mut game.session, now);
                 game.session.update(now);
                 game.absorb_snapshots(now);
                 if args.headless {
@@ -194,7 +178,7 @@ where
                     }
                 }
                 game.send_input(now);
-                flush(&mut game.session, &socket, &mut up, now).await;
+                socket.flush(&mut game.session, now).await;
                 connected |= game.session.latest_snapshot().is_some();
                 if game.session.is_lost() {
                     failure = Some(describe_failure(game.session.state()).to_owned());
@@ -215,7 +199,7 @@ where
     let now = clock.now();
     game.session.disconnect(now);
     // Goodbyes go straight out, not through the simulated link.
-    flush(&mut game.session, &socket, &mut None, now).await;
+    socket.flush_direct(&mut game.session).await;
     Ok(Outcome {
         connected,
         frames,
@@ -239,29 +223,6 @@ fn screen_text(buffer: &ratatui::buffer::Buffer) -> String {
         .map(|row| row.concat())
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-async fn flush(
-    session: &mut Session,
-    socket: &UdpSocket,
-    up: &mut Option<Conditioner>,
-    now: Duration,
-) {
-    while let Some(transmit) = session.poll_transmit() {
-        match up {
-            Some(link) => link.push(now, transmit.destination, transmit.contents),
-            None => {
-                let _ = socket
-                    .send_to(&transmit.contents, transmit.destination)
-                    .await;
-            }
-        }
-    }
-    if let Some(link) = up {
-        while let Some((to, bytes)) = link.pop(now) {
-            let _ = socket.send_to(&bytes, to).await;
-        }
-    }
 }
 
 /// Reads keys on a thread of its own (crossterm's reader blocks) until `stop` is set.

@@ -1,0 +1,94 @@
+//! What every client driver does with its socket: receive, send, and optionally pass both
+//! directions through a link conditioner (`--simulate`). The bots and the terminal client
+//! share it; each adds its own loop around it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::UdpSocket;
+
+use crate::bots::local_bind_address;
+use crate::conditioner::{Conditioner, LinkSpec};
+use crate::session::Session;
+
+/// A session's UDP socket, with an optional conditioned link each way.
+pub struct SessionSocket {
+    socket: UdpSocket,
+    up: Option<Conditioner>,
+    down: Option<Conditioner>,
+    buf: Vec<u8>,
+}
+
+impl SessionSocket {
+    /// Binds a socket suited to reach `server` (loopback for a loopback server).
+    pub async fn bind(
+        server: SocketAddr,
+        link: Option<LinkSpec>,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let socket = UdpSocket::bind(local_bind_address(server))
+            .await
+            .context("cannot open a UDP socket")?;
+        Ok(Self {
+            socket,
+            up: link.map(|spec| Conditioner::new(spec, seed)),
+            down: link.map(|spec| Conditioner::new(spec, seed.wrapping_add(1))),
+            buf: vec![0u8; 2048],
+        })
+    }
+
+    /// Waits until datagrams can be read.
+    pub async fn readable(&self) -> std::io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// Reads every waiting datagram into the session (or into the conditioned link).
+    pub fn receive(&mut self, session: &mut Session, now: impl Fn() -> Duration) {
+        while let Ok((len, from)) = self.socket.try_recv_from(&mut self.buf) {
+            match &mut self.down {
+                Some(link) => link.push(now(), from, self.buf[..len].to_vec()),
+                None => session.handle_datagram(now(), from, &mut self.buf[..len]),
+            }
+        }
+    }
+
+    /// Hands the session what the conditioned link lets through by `now`.
+    pub fn deliver_due(&mut self, session: &mut Session, now: Duration) {
+        if let Some(link) = &mut self.down {
+            while let Some((from, mut bytes)) = link.pop(now) {
+                session.handle_datagram(now, from, &mut bytes);
+            }
+        }
+    }
+
+    /// Sends what the session queued (through the conditioned link, if any).
+    pub async fn flush(&mut self, session: &mut Session, now: Duration) {
+        while let Some(transmit) = session.poll_transmit() {
+            match &mut self.up {
+                Some(link) => link.push(now, transmit.destination, transmit.contents),
+                None => {
+                    let _ = self
+                        .socket
+                        .send_to(&transmit.contents, transmit.destination)
+                        .await;
+                }
+            }
+        }
+        if let Some(link) = &mut self.up {
+            while let Some((to, bytes)) = link.pop(now) {
+                let _ = self.socket.send_to(&bytes, to).await;
+            }
+        }
+    }
+
+    /// Sends what the session queued straight out (goodbyes do not wait on a simulation).
+    pub async fn flush_direct(&mut self, session: &mut Session) {
+        while let Some(transmit) = session.poll_transmit() {
+            let _ = self
+                .socket
+                .send_to(&transmit.contents, transmit.destination)
+                .await;
+        }
+    }
+}
