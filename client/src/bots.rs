@@ -83,6 +83,7 @@ struct BotResult {
     inputs_applied: u64,
     handoffs_followed: u64,
     reconnects: u64,
+    max_rollback_ticks: u64,
     rtt_us: Histogram<u64>,
 }
 
@@ -122,6 +123,8 @@ pub struct BotsReport {
     pub reconnects: u64,
     /// Bots that followed at least one handoff.
     pub bots_handed_off: usize,
+    /// The most ticks any bot saw the match go back (a crash restored from a snapshot).
+    pub max_rollback_ticks: u64,
     /// The first error a bot met, if any.
     pub first_error: Option<String>,
 }
@@ -160,6 +163,7 @@ async fn run_bot(config: &BotsConfig, index: usize) -> BotResult {
         inputs_applied: 0,
         handoffs_followed: 0,
         reconnects: 0,
+        max_rollback_ticks: 0,
         rtt_us: new_histogram(),
     };
     if let Err(error) = play(config, index, &mut result).await {
@@ -260,6 +264,7 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     result.inputs_applied = u64::from(session.last_applied_input());
     result.handoffs_followed = stats.handoffs_followed;
     result.reconnects = stats.reconnects;
+    result.max_rollback_ticks = stats.max_rollback_ticks;
     session.disconnect(now);
     socket.flush_direct(&mut session).await;
     Ok(())
@@ -344,6 +349,11 @@ fn report(results: &[BotResult]) -> BotsReport {
         handoffs_followed: results.iter().map(|r| r.handoffs_followed).sum(),
         reconnects: results.iter().map(|r| r.reconnects).sum(),
         bots_handed_off: results.iter().filter(|r| r.handoffs_followed > 0).count(),
+        max_rollback_ticks: results
+            .iter()
+            .map(|r| r.max_rollback_ticks)
+            .max()
+            .unwrap_or(0),
         first_error: results.iter().find_map(|r| r.error.clone()),
     }
 }

@@ -46,6 +46,15 @@ impl Interpolator {
     pub fn on_snapshot(&mut self, now: Duration, snapshot: &Snapshot) {
         self.tick_hz = f64::from(snapshot.world.tick_hz.max(1));
         let tick = snapshot.tick.0 as f64;
+        // A server restored after a crash resumes at an earlier tick: start over with it.
+        if self
+            .snapshots
+            .back()
+            .is_some_and(|(t, _)| tick + self.tick_hz < *t)
+        {
+            *self = Self::default();
+            self.tick_hz = f64::from(snapshot.world.tick_hz.max(1));
+        }
         let observed = tick - now.as_secs_f64() * self.tick_hz;
         self.offset_ticks = Some(match self.offset_ticks {
             None => observed,

@@ -55,6 +55,8 @@ pub struct SessionStats {
     pub handoffs_followed: u64,
     /// Reconnections after the server went silent.
     pub reconnects: u64,
+    /// The most ticks a new server was behind the old one (a crash's rollback).
+    pub max_rollback_ticks: u64,
 }
 
 /// The session moved to another server (a handoff or a reconnect).
@@ -132,6 +134,8 @@ pub struct Session {
     outbox: VecDeque<Transmit>,
     moved: Option<Moved>,
     scoreboard: Vec<ScoreEntry>,
+    /// Set when the transport changes server: its first snapshot is taken whatever its tick.
+    awaiting_new_server: bool,
 }
 
 impl Session {
@@ -156,6 +160,7 @@ impl Session {
             outbox: VecDeque::new(),
             moved: None,
             scoreboard: Vec::new(),
+            awaiting_new_server: false,
         }
     }
 
@@ -218,6 +223,7 @@ impl Session {
             Err(_) => netcode::Client::new(now, token),
         };
         self.acks = AckTracker::default();
+        self.awaiting_new_server = true;
         // Token ids are per server: the next server numbers its tokens afresh.
         self.tokens = [IncomingToken::default(), IncomingToken::default()];
         self.moved = Some(Moved {
@@ -229,11 +235,25 @@ impl Session {
     }
 
     fn receive_snapshot(&mut self, now: Duration, snapshot: Snapshot) {
-        if self
+        let newer = self
             .latest
             .as_ref()
-            .is_some_and(|latest| latest.tick >= snapshot.tick)
-        {
+            .is_none_or(|latest| snapshot.tick > latest.tick);
+        if self.awaiting_new_server {
+            // The first word from a new server is the truth, even an older tick: a server
+            // restored after a crash resumes from its last snapshot.
+            self.awaiting_new_server = false;
+            if let Some(latest) = &self.latest
+                && latest.tick > snapshot.tick
+            {
+                let rollback = latest.tick.0 - snapshot.tick.0;
+                self.stats.max_rollback_ticks = self.stats.max_rollback_ticks.max(rollback);
+                tracing::info!(
+                    rollback_ticks = rollback,
+                    "the new server resumed from an earlier tick"
+                );
+            }
+        } else if !newer {
             return; // Older or duplicate: a newer one already arrived.
         }
         if self.latest.is_some() {

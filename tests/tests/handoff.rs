@@ -141,9 +141,22 @@ fn after_a_crash_every_client_comes_back_to_the_standby_with_a_bounded_rollback(
         r.iter().map(|e| (e.client_id, e.player)).collect()
     };
     assert_eq!(key(&ids_after), key(&ids_before), "seed {seed}");
+    let mut saw_rollback = 0;
     for client in &net.clients {
-        assert!(client.session.stats().reconnects >= 1, "seed {seed}");
+        let stats = client.session.stats();
+        assert!(stats.reconnects >= 1, "seed {seed}");
+        // A client took the new server's snapshots at once, though older than what it had
+        // seen (it did not wait for the tick to catch up), and saw the rollback.
+        assert!(stats.max_rollback_ticks <= rollback, "seed {seed}");
+        if stats.max_rollback_ticks > 0 {
+            saw_rollback += 1;
+        }
     }
+    // (One whose handshake took longer than the rollback found the new server already past it.)
+    assert!(
+        saw_rollback >= 40,
+        "seed {seed}: only {saw_rollback} of 50 saw the rollback"
+    );
     // And play goes on.
     net.run_ticks(2 * TICK_HZ);
     assert_eq!(net.connected_to(1), 50);
