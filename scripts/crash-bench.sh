@@ -3,7 +3,7 @@
 # owner gets SIGKILL (or SIGSTOP, then SIGCONT 3 s later) mid-match. Prints when the
 # standby took over, its rollback, and the bots' report (max_snapshot_gap_ms is the
 # worst time a bot went without a snapshot, so it bounds every bot's recovery).
-# Usage: scripts/crash-bench.sh [BOTS] [KILL|STOP]
+# Usage: [KILL_AT=seconds] scripts/crash-bench.sh [BOTS] [KILL|STOP]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bots=${1:-200}
@@ -24,7 +24,7 @@ read -r a_udp a_admin a_pid < <(start owner --peer "$b_udp")
 a_pid=$(pgrep -f "data-dir $dir --peer" | head -1)
 ./target/release/arena-bots --server "$a_udp" --admin "http://$a_admin" --count "$bots" --duration 15 > "$dir/bots.json" &
 bots_pid=$!
-sleep 5
+sleep "${KILL_AT:-5}"
 echo "SIG$sig to the owner (pid $a_pid) at $(date +%T.%3N)"
 kill -"$sig" "$a_pid"
 if [ "$sig" = STOP ]; then sleep 3; kill -CONT "$a_pid"; echo "SIGCONT at $(date +%T.%3N)"; fi
