@@ -9,19 +9,9 @@ cd "$(dirname "$0")/.."
 bots=${1:-200}
 sig=${2:-KILL}
 cargo build --release --workspace --quiet
-dir=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
-start() { # name, extra args...; prints "udp admin"
-    local name=$1; shift
-    ./target/release/arena-server --listen 127.0.0.1:0 --admin 127.0.0.1:0 --data-dir "$dir" "$@" 2> "$dir/$name.log" &
-    pids+=($!)
-    for _ in $(seq 100); do grep -q serving "$dir/$name.log" && break; sleep 0.05; done
-    echo "$(grep -o 'udp=[^ ]*' "$dir/$name.log" | head -1 | cut -d= -f2) $(grep -o 'admin=[^ ]*' "$dir/$name.log" | head -1 | cut -d= -f2) $!"
-}
-read -r b_udp b_admin _ < <(start standby --standby --watch default)
-read -r a_udp a_admin a_pid < <(start owner --peer "$b_udp")
-a_pid=$(pgrep -f "data-dir $dir --peer" | head -1)
+source scripts/lib.sh
+read -r b_udp b_admin _ < <(start_server standby --standby --watch default)
+read -r a_udp a_admin a_pid < <(start_server owner --peer "$b_udp")
 ./target/release/arena-bots --server "$a_udp" --admin "http://$a_admin" --count "$bots" --duration 15 > "$dir/bots.json" &
 bots_pid=$!
 sleep "${KILL_AT:-5}"

@@ -7,14 +7,8 @@ cd "$(dirname "$0")/.."
 count=${1:-200}
 duration=${2:-30}
 cargo build --release --workspace --quiet
-dir=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$dir"' EXIT
-./target/release/arena-server --listen 127.0.0.1:0 --admin 127.0.0.1:0 --data-dir "$dir" \
-    --max-players $((count > 1024 ? count : 1024)) 2> "$dir/server.log" &
-server=$!
-for _ in $(seq 100); do grep -q serving "$dir/server.log" && break; sleep 0.1; done
-udp=$(grep -o 'udp=[^ ]*' "$dir/server.log" | head -1 | cut -d= -f2)
-admin=$(grep -o 'admin=[^ ]*' "$dir/server.log" | head -1 | cut -d= -f2)
+source scripts/lib.sh
+read -r udp admin server < <(start_server server --max-players $((count > 1024 ? count : 1024)))
 ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 cpu_before=$(ticks)
 tick_before=$(curl -s "http://$admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["tick"])')
