@@ -21,7 +21,17 @@ pub async fn request(
     url: &str,
     body: Option<String>,
 ) -> anyhow::Result<(u16, Bytes)> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(method, url, body))
+    request_with(method, url, body, None).await
+}
+
+/// Like [`request`], with `Authorization: Bearer <bearer>`.
+pub async fn request_with(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, Bytes)> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(method, url, body, bearer))
         .await
         .map_err(|_| anyhow!("{method} {url}: no answer within {REQUEST_TIMEOUT:?}"))?
 }
@@ -30,6 +40,7 @@ async fn request_inner(
     method: &str,
     url: &str,
     body: Option<String>,
+    bearer: Option<&str>,
 ) -> anyhow::Result<(u16, Bytes)> {
     let rest = url
         .strip_prefix("http://")
@@ -51,6 +62,9 @@ async fn request_inner(
         .header(HOST, authority);
     if body.is_some() {
         builder = builder.header(CONTENT_TYPE, "application/json");
+    }
+    if let Some(token) = bearer {
+        builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let response = sender

@@ -118,7 +118,11 @@ fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
-    let status = state.host.status.borrow().clone();
+    let mut status = state.host.status.borrow().clone();
+    // The role changes before the loop's next report; the host knows it first.
+    if status.role == "standby" {
+        status.role = state.host.role();
+    }
     axum::Json(status).into_response()
 }
 

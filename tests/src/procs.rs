@@ -252,12 +252,22 @@ pub fn post_json(url: &str, body: &str) -> (u16, serde_json::Value) {
 
 /// One request through the client library's HTTP client, on a runtime of its own.
 pub fn http(url: &str, method: &str, body: Option<String>) -> (u16, Vec<u8>) {
+    http_with(url, method, body, None)
+}
+
+/// Like [`http`], with an `Authorization: Bearer` token.
+pub fn http_with(
+    url: &str,
+    method: &str,
+    body: Option<String>,
+    bearer: Option<&str>,
+) -> (u16, Vec<u8>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("cannot start a runtime: {e}"));
     runtime
-        .block_on(arena_client::http::request(method, url, body))
+        .block_on(arena_client::http::request_with(method, url, body, bearer))
         .map(|(status, body)| (status, body.to_vec()))
         .unwrap_or_else(|e| panic!("{method} {url}: {e:#}"))
 }

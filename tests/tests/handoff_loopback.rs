@@ -138,3 +138,82 @@ fn an_owner_paused_past_its_lease_never_ticks_or_writes_again() {
     assert_eq!(status["snapshot_write_errors"], 0, "{status}");
     standby.terminate();
 }
+
+#[test]
+fn a_handoff_to_an_unreachable_standby_fails_and_the_match_goes_on() {
+    let dir = temp_dir("nohandoff");
+    let owner = ServerProcess::start(&dir, &[]);
+    let before = wait_status(&owner, "ticking", |s| s["tick"].as_u64() > Some(30));
+    // A port that was free a moment ago: no standby listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, answer) = post_json(
+        &format!("{}/handoff", owner.admin_url()),
+        &format!("{{\"to\": \"127.0.0.1:{port}\"}}"),
+    );
+    assert_eq!(code, 502, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("cannot reach"),
+        "{answer}"
+    );
+    let tick = before["tick"].as_u64().unwrap();
+    let after = wait_status(&owner, "still ticking", |s| {
+        s["tick"].as_u64() > Some(tick + 60)
+    });
+    assert_eq!(after["role"], "owner");
+    assert_eq!(after["epoch"], 1);
+    owner.terminate();
+}
+
+#[test]
+fn the_admin_token_guards_what_changes_things() {
+    let dir = temp_dir("token-auth");
+    let server = ServerProcess::start(&dir, &["--admin-token", "s3cret"]);
+    let admin = server.admin_url();
+    let (code, _) = post_json(&format!("{admin}/token"), "{\"name\": \"x\"}");
+    assert_eq!(code, 401);
+    let (code, _) = post_json(&format!("{admin}/handoff"), "{\"to\": \"127.0.0.1:1\"}");
+    assert_eq!(code, 401);
+    // Reading needs no token.
+    assert_eq!(get_json(&format!("{admin}/status"))["role"], "owner");
+    let (code, _) = arena_tests::procs::http_with(
+        &format!("{admin}/token"),
+        "POST",
+        Some("{\"name\": \"x\"}".into()),
+        Some("s3cret"),
+    );
+    assert_eq!(code, 200);
+    server.terminate();
+}
+
+#[test]
+fn a_second_owner_of_a_live_match_refuses_to_start() {
+    let dir = temp_dir("second-owner");
+    let owner = ServerProcess::start(&dir, &[]);
+    wait_status(&owner, "a snapshot written", |s| {
+        s["last_snapshot_tick"].is_u64()
+    });
+    let out = std::process::Command::new(arena_tests::procs::bin_path("arena-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .arg("--key-file")
+        .arg(dir.join("test.key"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to start a second owner"),
+        "{stderr}"
+    );
+    owner.terminate();
+}
