@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use super::packet::{AllowedTypes, MAX_PACKET_BYTES, Packet, PacketError, read_encrypted_packet};
 use super::replay::ReplayProtection;
-use super::server::{request_from_token, timeout_from_seconds};
 use super::token::ConnectToken;
-use super::{CHALLENGE_TOKEN_BYTES, NUM_DISCONNECT_PACKETS, SEND_INTERVAL, Transmit};
+use super::{
+    CHALLENGE_TOKEN_BYTES, NUM_DISCONNECT_PACKETS, SEND_INTERVAL, Transmit, timeout_from_seconds,
+};
 
 /// The standard client states. The failures are final; `Disconnected` too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -404,7 +405,7 @@ impl Client {
             return;
         };
         let mut contents = vec![0u8; super::CONNECTION_REQUEST_BYTES];
-        if request_from_token(token).write(&mut contents).is_ok() {
+        if token.connection_request().write(&mut contents).is_ok() {
             self.sequence += 1;
             self.last_send = Some(now);
             self.transmits.push_back(Transmit {

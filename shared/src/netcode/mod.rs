@@ -79,3 +79,11 @@ pub struct Transmit {
     /// The whole UDP payload.
     pub contents: Vec<u8>,
 }
+
+/// A token's timeout: negative or zero means none.
+///
+/// The reference treats 0 as "none" for connected clients but expires pending handshakes
+/// at once, which makes 0-timeout tokens unusable; here 0 means "none" everywhere.
+pub(crate) fn timeout_from_seconds(seconds: i32) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(seconds as u64))
+}

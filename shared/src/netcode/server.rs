@@ -26,10 +26,10 @@ use super::packet::{
     read_connection_request, read_encrypted_packet,
 };
 use super::replay::ReplayProtection;
-use super::token::{ChallengeToken, ConnectToken, PrivateConnectToken, TokenError, fill_random};
+use super::token::{ChallengeToken, PrivateConnectToken, TokenError, fill_random};
 use super::{
     CONNECT_TOKEN_PRIVATE_BYTES, Key, MAC_BYTES, NUM_DISCONNECT_PACKETS, SEND_INTERVAL,
-    SERVER_GLOBAL_SEQUENCE_START, Transmit, UserData,
+    SERVER_GLOBAL_SEQUENCE_START, Transmit, UserData, timeout_from_seconds,
 };
 
 /// A client's slot on the server: stable for the connection's lifetime.
@@ -774,22 +774,4 @@ fn open_request(
         TokenError::Decrypt(_) => DropReason::DecryptFailed,
         _ => DropReason::BadToken,
     })
-}
-
-/// A token's timeout: negative or zero means none.
-///
-/// The reference treats 0 as "none" for connected clients but expires pending handshakes
-/// at once, which makes 0-timeout tokens unusable; here 0 means "none" everywhere.
-pub(crate) fn timeout_from_seconds(seconds: i32) -> Option<Duration> {
-    (seconds > 0).then(|| Duration::from_secs(seconds as u64))
-}
-
-/// Builds a connection request from a public token.
-pub(crate) fn request_from_token(token: &ConnectToken) -> ConnectionRequest<'_> {
-    ConnectionRequest {
-        protocol_id: token.protocol_id,
-        expire_timestamp: token.expire_timestamp,
-        nonce: &token.nonce,
-        private_data: &token.private_data,
-    }
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use super::address::{AddressError, read_address, write_address};
 use super::bytes::{Reader, Truncated, Writer};
 use super::crypto::{self, AeadError};
+use super::packet::ConnectionRequest;
 use super::{
     CHALLENGE_TOKEN_BYTES, CONNECT_TOKEN_BYTES, CONNECT_TOKEN_NONCE_BYTES,
     CONNECT_TOKEN_PRIVATE_BYTES, Key, MAC_BYTES, MAX_SERVERS_PER_CONNECT, USER_DATA_BYTES,
@@ -340,6 +341,16 @@ impl ConnectToken {
             client_to_server_key: r.array()?,
             server_to_client_key: r.array()?,
         })
+    }
+
+    /// The connection request a client sends with this token.
+    pub fn connection_request(&self) -> ConnectionRequest<'_> {
+        ConnectionRequest {
+            protocol_id: self.protocol_id,
+            expire_timestamp: self.expire_timestamp,
+            nonce: &self.nonce,
+            private_data: &self.private_data,
+        }
     }
 
     /// Opens the private part as a server would: the protocol id must be ours, the token
