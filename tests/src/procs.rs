@@ -12,15 +12,15 @@ use std::time::Duration;
 /// A key file every loopback test shares (written once per test process).
 pub const TEST_KEY_HEX: &str = "6a6b6c6d6e6f707172737475767778797a7b7c7d7e7f80818283848586878889";
 
-/// The path of a workspace binary, built by `cargo test --workspace` next to the tests.
+/// The path of a workspace binary, built by `cargo test --workspace` next to the tests
+/// (or next to `arena-soak`).
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    // target/<profile>/deps/<test> or target/<profile>/<binary> -> target/<profile>/<name>
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
