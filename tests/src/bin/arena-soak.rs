@@ -42,6 +42,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// A driver: it reads the wall clock to pace its watching.
+#[allow(clippy::disallowed_methods)]
 fn soak(args: &Args) -> (Value, bool) {
     let dir = temp_dir("soak");
     let server = ServerProcess::start(&dir, &["--max-players", &args.bots.max(16).to_string()]);
