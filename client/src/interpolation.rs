@@ -46,12 +46,9 @@ impl Interpolator {
     pub fn on_snapshot(&mut self, now: Duration, snapshot: &Snapshot) {
         self.tick_hz = f64::from(snapshot.world.tick_hz.max(1));
         let tick = snapshot.tick.0 as f64;
-        // A server restored after a crash resumes at an earlier tick: start over with it.
-        if self
-            .snapshots
-            .back()
-            .is_some_and(|(t, _)| tick + self.tick_hz < *t)
-        {
+        // The session passes on only newer snapshots, but for the first one from a new
+        // server: a server restored after a crash resumes at an earlier tick. Start over.
+        if self.snapshots.back().is_some_and(|(t, _)| tick < *t) {
             *self = Self::default();
             self.tick_hz = f64::from(snapshot.world.tick_hz.max(1));
         }
@@ -68,6 +65,11 @@ impl Interpolator {
             self.snapshots.pop_front();
         }
         self.snapshots.push_back((tick, snapshot.entities.clone()));
+    }
+
+    /// The tick of the newest snapshot buffered.
+    pub fn newest_tick(&self) -> Option<u64> {
+        self.snapshots.back().map(|(t, _)| *t as u64)
     }
 
     /// The render tick for local time `now` (never decreasing).

@@ -157,6 +157,21 @@ fn after_a_crash_every_client_comes_back_to_the_standby_with_a_bounded_rollback(
         saw_rollback >= 40,
         "seed {seed}: only {saw_rollback} of 50 saw the rollback"
     );
+    // Others are drawn from the restored server's snapshots at once: the interpolator
+    // started over at the restored tick instead of holding the dead owner's newer ones.
+    net.run_ticks(20);
+    let restored_tick = net.core(1).world().tick().0;
+    assert!(
+        restored_tick < crash_tick,
+        "seed {seed}: the test needs the rollback visible"
+    );
+    for client in &net.clients {
+        let newest = client.interpolator.newest_tick().unwrap();
+        assert!(
+            newest <= restored_tick,
+            "seed {seed}: drawing tick {newest}, the match is at {restored_tick}"
+        );
+    }
     // And play goes on.
     net.run_ticks(2 * TICK_HZ);
     assert_eq!(net.connected_to(1), 50);
