@@ -314,43 +314,47 @@ impl ServerCore {
         if due.is_empty() {
             return;
         }
-        let mut table: Vec<(u32, u32, PlayerId, &str)> = self
+        // Standings of every player, without copying names: (kills, deaths, player, client).
+        let mut table: Vec<(u32, u32, PlayerId, u64)> = self
             .roster
             .values()
             .filter_map(|e| {
                 let p = self.world.player(e.player)?;
-                Some((p.score, p.deaths, e.player, e.name.as_str()))
+                Some((p.score, p.deaths, e.player, e.client_id))
             })
             .collect();
         // Most kills first, then fewest deaths, then the older player.
-        table.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let table: Vec<(u32, u32, PlayerId, String)> = table
-            .into_iter()
-            .map(|(s, d, p, n)| (s, d, p, n.to_owned()))
+        table.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let line =
+            |roster: &BTreeMap<u64, RosterEntry>, t: &(u32, u32, PlayerId, u64)| ScoreEntry {
+                name: roster.get(&t.3).map(|e| e.name.clone()).unwrap_or_default(),
+                score: t.0,
+                deaths: t.1,
+                you: false,
+            };
+        let top: Vec<(PlayerId, ScoreEntry)> = table
+            .iter()
+            .take(10)
+            .map(|t| (t.2, line(&self.roster, t)))
             .collect();
         for index in due {
             let Some(slot) = self.clients[index].as_mut() else {
                 continue;
             };
-            let mut entries: Vec<ScoreEntry> = table
+            let mut entries: Vec<ScoreEntry> = top
                 .iter()
-                .take(10)
-                .map(|(score, deaths, player, name)| ScoreEntry {
-                    name: name.clone(),
-                    score: *score,
-                    deaths: *deaths,
+                .map(|(player, entry)| ScoreEntry {
                     you: Some(*player) == slot.player,
+                    ..entry.clone()
                 })
                 .collect();
             if let Some(own) = slot.player
                 && !entries.iter().any(|e| e.you)
-                && let Some((score, deaths, _, name)) = table.iter().find(|t| t.2 == own)
+                && let Some(t) = table.iter().find(|t| t.2 == own)
             {
                 entries.push(ScoreEntry {
-                    name: name.clone(),
-                    score: *score,
-                    deaths: *deaths,
                     you: true,
+                    ..line(&self.roster, t)
                 });
             }
             let header = slot.acks.next_header(now);

@@ -86,7 +86,11 @@ fn headless_play_connects_draws_and_leaves_cleanly() {
     let server = ServerProcess::start(&dir, &["--max-players", "16"]);
     let udp = server.udp.to_string();
     let admin = server.admin_url();
+    // Idle bots: company that does not shoot, so the player is alive (drawn as '@') at
+    // the last frame.
     let bots = spawn_bots(&[
+        "--behavior",
+        "idle",
         "--server",
         &udp,
         "--admin",
