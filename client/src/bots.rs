@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arena_shared::identity::{ARENA_PROTOCOL_ID, TokenRequest, mint_token, random_client_id};
+use arena_shared::identity::{TokenRequest, mint_token, random_client_id};
 use arena_shared::netcode::Key;
 use arena_shared::protocol::{NetEntityKind, Snapshot};
 use arena_shared::sim::{Buttons, PlayerInput};
@@ -304,9 +304,6 @@ pub fn local_token(
     )?;
     Ok(token.write()?.to_vec())
 }
-
-/// The default protocol id (Arena's).
-pub const DEFAULT_PROTOCOL_ID: u64 = ARENA_PROTOCOL_ID;
 
 fn report(results: &[BotResult]) -> BotsReport {
     let mut rtt = new_histogram();

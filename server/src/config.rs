@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-use arena_shared::identity::ARENA_PROTOCOL_ID;
+use anyhow::{Context, anyhow};
+use arena_shared::identity::{parse_private_key, parse_protocol_id};
 use arena_shared::netcode::Key;
 use clap::Parser;
 
@@ -36,7 +36,7 @@ pub struct Args {
     pub match_id: String,
 
     /// netcode.io protocol id, decimal or 0x-hex; clients must use the same.
-    #[arg(long, default_value = "0x4152454e41000001", value_parser = parse_u64)]
+    #[arg(long, default_value = "0x4152454e41000001", value_parser = parse_protocol_id)]
     pub protocol_id: u64,
 
     /// File holding the 32-byte private key as 64 hex characters. Without it, a key is
@@ -103,38 +103,11 @@ pub struct Args {
     pub lease_ms: u64,
 }
 
-/// Parses a u64 written in decimal or as 0x-hex.
-pub fn parse_u64(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|e| format!("expected a decimal or 0x-hex u64, got {text:?}: {e}"))
-}
-
-/// The default protocol id, for tools that mint tokens.
-pub const DEFAULT_PROTOCOL_ID: u64 = ARENA_PROTOCOL_ID;
-
 /// Reads a private key file: 64 hex characters (surrounding whitespace allowed).
 pub fn read_key_file(path: &Path) -> anyhow::Result<Key> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
-    parse_key(text.trim()).with_context(|| format!("bad key file {}", path.display()))
-}
-
-/// Parses 64 hex characters into a key.
-pub fn parse_key(text: &str) -> anyhow::Result<Key> {
-    if text.len() != 64 {
-        bail!(
-            "expected 64 hex characters (32 bytes), got {} characters",
-            text.len()
-        );
-    }
-    let bytes = hex::decode(text).context("not hexadecimal")?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("expected 32 bytes"))
+    parse_private_key(&text).map_err(|reason| anyhow!("bad key file {}: {reason}", path.display()))
 }
 
 /// The key from --key-file, or the one in the data dir, generated there if absent.
@@ -175,26 +148,4 @@ fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     writeln!(file, "{contents}").with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn protocol_ids_parse_in_decimal_and_hex() {
-        assert_eq!(parse_u64("42"), Ok(42));
-        assert_eq!(parse_u64("0x2a"), Ok(42));
-        assert_eq!(parse_u64("0x4152454e41000001"), Ok(ARENA_PROTOCOL_ID));
-        assert!(parse_u64("0xzz").is_err());
-        assert!(parse_u64("-1").is_err());
-    }
-
-    #[test]
-    fn keys_must_be_64_hex_characters() {
-        assert_eq!(parse_key(&"ab".repeat(32)).expect("valid"), [0xab; 32]);
-        let short = parse_key("abcd").expect_err("short");
-        assert!(short.to_string().contains("64 hex characters"), "{short}");
-        assert!(parse_key(&"zz".repeat(32)).is_err());
-    }
 }

@@ -7,6 +7,30 @@ use std::net::SocketAddr;
 /// Arena's netcode protocol id ("ARENA", then a protocol revision).
 pub const ARENA_PROTOCOL_ID: u64 = 0x4152_454e_4100_0001;
 
+/// Parses a protocol id written in decimal or as 0x-hex (a command-line value).
+pub fn parse_protocol_id(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("expected a decimal or 0x-hex u64, got {text:?}: {e}"))
+}
+
+/// Parses a private key written as 64 hex characters (surrounding whitespace allowed),
+/// as key files hold it.
+pub fn parse_private_key(text: &str) -> Result<Key, String> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return Err(format!(
+            "expected 64 hex characters (32 bytes), got {} characters",
+            text.len()
+        ));
+    }
+    let bytes = hex::decode(text).map_err(|e| format!("not hexadecimal: {e}"))?;
+    bytes.try_into().map_err(|_| "expected 32 bytes".to_owned())
+}
+
 /// Longest player name carried in a token, bytes.
 pub const MAX_NAME_BYTES: usize = 64;
 /// Where the user data says "spectator" (1) or "player" (0).
@@ -93,6 +117,30 @@ pub fn random_client_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_ids_parse_in_decimal_and_hex() {
+        assert_eq!(parse_protocol_id("42"), Ok(42));
+        assert_eq!(parse_protocol_id("0x2a"), Ok(42));
+        assert_eq!(
+            parse_protocol_id("0x4152454e41000001"),
+            Ok(ARENA_PROTOCOL_ID)
+        );
+        assert!(parse_protocol_id("0xzz").is_err());
+        assert!(parse_protocol_id("-1").is_err());
+    }
+
+    #[test]
+    fn keys_must_be_64_hex_characters() {
+        assert_eq!(parse_private_key(&"ab".repeat(32)), Ok([0xab; 32]));
+        assert_eq!(
+            parse_private_key(&format!(" {}\n", "ab".repeat(32))),
+            Ok([0xab; 32])
+        );
+        let short = parse_private_key("abcd").expect_err("short");
+        assert!(short.contains("64 hex characters"), "{short}");
+        assert!(parse_private_key(&"zz".repeat(32)).is_err());
+    }
 
     #[test]
     fn names_round_trip_and_long_ones_are_cut_on_a_character() {

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use arena_client::bots::{Behavior, BotsConfig, DEFAULT_PROTOCOL_ID, TokenSource, run_bots};
+use arena_client::bots::{Behavior, BotsConfig, TokenSource, run_bots};
 use arena_client::conditioner::LinkSpec;
+use arena_shared::identity::{ARENA_PROTOCOL_ID, parse_private_key, parse_protocol_id};
 use clap::Parser;
 
 /// Headless bots for load and soak tests: each has its own UDP socket and plays with
@@ -31,7 +32,7 @@ struct Args {
     #[arg(long)]
     key_file: Option<PathBuf>,
     /// Protocol id for locally minted tokens, decimal or 0x-hex.
-    #[arg(long, value_parser = parse_u64)]
+    #[arg(long, value_parser = parse_protocol_id)]
     protocol_id: Option<u64>,
     /// How many bots.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=20000))]
@@ -51,14 +52,6 @@ struct Args {
     /// Play over a worse network, e.g. "loss=5%,latency=80ms,jitter=20ms" (each way).
     #[arg(long)]
     simulate: Option<LinkSpec>,
-}
-
-fn parse_u64(text: &str) -> Result<u64, String> {
-    let parsed = match text.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|e| format!("expected a decimal or 0x-hex u64: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -90,17 +83,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read key file {}", path.display()))?;
-            let bytes = hex::decode(text.trim())
-                .ok()
-                .filter(|b| b.len() == 32)
-                .with_context(|| {
-                    format!("key file {}: expected 64 hex characters", path.display())
-                })?;
-            let mut key = [0u8; 32];
-            key.copy_from_slice(&bytes);
+            let key = parse_private_key(&text)
+                .map_err(|reason| anyhow::anyhow!("key file {}: {reason}", path.display()))?;
             TokenSource::Local {
                 key,
-                protocol_id: args.protocol_id.unwrap_or(DEFAULT_PROTOCOL_ID),
+                protocol_id: args.protocol_id.unwrap_or(ARENA_PROTOCOL_ID),
             }
         }
         None => TokenSource::Admin(args.admin.clone()),
