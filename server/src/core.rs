@@ -86,16 +86,27 @@ struct OutgoingToken {
 }
 
 impl OutgoingToken {
+    /// How often its unacknowledged parts go out again. A redirect goes out every time
+    /// (each tick period): every lost copy would cost the player 100 ms of standing still.
+    fn resend_every(&self) -> Duration {
+        match self.purpose {
+            TokenPurpose::Reconnect => TOKEN_RESEND,
+            TokenPurpose::Redirect => Duration::ZERO,
+        }
+    }
+
+    /// Whether `part` still needs sending. A redirect is resent until the client leaves,
+    /// acknowledged or not: it is the last thing this server has to say.
+    fn needs(&self, part: u8) -> bool {
+        self.purpose == TokenPurpose::Redirect || !self.acked[usize::from(part)]
+    }
+
     fn on_ack(&mut self, sequence: u16) {
         for &(sent, part) in &self.in_flight {
             if sent == sequence {
                 self.acked[usize::from(part)] = true;
             }
         }
-    }
-
-    fn delivered(&self) -> bool {
-        self.acked.iter().all(|&a| a)
     }
 }
 
@@ -494,22 +505,15 @@ impl ServerCore {
             .into_iter()
             .flatten()
         {
-            // A redirect goes out every time we are called (each tick period): every
-            // lost copy would otherwise cost the player 100 ms of standing still.
-            let due = token.purpose == TokenPurpose::Redirect
-                || token
-                    .last_sent
-                    .is_none_or(|at| now.saturating_sub(at) >= TOKEN_RESEND);
-            if token.delivered() && token.purpose == TokenPurpose::Reconnect || !due {
+            let due = token
+                .last_sent
+                .is_none_or(|at| now.saturating_sub(at) >= token.resend_every());
+            let parts: Vec<u8> = (0..TOKEN_PARTS).filter(|&p| token.needs(p)).collect();
+            if !due || parts.is_empty() {
                 continue;
             }
             token.last_sent = Some(now);
-            for part in 0..TOKEN_PARTS {
-                // A redirect is resent until the client leaves, acknowledged or not: it
-                // is the last thing this server has to say.
-                if token.acked[usize::from(part)] && token.purpose == TokenPurpose::Reconnect {
-                    continue;
-                }
+            for part in parts {
                 let start = usize::from(part) * TOKEN_PART_BYTES;
                 let message = ServerMessage::TokenPart(TokenPart {
                     purpose: token.purpose,
