@@ -118,12 +118,7 @@ fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
-    let mut status = state.host.status.borrow().clone();
-    // The role changes before the loop's next report; the host knows it first.
-    if status.role == "standby" {
-        status.role = state.host.role();
-    }
-    axum::Json(status).into_response()
+    axum::Json(state.host.status()).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,7 +196,7 @@ async fn receive_match(
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    let text = prometheus(&state.host.status.borrow());
+    let text = prometheus(&state.host.status());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -110,8 +110,8 @@ impl OutgoingToken {
     }
 }
 
-/// Counters the core keeps besides netcode's.
-#[derive(Debug, Clone, Default)]
+/// Counters the core keeps besides netcode's (also the game part of `/status`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CoreStats {
     /// Input frames applied.
     pub inputs_applied: u64,

@@ -55,8 +55,8 @@ pub struct Host {
     role: Mutex<&'static str>,
     start_tx: Mutex<Option<std_mpsc::Sender<Start>>>,
     commands: mpsc::UnboundedSender<LoopCommand>,
-    /// The latest status (the loop publishes it once it runs).
-    pub status: watch::Receiver<Status>,
+    /// The latest status as the loop published it (see [`Host::status`]).
+    status: watch::Receiver<Status>,
 }
 
 /// The tick loop's thread and how main learns that it ended.
@@ -115,6 +115,16 @@ impl Host {
     /// This process's role now.
     pub fn role(&self) -> &'static str {
         self.role.lock().map_or("unknown", |r| *r)
+    }
+
+    /// The latest status, with the role as of now (the loop reports every half second,
+    /// the role changes at once).
+    pub fn status(&self) -> Status {
+        let mut status = self.status.borrow().clone();
+        if status.role == "standby" {
+            status.role = self.role();
+        }
+        status
     }
 
     /// Bearer token the admin API requires, if any.

@@ -509,7 +509,6 @@ impl Driver {
     }
 
     fn status(&self, core: &ServerCore, tick_hz: u32, ownership: &Ownership) -> Status {
-        let stats = core.stats();
         let mut status = Status {
             role: self.role,
             epoch: ownership.epoch,
@@ -529,13 +528,7 @@ impl Driver {
             max_players: core.max_players(),
             tick_overruns: self.tick_overruns,
             ticks_skipped: self.ticks_skipped,
-            inputs_applied: stats.inputs_applied,
-            inputs_late: stats.inputs_late,
-            inputs_dropped: stats.inputs_dropped,
-            inputs_skipped: stats.inputs_skipped,
-            bad_messages: stats.bad_messages,
-            snapshots_sent: stats.snapshots_sent,
-            entities_deferred: stats.entities_deferred,
+            game: core.stats().clone(),
             socket_errors: self.socket_errors,
             snapshot_every_ticks: core.snapshot_every(),
             load: self.load,

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::core::CoreStats;
+
 /// The status of the match and the process, as served by `GET /status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
@@ -65,20 +67,11 @@ pub struct Status {
     pub tick_overruns: u64,
     /// Ticks not simulated because of overruns (the simulation slows, never spirals).
     pub ticks_skipped: u64,
-    /// Input frames applied.
-    pub inputs_applied: u64,
-    /// Input frames applied after their tick.
-    pub inputs_late: u64,
-    /// Input frames dropped because a client's buffer was full.
-    pub inputs_dropped: u64,
-    /// Input frames clients gave up on before they arrived.
-    pub inputs_skipped: u64,
-    /// Payloads that were not a valid game message.
-    pub bad_messages: u64,
-    /// Snapshots sent.
-    pub snapshots_sent: u64,
-    /// Entities in view that did not fit a client's datagram.
-    pub entities_deferred: u64,
+    /// Inputs, snapshots and kills, as the core counts them (flattened into the JSON:
+    /// `inputs_applied`, `inputs_late`, `inputs_dropped`, `inputs_skipped`, `bad_messages`,
+    /// `snapshots_sent`, `entities_deferred`, `kills`).
+    #[serde(flatten)]
+    pub game: CoreStats,
     /// Socket errors on receive or send.
     pub socket_errors: u64,
     /// Ticks between a client's snapshots: 1 normally, more while shedding load.
@@ -240,37 +233,37 @@ pub fn prometheus(status: &Status) -> String {
     gauge(
         "inputs_applied_total",
         "Input frames applied.",
-        status.inputs_applied as f64,
+        status.game.inputs_applied as f64,
     );
     gauge(
         "inputs_late_total",
         "Input frames applied after their tick.",
-        status.inputs_late as f64,
+        status.game.inputs_late as f64,
     );
     gauge(
         "inputs_dropped_total",
         "Input frames dropped: client buffer full.",
-        status.inputs_dropped as f64,
+        status.game.inputs_dropped as f64,
     );
     gauge(
         "inputs_skipped_total",
         "Input frames clients gave up on.",
-        status.inputs_skipped as f64,
+        status.game.inputs_skipped as f64,
     );
     gauge(
         "bad_messages_total",
         "Payloads that were not a valid game message.",
-        status.bad_messages as f64,
+        status.game.bad_messages as f64,
     );
     gauge(
         "snapshots_sent_total",
         "Snapshots sent.",
-        status.snapshots_sent as f64,
+        status.game.snapshots_sent as f64,
     );
     gauge(
         "entities_deferred_total",
         "Entities in view that did not fit.",
-        status.entities_deferred as f64,
+        status.game.entities_deferred as f64,
     );
     gauge(
         "socket_errors_total",
