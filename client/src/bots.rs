@@ -1,7 +1,7 @@
 //! Headless bots: many sessions in one process, each with its own UDP socket, playing with
 //! simple AI, and one report at the end.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -268,18 +268,6 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     session.disconnect(now);
     socket.flush_direct(&mut session).await;
     Ok(())
-}
-
-/// Binds on the loopback of the server's family when the server is on loopback, so tests
-/// never open a socket beyond this machine.
-pub fn local_bind_address(server: SocketAddr) -> SocketAddr {
-    let ip = match server.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    };
-    SocketAddr::new(ip, 0)
 }
 
 /// Mints a token locally, as a backend holding the private key would.

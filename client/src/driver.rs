@@ -2,13 +2,12 @@
 //! directions through a link conditioner (`--simulate`). The bots and the terminal client
 //! share it; each adds its own loop around it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::UdpSocket;
 
-use crate::bots::local_bind_address;
 use crate::conditioner::{Conditioner, LinkSpec};
 use crate::session::Session;
 
@@ -91,4 +90,16 @@ impl SessionSocket {
                 .await;
         }
     }
+}
+
+/// Binds on the loopback of the server's family when the server is on loopback, so tests
+/// never open a socket beyond this machine.
+pub fn local_bind_address(server: SocketAddr) -> SocketAddr {
+    let ip = match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, 0)
 }

@@ -163,6 +163,22 @@ struct ClientSlot {
     redirect: Option<OutgoingToken>,
 }
 
+impl ClientSlot {
+    /// A fresh connection for `player` (`None`: a spectator) whose inputs up to
+    /// `last_applied` are already in the world.
+    fn new(client_id: u64, player: Option<PlayerId>, last_applied: u32) -> Self {
+        Self {
+            client_id,
+            player,
+            acks: AckTracker::default(),
+            pending: BTreeMap::new(),
+            last_applied,
+            reconnect: None,
+            redirect: None,
+        }
+    }
+}
+
 /// One match and its connections. See the module docs for the calling order.
 pub struct ServerCore {
     config: CoreConfig,
@@ -658,15 +674,7 @@ impl ServerCore {
             "player joined"
         );
         if let Some(slot) = self.clients.get_mut(client.0 as usize) {
-            *slot = Some(ClientSlot {
-                client_id,
-                player: Some(player),
-                acks: AckTracker::default(),
-                pending: BTreeMap::new(),
-                last_applied,
-                reconnect: None,
-                redirect: None,
-            });
+            *slot = Some(ClientSlot::new(client_id, Some(player), last_applied));
         }
     }
 
@@ -687,15 +695,7 @@ impl ServerCore {
             "spectator joined"
         );
         if let Some(slot) = self.clients.get_mut(client.0 as usize) {
-            *slot = Some(ClientSlot {
-                client_id,
-                player: None,
-                acks: AckTracker::default(),
-                pending: BTreeMap::new(),
-                last_applied: 0,
-                reconnect: None,
-                redirect: None,
-            });
+            *slot = Some(ClientSlot::new(client_id, None, 0));
         }
     }
 
