@@ -297,27 +297,25 @@ impl World {
     }
 
     fn rebuild_grid(&mut self) {
-        if self.grid.is_empty_layout() {
-            self.grid = Grid::new(self.config.arena_size(), GRID_CELL);
-        }
-        self.grid.clear();
-        for player in self.players.values().filter(|p| p.is_alive()) {
-            if let Some(entity) = self.entities.get(player.entity) {
-                self.grid.insert(player.entity, entity.position);
-            }
-        }
+        let bodies = self
+            .players
+            .values()
+            .filter(|p| p.is_alive())
+            .filter_map(|p| Some((p.entity, self.entities.get(p.entity)?.position)));
+        refill(&mut self.grid, self.config.arena_size(), bodies);
     }
 
     fn rebuild_projectile_grid(&mut self) {
-        if self.projectile_grid.is_empty_layout() {
-            self.projectile_grid = Grid::new(self.config.arena_size(), GRID_CELL);
-        }
-        self.projectile_grid.clear();
-        for (id, entity) in &self.entities {
-            if matches!(entity.kind, EntityKind::Projectile { .. }) {
-                self.projectile_grid.insert(id, entity.position);
-            }
-        }
+        let projectiles = self
+            .entities
+            .iter()
+            .filter(|(_, e)| matches!(e.kind, EntityKind::Projectile { .. }))
+            .map(|(id, e)| (id, e.position));
+        refill(
+            &mut self.projectile_grid,
+            self.config.arena_size(),
+            projectiles,
+        );
     }
 
     /// Calls `visit` for live players' bodies and projectiles within `radius` of `center`:
@@ -328,16 +326,8 @@ impl World {
         radius: f32,
         mut visit: impl FnMut(EntityId, &Entity),
     ) {
-        let mut check = |id: EntityId| {
-            if let Some(entity) = self.entities.get(id)
-                && entity.position.distance_squared(center) <= radius * radius
-            {
-                visit(id, entity);
-            }
-        };
-        self.grid.for_each_near(center, radius, &mut check);
-        self.projectile_grid
-            .for_each_near(center, radius, &mut check);
+        self.near_in(&self.grid, center, radius, &mut visit);
+        self.near_in(&self.projectile_grid, center, radius, &mut visit);
     }
 
     /// Calls `visit` for the bodies of live players within `radius` of `center`.
@@ -347,7 +337,19 @@ impl World {
         radius: f32,
         mut visit: impl FnMut(EntityId, &Entity),
     ) {
-        self.grid.for_each_near(center, radius, |id| {
+        self.near_in(&self.grid, center, radius, &mut visit);
+    }
+
+    /// The entities filed in `grid` within `radius` of `center` (the grid's cells only
+    /// narrow the search; the distance decides).
+    fn near_in(
+        &self,
+        grid: &Grid,
+        center: Vec2,
+        radius: f32,
+        visit: &mut impl FnMut(EntityId, &Entity),
+    ) {
+        grid.for_each_near(center, radius, |id| {
             if let Some(entity) = self.entities.get(id)
                 && entity.position.distance_squared(center) <= radius * radius
             {
@@ -619,6 +621,18 @@ pub fn move_player(
         advance(position, velocity, dt, config.arena_size(), walls),
         velocity,
     )
+}
+
+/// Files `items` into `grid`, laying the grid out first if it has none yet (a new or a
+/// deserialized world: grids are derived state and not part of snapshots).
+fn refill(grid: &mut Grid, arena_size: f32, items: impl Iterator<Item = (EntityId, Vec2)>) {
+    if grid.is_empty_layout() {
+        *grid = Grid::new(arena_size, GRID_CELL);
+    }
+    grid.clear();
+    for (id, position) in items {
+        grid.insert(id, position);
+    }
 }
 
 /// Moves a circle out of a box along the shortest axis, if it overlaps.
