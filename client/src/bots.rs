@@ -81,7 +81,12 @@ struct BotResult {
     max_gap: Duration,
     inputs_sent: u64,
     inputs_applied: u64,
+    inputs_rolled_back: u64,
+    inputs_given_up: u64,
+    inputs_unacknowledged: u64,
     handoffs_followed: u64,
+    handoffs_prepared: u64,
+    prepares_abandoned: u64,
     reconnects: u64,
     max_rollback_ticks: u64,
     rtt_us: Histogram<u64>,
@@ -113,17 +118,35 @@ pub struct BotsReport {
     pub max_snapshot_gap_ms: f64,
     /// Input frames the bots made.
     pub inputs_sent: u64,
-    /// Input frames the server reports applied.
+    /// Input frames applied, as the servers count them: each bot's last server's count
+    /// of its frames (the count travels with the player through handoffs and restores).
     pub inputs_applied: u64,
-    /// Input frames the server never applied.
+    /// Input frames applied by an owner that then crashed, undone by the restore.
+    pub inputs_rolled_back: u64,
+    /// Input frames sent and not applied, for any reason (`inputs_sent - inputs_applied`):
+    /// it includes `inputs_rolled_back`, `inputs_given_up` and `inputs_unacknowledged`.
     pub inputs_lost: u64,
-    /// Redirects followed, over all bots (a handoff of the match counts once per bot).
+    /// Input frames the bots gave up on (too many unapplied) that no server applied.
+    pub inputs_given_up: u64,
+    /// Input frames whose fate was still unknown at the end, after the final drain.
+    pub inputs_unacknowledged: u64,
+    /// `inputs_lost - inputs_rolled_back - inputs_given_up - inputs_unacknowledged`:
+    /// frames lost for no reason the bots can name. 0 unless something is wrong (a server
+    /// skipped or dropped frames it had received): report a non-zero value as a bug.
+    pub inputs_unaccounted: i64,
+    /// Handoffs followed, over all bots (a handoff of the match counts once per bot).
     pub handoffs_followed: u64,
+    /// Bots whose switch used a connection opened ahead of the handoff (make before
+    /// break) at least once.
+    pub handoffs_prepared: usize,
+    /// Connections opened ahead of a handoff that failed or went unused, over all bots.
+    pub prepares_abandoned: u64,
     /// Reconnections after the server went silent, over all bots.
     pub reconnects: u64,
     /// Bots that followed at least one handoff.
     pub bots_handed_off: usize,
-    /// The most ticks any bot saw the match go back (a crash restored from a snapshot).
+    /// The most ticks any bot saw the match go back (exact for a server that restored a
+    /// crashed owner's snapshot: the newest tick the bot saw minus the restored one).
     pub max_rollback_ticks: u64,
     /// The first error a bot met, if any.
     pub first_error: Option<String>,
@@ -161,7 +184,12 @@ async fn run_bot(config: &BotsConfig, index: usize) -> BotResult {
         max_gap: Duration::ZERO,
         inputs_sent: 0,
         inputs_applied: 0,
+        inputs_rolled_back: 0,
+        inputs_given_up: 0,
+        inputs_unacknowledged: 0,
         handoffs_followed: 0,
+        handoffs_prepared: 0,
+        prepares_abandoned: 0,
         reconnects: 0,
         max_rollback_ticks: 0,
         rtt_us: new_histogram(),
@@ -260,9 +288,15 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     result.bytes_in = stats.bytes_in;
     result.bytes_out = stats.bytes_out;
     result.max_gap = stats.max_snapshot_gap;
+    // Read after the final drain: what is still unacknowledged now is reported as such.
     result.inputs_sent = stats.inputs_sent;
-    result.inputs_applied = u64::from(session.last_applied_input());
+    result.inputs_applied = stats.inputs_applied;
+    result.inputs_rolled_back = stats.inputs_rolled_back;
+    result.inputs_given_up = stats.inputs_given_up;
+    result.inputs_unacknowledged = session.inputs_unacknowledged();
     result.handoffs_followed = stats.handoffs_followed;
+    result.handoffs_prepared = stats.handoffs_prepared;
+    result.prepares_abandoned = stats.prepares_abandoned;
     result.reconnects = stats.reconnects;
     result.max_rollback_ticks = stats.max_rollback_ticks;
     session.disconnect(now);
@@ -297,7 +331,7 @@ fn report(results: &[BotResult]) -> BotsReport {
     let mut rtt = new_histogram();
     let mut connected_seconds = 0.0;
     let (mut snapshots, mut bytes_in, mut bytes_out) = (0u64, 0u64, 0u64);
-    let (mut inputs_sent, mut inputs_applied) = (0u64, 0u64);
+    let inputs = InputTotals::of(results);
     let mut max_gap = Duration::ZERO;
     for r in results {
         let _ = rtt.add(&r.rtt_us);
@@ -305,8 +339,6 @@ fn report(results: &[BotResult]) -> BotsReport {
         snapshots += r.snapshots;
         bytes_in += r.bytes_in;
         bytes_out += r.bytes_out;
-        inputs_sent += r.inputs_sent;
-        inputs_applied += r.inputs_applied;
         max_gap = max_gap.max(r.max_gap);
     }
     let per_second = |total: u64| {
@@ -328,10 +360,16 @@ fn report(results: &[BotResult]) -> BotsReport {
         down_bytes_per_bot_per_s: per_second(bytes_in),
         up_bytes_per_bot_per_s: per_second(bytes_out),
         max_snapshot_gap_ms: max_gap.as_secs_f64() * 1000.0,
-        inputs_sent,
-        inputs_applied,
-        inputs_lost: inputs_sent.saturating_sub(inputs_applied),
+        inputs_sent: inputs.sent,
+        inputs_applied: inputs.applied,
+        inputs_rolled_back: inputs.rolled_back,
+        inputs_lost: inputs.sent.saturating_sub(inputs.applied),
+        inputs_given_up: inputs.given_up,
+        inputs_unacknowledged: inputs.unacknowledged,
+        inputs_unaccounted: inputs.unaccounted(),
         handoffs_followed: results.iter().map(|r| r.handoffs_followed).sum(),
+        handoffs_prepared: results.iter().filter(|r| r.handoffs_prepared > 0).count(),
+        prepares_abandoned: results.iter().map(|r| r.prepares_abandoned).sum(),
         reconnects: results.iter().map(|r| r.reconnects).sum(),
         bots_handed_off: results.iter().filter(|r| r.handoffs_followed > 0).count(),
         max_rollback_ticks: results
@@ -340,6 +378,41 @@ fn report(results: &[BotResult]) -> BotsReport {
             .max()
             .unwrap_or(0),
         first_error: results.iter().find_map(|r| r.error.clone()),
+    }
+}
+
+/// The bots' input counts, summed.
+#[derive(Debug, Default)]
+struct InputTotals {
+    sent: u64,
+    applied: u64,
+    rolled_back: u64,
+    given_up: u64,
+    unacknowledged: u64,
+}
+
+impl InputTotals {
+    fn of(results: &[BotResult]) -> Self {
+        let mut totals = Self::default();
+        for r in results {
+            totals.sent += r.inputs_sent;
+            totals.applied += r.inputs_applied;
+            totals.rolled_back += r.inputs_rolled_back;
+            totals.given_up += r.inputs_given_up;
+            totals.unacknowledged += r.inputs_unacknowledged;
+        }
+        totals
+    }
+
+    /// Sent frames none of the named fates accounts for (signed: a negative value would
+    /// mean a frame counted twice).
+    fn unaccounted(&self) -> i64 {
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        signed(self.sent)
+            .saturating_sub(signed(self.applied))
+            .saturating_sub(signed(self.rolled_back))
+            .saturating_sub(signed(self.given_up))
+            .saturating_sub(signed(self.unacknowledged))
     }
 }
 

@@ -31,6 +31,22 @@ pub async fn request_with(
     body: Option<String>,
     bearer: Option<&str>,
 ) -> anyhow::Result<(u16, Bytes)> {
+    request_bytes(
+        method,
+        url,
+        body.map(|b| (Bytes::from(b), "application/json")),
+        bearer,
+    )
+    .await
+}
+
+/// Like [`request_with`], with a body of any bytes and its content type.
+pub async fn request_bytes(
+    method: &str,
+    url: &str,
+    body: Option<(Bytes, &str)>,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, Bytes)> {
     tokio::time::timeout(REQUEST_TIMEOUT, request_inner(method, url, body, bearer))
         .await
         .map_err(|_| anyhow!("{method} {url}: no answer within {REQUEST_TIMEOUT:?}"))?
@@ -39,7 +55,7 @@ pub async fn request_with(
 async fn request_inner(
     method: &str,
     url: &str,
-    body: Option<String>,
+    body: Option<(Bytes, &str)>,
     bearer: Option<&str>,
 ) -> anyhow::Result<(u16, Bytes)> {
     let rest = url
@@ -60,13 +76,13 @@ async fn request_inner(
         .method(method)
         .uri(path)
         .header(HOST, authority);
-    if body.is_some() {
-        builder = builder.header(CONTENT_TYPE, "application/json");
+    if let Some((_, content_type)) = &body {
+        builder = builder.header(CONTENT_TYPE, *content_type);
     }
     if let Some(token) = bearer {
         builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let request = builder.body(Full::new(body.map(|(b, _)| b).unwrap_or_default()))?;
     let response = sender
         .send_request(request)
         .await

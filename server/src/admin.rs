@@ -7,10 +7,12 @@
 //!   tokens with the same private key.
 //!
 //! - `POST /handoff` with `{"to": "host:port"}`: hands the match to the standby whose
-//!   admin API is there.
-//! - `POST /match` (a standby): receives a sealed match from its owner.
+//!   admin API is there (two phases: see `transfer`).
+//! - `POST /handoff/prepare` (a standby): phase one, "can you take this match?".
+//! - `GET /handoff/prepared?handoff_id=N` (a standby): how many clients connected ahead.
+//! - `POST /match` (a standby): phase two, receives a sealed match from its owner.
 //!
-//! The mutating endpoints (`/token`, `/handoff`, `/match`) require
+//! The mutating endpoints (`/token`, `/handoff`, `/handoff/*`, `/match`) require
 //! `Authorization: Bearer <token>` when the server runs with `--admin-token`.
 //! The API never touches the world: it reads what the tick loop publishes.
 
@@ -18,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::handoff::FROZEN_AT_HEADER;
+use crate::handoff::{FROZEN_AT_HEADER, PrepareProgress, PrepareRequest};
 use crate::host::{Host, ReceiveError, parse_admin_target};
 use crate::status::prometheus;
 use arena_shared::identity::{MAX_NAME_BYTES, TokenRequest, mint_token, random_client_id};
@@ -83,6 +85,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/token", post(token))
         .route("/handoff", post(handoff))
+        .route("/handoff/prepare", post(prepare))
+        .route("/handoff/prepared", get(prepared))
         .route("/match", post(receive_match))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MATCH_BYTES))
         .with_state(state)
@@ -125,6 +129,14 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
 #[serde(deny_unknown_fields)]
 struct HandoffBody {
     to: String,
+    /// Make before break (the default): clients connect to the standby before the
+    /// freeze. `false`: they are only redirected at the commit (for comparisons).
+    #[serde(default = "yes")]
+    prepare: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn handoff(
@@ -137,13 +149,17 @@ async fn handoff(
     }
     let request: HandoffBody = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(error) => return bad_request(format!("expected {{\"to\": \"host:port\"}}: {error}")),
+        Err(error) => {
+            return bad_request(format!(
+                "expected {{\"to\": \"host:port\", \"prepare\": true}}: {error}"
+            ));
+        }
     };
     let to = match parse_admin_target(&request.to) {
         Ok(to) => to,
         Err(reason) => return bad_request(reason),
     };
-    match state.host.hand_off(to.clone()).await {
+    match state.host.hand_off(to.clone(), request.prepare).await {
         Ok(accepted) => axum::Json(serde_json::json!({
             "to": to,
             "udp": accepted.udp,
@@ -157,6 +173,69 @@ async fn handoff(
         )
             .into_response(),
     }
+}
+
+async fn prepare(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let request: PrepareRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => return bad_request(format!("expected a prepare request: {error}")),
+    };
+    match state.host.prepare(&request) {
+        Ok(prepared) => axum::Json(prepared).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, match_id = %request.match_id, "refused to prepare for a handoff");
+            refusal(&error)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ProgressQuery {
+    handoff_id: u64,
+}
+
+async fn prepared(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ProgressQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let Ok(axum::extract::Query(query)) = query else {
+        return bad_request("expected ?handoff_id=N".into());
+    };
+    match state.host.prepare_progress(query.handoff_id) {
+        Some(connected) => axum::Json(PrepareProgress {
+            handoff_id: query.handoff_id,
+            connected,
+        })
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": format!("no handoff {} is being prepared here", query.handoff_id) })),
+        )
+            .into_response(),
+    }
+}
+
+fn refusal(error: &ReceiveError) -> Response {
+    let code = match error {
+        ReceiveError::Refused(_) => StatusCode::FORBIDDEN,
+        ReceiveError::Busy(_) => StatusCode::CONFLICT,
+    };
+    (
+        code,
+        axum::Json(serde_json::json!({ "error": error.to_string() })),
+    )
+        .into_response()
 }
 
 async fn receive_match(
@@ -177,15 +256,7 @@ async fn receive_match(
         Ok(Ok(accepted)) => axum::Json(accepted).into_response(),
         Ok(Err(error)) => {
             tracing::warn!(%error, "refused a handed-over match");
-            let code = match error {
-                ReceiveError::Refused(_) => StatusCode::FORBIDDEN,
-                ReceiveError::Busy(_) => StatusCode::CONFLICT,
-            };
-            (
-                code,
-                axum::Json(serde_json::json!({ "error": error.to_string() })),
-            )
-                .into_response()
+            refusal(&error)
         }
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -105,47 +105,189 @@ pub struct Args {
 
 /// Reads a private key file: 64 hex characters (surrounding whitespace allowed).
 pub fn read_key_file(path: &Path) -> anyhow::Result<Key> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "bad key file {}: expected 64 hex characters; this file is binary ({} bytes)",
+            path.display(),
+            e.as_bytes().len()
+        )
+    })?;
     parse_private_key(&text).map_err(|reason| anyhow!("bad key file {}: {reason}", path.display()))
 }
 
 /// The key from --key-file, or the one in the data dir, generated there if absent.
 pub fn load_or_create_key(args: &Args) -> anyhow::Result<Key> {
-    if let Some(path) = &args.key_file {
-        return read_key_file(path);
+    match &args.key_file {
+        Some(path) => read_key_file(path),
+        None => load_or_create_key_in(&args.data_dir),
     }
-    let path = args.data_dir.join("private.key");
+}
+
+/// The key in `data_dir/private.key`, generated there (mode 0600) if absent. Safe for
+/// processes starting at once on one data dir: the key is written whole to a temp file,
+/// then hard-linked to `private.key`, which succeeds for exactly one of them; the others
+/// read the key it linked (complete, since a link appears whole) and all use the same key.
+pub fn load_or_create_key_in(data_dir: &Path) -> anyhow::Result<Key> {
+    let path = data_dir.join("private.key");
     if path.exists() {
         let key = read_key_file(&path)?;
         tracing::info!(path = %path.display(), "using the private key from the data dir");
         return Ok(key);
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let mut key = [0u8; 32];
     getrandom::fill(&mut key)
         .map_err(|e| anyhow::anyhow!("the operating system's random source failed: {e}"))?;
-    write_private_file(&path, &hex::encode(key))?;
-    tracing::info!(
-        path = %path.display(),
-        "generated a new private key; bots and backends that mint tokens need this file (--key-file)"
-    );
-    Ok(key)
+    let temp = TempFile::create(data_dir, &hex::encode(key))?;
+    let linked = std::fs::hard_link(&temp.0, &path);
+    drop(temp);
+    match linked {
+        Ok(()) => {
+            if let Ok(dir) = std::fs::File::open(data_dir) {
+                let _ = dir.sync_all();
+            }
+            tracing::info!(
+                path = %path.display(),
+                "generated a new private key; bots and backends that mint tokens need this file (--key-file)"
+            );
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another process starting at the same time created it first: use its key.
+            let key = read_key_file(&path)?;
+            tracing::info!(path = %path.display(), "using the private key another process just generated");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
 }
 
-fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+/// A private (mode 0600), synced temp file in a directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn create(dir: &Path, contents: &str) -> anyhow::Result<Self> {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = dir.join(format!(
+            "private.key.tmp-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        // From here on, dropping `temp` removes the file, whatever fails.
+        let temp = Self(path);
+        writeln!(file, "{contents}")
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", temp.0.display()))?;
+        Ok(temp)
     }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(file, "{contents}").with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    /// A fresh directory no other test (nor test run) shares; not created.
+    fn fresh_dir(name: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "arena-config-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("lists")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn processes_starting_at_once_share_one_generated_key() {
+        for round in 0..5 {
+            let dir = fresh_dir("race");
+            let barrier = Arc::new(Barrier::new(16));
+            let starts: Vec<_> = (0..16)
+                .map(|_| {
+                    let (dir, barrier) = (dir.clone(), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        load_or_create_key_in(&dir).map_err(|e| format!("{e:#}"))
+                    })
+                })
+                .collect();
+            let keys: Vec<Key> = starts
+                .into_iter()
+                .map(|s| s.join().expect("ran").expect("every start gets a key"))
+                .collect();
+            assert!(
+                keys.iter().all(|k| *k == keys[0]),
+                "round {round}: keys differ"
+            );
+            assert_eq!(names_in(&dir), ["private.key"], "round {round}");
+            let on_disk = read_key_file(&dir.join("private.key")).expect("reads");
+            assert_eq!(on_disk, keys[0]);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(dir.join("private.key"))
+                    .expect("stat")
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600);
+            }
+            // A later start reuses it.
+            assert_eq!(load_or_create_key_in(&dir).expect("reads"), keys[0]);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn a_binary_key_file_is_reported_as_binary() {
+        let dir = fresh_dir("binary");
+        std::fs::create_dir_all(&dir).expect("creates");
+        let path = dir.join("private.key");
+        std::fs::write(&path, [0xffu8; 32]).expect("writes");
+        let error = format!("{:#}", read_key_file(&path).expect_err("binary"));
+        assert!(
+            error.contains("expected 64 hex characters; this file is binary (32 bytes)"),
+            "{error}"
+        );
+        // The data dir's key is checked the same way, never replaced.
+        assert!(load_or_create_key_in(&dir).is_err());
+        assert_eq!(std::fs::read(&path).expect("reads"), [0xffu8; 32]);
+        // Text that is not a key still says what is wrong with it.
+        std::fs::write(&path, "abc\n").expect("writes");
+        let error = format!("{:#}", read_key_file(&path).expect_err("short"));
+        assert!(error.contains("got 3 characters"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -90,7 +90,7 @@ impl OutgoingToken {
     /// (each tick period): every lost copy would cost the player 100 ms of standing still.
     fn resend_every(&self) -> Duration {
         match self.purpose {
-            TokenPurpose::Reconnect => TOKEN_RESEND,
+            TokenPurpose::Reconnect | TokenPurpose::Prepare => TOKEN_RESEND,
             TokenPurpose::Redirect => Duration::ZERO,
         }
     }
@@ -157,25 +157,47 @@ struct ClientSlot {
     pending: BTreeMap<u32, InputFrame>,
     /// Newest sequence applied; all older ones were applied (or skipped by the client).
     last_applied: u32,
+    /// Input frames of this player the match applied, ever (told to the client).
+    inputs_applied: u64,
     /// The newest reconnect token for this client.
     reconnect: Option<OutgoingToken>,
     /// Where this client must go, once the match has moved.
     redirect: Option<OutgoingToken>,
+    /// Where the match is about to move (phase one of a handoff).
+    prepare: Option<OutgoingToken>,
 }
 
 impl ClientSlot {
     /// A fresh connection for `player` (`None`: a spectator) whose inputs up to
     /// `last_applied` are already in the world.
-    fn new(client_id: u64, player: Option<PlayerId>, last_applied: u32) -> Self {
+    fn new(
+        client_id: u64,
+        player: Option<PlayerId>,
+        last_applied: u32,
+        inputs_applied: u64,
+    ) -> Self {
         Self {
             client_id,
             player,
             acks: AckTracker::default(),
             pending: BTreeMap::new(),
             last_applied,
+            inputs_applied,
             reconnect: None,
             redirect: None,
+            prepare: None,
         }
+    }
+
+    /// The tokens on their way to this client.
+    fn tokens_mut(&mut self) -> impl Iterator<Item = &mut OutgoingToken> {
+        [
+            self.reconnect.as_mut(),
+            self.redirect.as_mut(),
+            self.prepare.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -203,6 +225,11 @@ pub struct ServerCore {
     /// Each client gets a snapshot every this many ticks (1 normally). Under load the
     /// driver raises it: clients are updated less often, the simulation keeps its rate.
     snapshot_every: u32,
+    /// The tick this match was restored from after its owner died (told to clients).
+    restored_from_tick: Option<Tick>,
+    /// Clients are being sent elsewhere (a handoff's commit, or a stop): their goodbyes
+    /// do not remove their players.
+    moving: bool,
 }
 
 impl ServerCore {
@@ -222,6 +249,20 @@ impl ServerCore {
     /// A match restored from a snapshot. Its players wait, detached, for their clients to
     /// reconnect; those that do not come back within the grace are removed.
     pub fn with_state(config: CoreConfig, state: MatchState) -> Self {
+        let transport = netcode::Server::new(config.netcode.clone());
+        Self::with_transport(config, state, transport)
+    }
+
+    /// A match restored from a snapshot onto a transport that already has connections:
+    /// a standby's, whose clients connected ahead of the handoff (make before break).
+    /// Their `ClientConnected` events are still queued in `transport`; the first tick
+    /// attaches them to their players.
+    pub fn with_transport(
+        config: CoreConfig,
+        state: MatchState,
+        mut transport: netcode::Server,
+    ) -> Self {
+        transport.set_admitting(true);
         let slots = config.netcode.max_clients;
         let tick = state.world.tick();
         let roster: BTreeMap<u64, RosterEntry> = state
@@ -230,7 +271,7 @@ impl ServerCore {
             .map(|entry| (entry.client_id, entry))
             .collect();
         Self {
-            netcode: netcode::Server::new(config.netcode.clone()),
+            netcode: transport,
             world: state.world,
             clients: (0..slots).map(|_| None).collect(),
             detached: roster.keys().map(|&id| (id, tick)).collect(),
@@ -241,9 +282,17 @@ impl ServerCore {
             visible: Vec::new(),
             inputs: BTreeMap::new(),
             snapshot_every: 1,
+            restored_from_tick: None,
+            moving: false,
             input_log: None,
             config,
         }
+    }
+
+    /// Marks this match as restored from a snapshot after a crash: clients are told the
+    /// tick, so each can count exactly what it lost.
+    pub fn mark_restored(&mut self) {
+        self.restored_from_tick = Some(self.world.tick());
     }
 
     /// The whole match as it stands, for a snapshot (connections are not part of it).
@@ -252,6 +301,7 @@ impl ServerCore {
         for slot in self.clients.iter().flatten() {
             if let Some(entry) = roster.get_mut(&slot.client_id) {
                 entry.last_applied_input = slot.last_applied;
+                entry.inputs_applied = slot.inputs_applied;
             }
         }
         MatchState {
@@ -281,20 +331,13 @@ impl ServerCore {
                 return;
             }
         };
-        let ClientSlot {
-            acks,
-            reconnect,
-            redirect,
-            ..
-        } = slot;
+        let mut acks = std::mem::take(&mut slot.acks);
         let fresh = acks.on_receive(now, header, |sequence| {
-            for token in [reconnect.as_mut(), redirect.as_mut()]
-                .into_iter()
-                .flatten()
-            {
+            for token in slot.tokens_mut() {
                 token.on_ack(sequence);
             }
         });
+        slot.acks = acks;
         if !fresh {
             return;
         }
@@ -398,20 +441,72 @@ impl ServerCore {
     /// token for it, resent until it leaves. The world is no longer ticked after this;
     /// call [`ServerCore::serve_redirects`] instead of `tick` until the clients are gone.
     pub fn redirect_all(&mut self, now: Duration, to: SocketAddr) {
+        let own = self.config.tokens.own_address;
         let mut addresses = vec![to];
         addresses.extend(
             self.config
                 .tokens
                 .peers
                 .iter()
-                .filter(|&&p| p != to && p != self.config.tokens.own_address),
+                .filter(|&&p| p != to && p != own),
         );
+        // Last: this server, which takes the match back if the successor dies before
+        // serving (and denies connections until then).
+        addresses.push(own);
+        addresses.truncate(netcode::MAX_SERVERS_PER_CONNECT);
+        self.redirect_to(now, &addresses);
+    }
+
+    /// A stop whose match a watching standby took over: sends every client to the
+    /// standbys (`--peer`), in order; those that do not own the match deny at once.
+    pub fn redirect_to_peers(&mut self, now: Duration) {
+        let own = self.config.tokens.own_address;
+        let mut addresses: Vec<SocketAddr> = self
+            .config
+            .tokens
+            .peers
+            .iter()
+            .copied()
+            .filter(|&p| p != own)
+            .collect();
+        addresses.truncate(netcode::MAX_SERVERS_PER_CONNECT);
+        if !addresses.is_empty() {
+            self.redirect_to(now, &addresses);
+        }
+    }
+
+    /// Adds the address of the process this match came from to the reconnect tokens
+    /// (after this server's own standbys): if this server dies before its first
+    /// snapshot, the old owner takes the match back and its clients find it there.
+    pub fn add_fallback_peer(&mut self, address: SocketAddr) {
+        if address != self.config.tokens.own_address && !self.config.tokens.peers.contains(&address)
+        {
+            self.config.tokens.peers.push(address);
+        }
+    }
+
+    /// Whether this server knows standbys (`--peer`) to send its clients to.
+    pub fn has_peers(&self) -> bool {
+        !self.config.tokens.peers.is_empty()
+    }
+
+    /// The match came back (its successor died before serving): stop the redirects,
+    /// the clients still here play on.
+    pub fn cancel_redirects(&mut self) {
+        self.moving = false;
+        for slot in self.clients.iter_mut().flatten() {
+            slot.redirect = None;
+        }
+    }
+
+    fn redirect_to(&mut self, now: Duration, addresses: &[SocketAddr]) {
+        self.moving = true;
         for index in 0..self.clients.len() {
             let Some(slot) = &self.clients[index] else {
                 continue;
             };
             let client_id = slot.client_id;
-            if let Some(token) = self.mint(now, client_id, &addresses, TokenPurpose::Redirect)
+            if let Some(token) = self.mint(now, client_id, addresses, TokenPurpose::Redirect)
                 && let Some(slot) = self.clients[index].as_mut()
             {
                 slot.redirect = Some(token);
@@ -420,10 +515,54 @@ impl ServerCore {
         tracing::info!(
             match_id = %self.config.match_id,
             tick = self.world.tick().0,
-            %to,
+            to = ?addresses,
             players = self.num_players(),
             "redirecting every client"
         );
+    }
+
+    /// Phase one of a handoff: tells every client that the match is about to move to
+    /// `to`, with a connect token for it. Clients connect there ahead of time and keep
+    /// playing here; nothing else changes until [`ServerCore::redirect_all`] (the
+    /// commit) or [`ServerCore::cancel_prepare`] (an abort). Returns how many clients
+    /// were told.
+    pub fn prepare_all(&mut self, now: Duration, to: SocketAddr) -> usize {
+        let addresses = [to];
+        let mut told = 0;
+        for index in 0..self.clients.len() {
+            let Some(slot) = &self.clients[index] else {
+                continue;
+            };
+            let client_id = slot.client_id;
+            if let Some(token) = self.mint(now, client_id, &addresses, TokenPurpose::Prepare)
+                && let Some(slot) = self.clients[index].as_mut()
+            {
+                slot.prepare = Some(token);
+                told += 1;
+            }
+        }
+        tracing::info!(
+            match_id = %self.config.match_id,
+            tick = self.world.tick().0,
+            %to,
+            players = told,
+            "clients told to connect ahead to the standby"
+        );
+        told
+    }
+
+    /// An aborted handoff: stops sending prepare tokens. Clients drop their connection
+    /// to the standby when it denies or times them out; their play here is unchanged.
+    pub fn cancel_prepare(&mut self) {
+        for slot in self.clients.iter_mut().flatten() {
+            slot.prepare = None;
+        }
+    }
+
+    /// Whether new connections are admitted (an owner: yes; retired or fenced: denied,
+    /// so clients move to the next address of their token at once).
+    pub fn set_admitting(&mut self, admitting: bool) {
+        self.netcode.set_admitting(admitting);
     }
 
     /// After [`ServerCore::redirect_all`]: keeps connections alive and resends redirects.
@@ -517,10 +656,8 @@ impl ServerCore {
             return;
         };
         let mut datagrams = Vec::new();
-        for token in [slot.reconnect.as_mut(), slot.redirect.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        let mut acks = std::mem::take(&mut slot.acks);
+        for token in slot.tokens_mut() {
             let due = token
                 .last_sent
                 .is_none_or(|at| now.saturating_sub(at) >= token.resend_every());
@@ -537,7 +674,7 @@ impl ServerCore {
                     part,
                     bytes: token.bytes[start..start + TOKEN_PART_BYTES].to_vec(),
                 });
-                let header = slot.acks.next_header(now);
+                let header = acks.next_header(now);
                 if token.in_flight.len() >= 16 {
                     token.in_flight.remove(0);
                 }
@@ -548,6 +685,7 @@ impl ServerCore {
                 }
             }
         }
+        slot.acks = acks;
         for datagram in datagrams {
             let _ = self
                 .netcode
@@ -658,9 +796,11 @@ impl ServerCore {
                 player,
                 name: name.to_owned(),
                 last_applied_input: 0,
+                inputs_applied: 0,
             }
         });
-        let (player, last_applied) = (entry.player, entry.last_applied_input);
+        let (player, last_applied, applied) =
+            (entry.player, entry.last_applied_input, entry.inputs_applied);
         self.detached.remove(&client_id);
         self.world.add_player(player);
         tracing::info!(
@@ -674,7 +814,12 @@ impl ServerCore {
             "player joined"
         );
         if let Some(slot) = self.clients.get_mut(client.0 as usize) {
-            *slot = Some(ClientSlot::new(client_id, Some(player), last_applied));
+            *slot = Some(ClientSlot::new(
+                client_id,
+                Some(player),
+                last_applied,
+                applied,
+            ));
         }
     }
 
@@ -695,7 +840,7 @@ impl ServerCore {
             "spectator joined"
         );
         if let Some(slot) = self.clients.get_mut(client.0 as usize) {
-            *slot = Some(ClientSlot::new(client_id, None, 0));
+            *slot = Some(ClientSlot::new(client_id, None, 0, 0));
         }
     }
 
@@ -716,8 +861,11 @@ impl ServerCore {
         };
         if let Some(entry) = self.roster.get_mut(&client_id) {
             entry.last_applied_input = slot.last_applied;
+            entry.inputs_applied = slot.inputs_applied;
         }
-        if reason == DisconnectReason::ClientDisconnected {
+        // A goodbye removes the player, unless the match is moving: then the client is
+        // leaving for the successor, and the player waits here in case the match comes back.
+        if reason == DisconnectReason::ClientDisconnected && !self.moving {
             self.world.remove_player(player);
             self.roster.remove(&client_id);
         } else {
@@ -826,6 +974,8 @@ impl ServerCore {
             world: *self.world.config(),
             your_entity: own.map(NetEntityId::from),
             last_applied_input: slot.last_applied,
+            inputs_applied: slot.inputs_applied,
+            restored_from_tick: self.restored_from_tick,
             you,
             entities: Vec::new(),
             deferred: u16::MAX,
@@ -912,6 +1062,7 @@ fn take_due_input(slot: &mut ClientSlot, tick: Tick, stats: &mut CoreStats) -> O
         let frame = *frame;
         slot.pending.remove(&sequence);
         slot.last_applied = sequence;
+        slot.inputs_applied += 1;
         stats.inputs_applied += 1;
         if late {
             stats.inputs_late += 1;

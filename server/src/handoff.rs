@@ -1,10 +1,24 @@
-//! Moving a match between processes: the sealed snapshot in transit, and the HTTP call
-//! that carries it.
+//! The wire of a two-phase handoff between two processes: the messages, the sealed
+//! snapshot in transit, and the HTTP calls that carry them.
+//!
+//! 1. *Prepare* (`POST /handoff/prepare` on the standby, [`PrepareRequest`] ->
+//!    [`Prepared`]): the standby says whether it can take this match and starts admitting
+//!    its clients, who connect ahead while they keep playing on the owner. The owner polls
+//!    `GET /handoff/prepared` for how many have.
+//! 2. *Commit* (`POST /match`, the sealed snapshot): the standby takes epoch e+1 in the
+//!    store and ticks T+1 at once.
+//!
+//! The outcome of a commit is never read from its HTTP answer: the old owner reads the
+//! store (see `transfer`). The seal binds the snapshot to one handoff: the recipient,
+//! the match, the epoch, the prepare's id and a deadline travel inside the authenticated
+//! plaintext ([`Commit`]), so a replayed, stale or misdirected snapshot is refused.
 //!
 //! A snapshot travels sealed with XChaCha20-Poly1305 under a key derived (BLAKE3 in its
 //! key-derivation mode) from the fleet's private key, so a standby restores only what a
-//! server holding the same key sent. Wire form: `nonce (24) ‖ ciphertext ‖ tag (16)`.
+//! server holding the same key sent. Wire form: `nonce (24) ‖ ciphertext ‖ tag (16)`, the
+//! plaintext being `u32 length ‖ JSON Commit ‖ MatchSnapshot`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -19,12 +33,89 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-const CONTEXT: &str = "arena 2026-11-28 match handoff transit key v1";
-const AAD: &[u8] = b"arena match handoff";
+const CONTEXT: &str = "arena 2026-12-02 match handoff transit key v2";
+const AAD: &[u8] = b"arena match handoff v2";
+/// Largest [`Commit`] JSON accepted inside a seal.
+const MAX_COMMIT_BYTES: usize = 4096;
 /// Header with the unix microseconds at which the old owner froze (for the pause figure).
 pub const FROZEN_AT_HEADER: &str = "x-arena-frozen-at-unix-us";
-/// How long the old owner waits for the standby to take the match.
-pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the owner waits for the standby's answer to a prepare.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the owner waits, ticking, for its clients to connect ahead to the standby.
+pub const PREPARE_WAIT: Duration = Duration::from_millis(1500);
+/// How long a standby keeps a prepare open (admitting the match's clients) without a
+/// commit; after it, it drops their connections.
+pub const PREPARE_TTL: Duration = Duration::from_secs(10);
+/// How long the owner waits, frozen, for the standby to take the match; also the
+/// deadline sealed into the commit.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Phase one, owner to standby: "can you take this match?"
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {
+    /// The match.
+    pub match_id: String,
+    /// Its epoch now (the standby will own e+1).
+    pub epoch: u64,
+    /// Its tick now.
+    pub tick: u64,
+    /// Players in it now (the standby must have room).
+    pub players: usize,
+    /// The `MatchSnapshot` format the owner writes (the standby must read it).
+    pub snapshot_format: u16,
+    /// The owner's UDP address (a fallback for clients if the standby dies early).
+    pub from_udp: SocketAddr,
+}
+
+/// The standby's yes to a prepare.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prepared {
+    /// Its UDP address for players.
+    pub udp: SocketAddr,
+    /// Who it is in leases: the commit is sealed for it alone.
+    pub instance: String,
+    /// This prepare's id: the commit must carry it, once.
+    pub handoff_id: u64,
+}
+
+/// How far a prepare has come (`GET /handoff/prepared`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareProgress {
+    /// The prepare asked about.
+    pub handoff_id: u64,
+    /// Clients connected ahead.
+    pub connected: usize,
+}
+
+/// What a sealed snapshot is for: exactly one commit of one prepare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commit {
+    /// The standby it is sealed for ([`Prepared::instance`]).
+    pub recipient: String,
+    /// The match.
+    pub match_id: String,
+    /// The epoch the snapshot was written at; the recipient takes epoch + 1.
+    pub epoch: u64,
+    /// The prepare it commits ([`Prepared::handoff_id`]).
+    pub handoff_id: u64,
+    /// Unix ms after which the recipient must not act on it.
+    pub deadline_unix_ms: u64,
+    /// The old owner's UDP address.
+    pub from_udp: SocketAddr,
+}
+
+/// What a standby answers when it took the match.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The standby's UDP address for players.
+    pub udp: SocketAddr,
+    /// The epoch it owns the match at.
+    pub epoch: u64,
+    /// The tick it resumed from.
+    pub tick: u64,
+}
 
 /// Why a sealed snapshot was refused.
 #[derive(Debug, thiserror::Error)]
@@ -35,18 +126,24 @@ pub enum SealError {
     /// The tag did not verify: another fleet's key, or altered bytes.
     #[error("sealed snapshot did not authenticate (another fleet's key, or altered)")]
     Forged,
+    /// Authenticated, but the commit inside does not parse.
+    #[error("sealed snapshot's commit is malformed: {0}")]
+    Malformed(String),
 }
 
 fn transit_key(private_key: &Key) -> Key {
     blake3::derive_key(CONTEXT, private_key)
 }
 
-/// Seals snapshot bytes for transit.
-pub fn seal(private_key: &Key, snapshot: &[u8]) -> Vec<u8> {
+/// Seals snapshot bytes for one commit.
+pub fn seal(private_key: &Key, commit: &Commit, snapshot: &[u8]) -> Vec<u8> {
+    let commit_json = serde_json::to_vec(commit).unwrap_or_default();
     let mut nonce = [0u8; 24];
     fill_random(&mut nonce);
-    let mut out = Vec::with_capacity(24 + snapshot.len() + 16);
+    let mut out = Vec::with_capacity(24 + 4 + commit_json.len() + snapshot.len() + 16);
     out.extend_from_slice(&nonce);
+    out.extend_from_slice(&(commit_json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&commit_json);
     out.extend_from_slice(snapshot);
     let cipher = XChaCha20Poly1305::new(&transit_key(private_key).into());
     // Encryption fails only past 256 GiB: snapshots are bounded far below that.
@@ -58,8 +155,8 @@ pub fn seal(private_key: &Key, snapshot: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Opens a sealed snapshot.
-pub fn open(private_key: &Key, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+/// Opens a sealed snapshot: the commit it is for, and the snapshot bytes.
+pub fn open(private_key: &Key, sealed: &[u8]) -> Result<(Commit, Vec<u8>), SealError> {
     if sealed.len() < 24 + 16 {
         return Err(SealError::TooShort(sealed.len()));
     }
@@ -81,80 +178,150 @@ pub fn open(private_key: &Key, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
             &Tag::from(tag),
         )
         .map_err(|_| SealError::Forged)?;
-    Ok(plain)
+    let Some((len, rest)) = plain.split_first_chunk::<4>() else {
+        return Err(SealError::Malformed("no commit length".into()));
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_COMMIT_BYTES || len > rest.len() {
+        return Err(SealError::Malformed(format!("commit of {len} bytes")));
+    }
+    let commit =
+        serde_json::from_slice(&rest[..len]).map_err(|e| SealError::Malformed(e.to_string()))?;
+    Ok((commit, rest[len..].to_vec()))
 }
 
-/// What a standby answers when it took the match.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Accepted {
-    /// The standby's UDP address for players.
-    pub udp: std::net::SocketAddr,
-    /// The epoch it owns the match at.
-    pub epoch: u64,
-    /// The tick it resumed from.
-    pub tick: u64,
+/// Phase one: asks the standby at `to` (its admin `host:port`) to get ready.
+pub async fn prepare(
+    to: &str,
+    admin_token: Option<&str>,
+    request: &PrepareRequest,
+) -> anyhow::Result<Prepared> {
+    let body = serde_json::to_vec(request)?;
+    let (status, answer) = call(to, "POST", "/handoff/prepare", admin_token, body, &[])
+        .await
+        .and_then(|r| r.context("no answer"))
+        .with_context(|| format!("standby {to} did not answer the prepare"))?;
+    expect_json(to, "prepare", status, &answer)
 }
 
-/// Sends a sealed snapshot to a standby's admin API (`host:port`) and returns its answer.
-pub async fn send_to_standby(
+/// How many clients have connected ahead to the standby for prepare `handoff_id`.
+pub async fn progress(
+    to: &str,
+    admin_token: Option<&str>,
+    handoff_id: u64,
+) -> anyhow::Result<PrepareProgress> {
+    let path = format!("/handoff/prepared?handoff_id={handoff_id}");
+    let (status, answer) = call(to, "GET", &path, admin_token, Vec::new(), &[])
+        .await
+        .and_then(|r| r.context("no answer"))?;
+    expect_json(to, "progress", status, &answer)
+}
+
+/// Phase two: sends the sealed snapshot. The answer is only informative: the store
+/// decides the outcome.
+pub async fn commit(
     to: &str,
     admin_token: Option<&str>,
     sealed: Vec<u8>,
     frozen_at_unix_us: u64,
 ) -> anyhow::Result<Accepted> {
-    tokio::time::timeout(
-        HANDOFF_TIMEOUT,
-        post(to, admin_token, sealed, frozen_at_unix_us),
+    let frozen = frozen_at_unix_us.to_string();
+    let headers = [(FROZEN_AT_HEADER, frozen.as_str())];
+    let answer = tokio::time::timeout(
+        COMMIT_TIMEOUT,
+        call(to, "POST", "/match", admin_token, sealed, &headers),
     )
     .await
-    .map_err(|_| anyhow!("standby {to} did not answer within {HANDOFF_TIMEOUT:?}"))?
+    .map_err(|_| anyhow!("standby {to} did not answer the commit within {COMMIT_TIMEOUT:?}"))?;
+    let (status, body) = answer?.context("no answer")?;
+    expect_json(to, "commit", status, &body)
 }
 
-async fn post(
+fn expect_json<T: for<'de> Deserialize<'de>>(
     to: &str,
-    admin_token: Option<&str>,
-    sealed: Vec<u8>,
-    frozen_at_unix_us: u64,
-) -> anyhow::Result<Accepted> {
-    let stream = tokio::net::TcpStream::connect(to)
-        .await
-        .with_context(|| format!("cannot reach the standby's admin API at {to}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake with the standby failed")?;
-    tokio::spawn(connection);
-    let mut request = Request::post("/match")
-        .header(HOST, to)
-        .header(CONTENT_TYPE, "application/octet-stream")
-        .header(FROZEN_AT_HEADER, frozen_at_unix_us.to_string());
-    if let Some(token) = admin_token {
-        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::from(sealed)))?)
-        .await
-        .context("sending the snapshot to the standby failed")?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    what: &str,
+    status: hyper::StatusCode,
+    body: &[u8],
+) -> anyhow::Result<T> {
     if !status.is_success() {
         bail!(
-            "standby refused the match ({status}): {}",
-            String::from_utf8_lossy(&body)
+            "standby {to} refused the {what} ({status}): {}",
+            String::from_utf8_lossy(body)
         );
     }
-    serde_json::from_slice(&body).context("standby's answer is not the expected JSON")
+    serde_json::from_slice(body)
+        .with_context(|| format!("standby {to}'s answer to the {what} is not the expected JSON"))
+}
+
+/// One HTTP/1.1 request to a loopback or fleet admin API, bounded by [`PREPARE_TIMEOUT`]
+/// for everything but a commit (which has its own bound).
+async fn call(
+    to: &str,
+    method: &str,
+    path: &str,
+    admin_token: Option<&str>,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Option<(hyper::StatusCode, Bytes)>> {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(to)
+            .await
+            .with_context(|| format!("cannot reach the standby's admin API at {to}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the standby failed")?;
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, to)
+            .header(CONTENT_TYPE, "application/octet-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(token) = admin_token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::from(body)))?)
+            .await
+            .context("the request to the standby failed")?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok(Some((status, body)))
+    };
+    if path == "/match" {
+        return exchange.await;
+    }
+    tokio::time::timeout(PREPARE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("standby {to} did not answer within {PREPARE_TIMEOUT:?}"))?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn commit() -> Commit {
+        Commit {
+            recipient: "pid1@127.0.0.1:1".into(),
+            match_id: "m".into(),
+            epoch: 3,
+            handoff_id: 99,
+            deadline_unix_ms: 1234,
+            from_udp: "127.0.0.1:7777".parse().expect("address"),
+        }
+    }
+
     #[test]
-    fn only_the_same_fleet_key_opens_a_sealed_snapshot() {
+    fn only_the_same_fleet_key_opens_a_sealed_snapshot_and_the_commit_travels_inside() {
         let key = [7u8; 32];
-        let sealed = seal(&key, b"snapshot bytes");
-        assert_eq!(open(&key, &sealed).expect("opens"), b"snapshot bytes");
+        let sealed = seal(&key, &commit(), b"snapshot bytes");
+        let (opened, bytes) = open(&key, &sealed).expect("opens");
+        assert_eq!(opened, commit());
+        assert_eq!(bytes, b"snapshot bytes");
         assert!(matches!(open(&[8u8; 32], &sealed), Err(SealError::Forged)));
+        // Altering the commit (say, the recipient) breaks the tag: it cannot be redirected.
         let mut altered = sealed.clone();
         altered[30] ^= 1;
         assert!(matches!(open(&key, &altered), Err(SealError::Forged)));

@@ -1,21 +1,28 @@
 //! The process around a match: which role it plays (owner, standby), starting the tick
-//! loop when it gets a match, taking a match over from a dead owner (`--watch`), and
-//! receiving one from a live owner (a handoff).
+//! loop when it gets a match, taking a match over from a dead owner (`--watch`), and the
+//! standby's side of a handoff (prepare, then commit). The owner's side is in
+//! [`crate::transfer`].
+//!
+//! The store is the only judge of who owns a match: every way of getting one (a fresh
+//! start, a takeover, a handoff) is an `acquire` of the next epoch, which exactly one
+//! process can win.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arena_shared::netcode::Key;
-use arena_shared::snapshot;
+use arena_shared::snapshot::{self, MatchState, SnapshotHeader};
 use tokio::sync::{mpsc, watch};
 
 use crate::core::{CoreConfig, ServerCore};
-use crate::handoff::{self, Accepted};
+use crate::faults::Faults;
+use crate::handoff::{self, Accepted, PrepareRequest, Prepared};
+use crate::lobby::{self, Preparation, PrepareSlot};
 use crate::net::{Clock, History, LoopCommand, LoopExit, MatchRun, run_match};
-use crate::ownership::{Ownership, OwnershipConfig};
+use crate::ownership::{Ownership, OwnershipConfig, renew_every};
 use crate::status::Status;
 use crate::store::{FileStore, Lease, SnapshotStore, StoreError};
 
@@ -36,27 +43,41 @@ pub struct HostConfig {
     pub admin_token: Option<String>,
     /// The match a standby watches (`--watch`), if any.
     pub watch: Option<String>,
+    /// Test-only fault hooks (off unless `ARENA_TEST_FAULT_DIR` is set).
+    pub faults: Faults,
 }
 
 /// A match for the tick loop to run.
-struct Start {
-    core: ServerCore,
-    epoch: u64,
-    lease_valid_until_ms: u64,
-    frozen_at_us: Option<u64>,
-    history: History,
+pub(crate) struct Start {
+    pub(crate) config: CoreConfig,
+    pub(crate) state: MatchState,
+    pub(crate) epoch: u64,
+    /// Our clock's ms when the lease was acquired.
+    pub(crate) acquired_at_ms: u64,
+    pub(crate) frozen_at_us: Option<u64>,
+    pub(crate) history: History,
+    /// Restored from a snapshot after a crash (clients are told, to count their rollback).
+    pub(crate) restored: bool,
+    /// The previous owner's UDP address, after a handoff.
+    pub(crate) fallback_peer: Option<SocketAddr>,
 }
 
 /// Shared by the admin API, the watcher and main.
 pub struct Host {
-    config: HostConfig,
-    store: Arc<dyn SnapshotStore>,
-    clock: Clock,
+    pub(crate) config: HostConfig,
+    pub(crate) store: Arc<dyn SnapshotStore>,
+    pub(crate) clock: Clock,
     role: Mutex<&'static str>,
-    start_tx: Mutex<Option<std_mpsc::Sender<Start>>>,
-    commands: mpsc::UnboundedSender<LoopCommand>,
+    start_tx: Mutex<Option<mpsc::UnboundedSender<Start>>>,
+    pub(crate) commands: mpsc::UnboundedSender<LoopCommand>,
     /// The latest status as the loop published it (see [`Host::status`]).
     status: watch::Receiver<Status>,
+    prepare: Arc<PrepareSlot>,
+    /// Snapshot files already reported as refused (each is logged once).
+    refused: Mutex<HashSet<String>>,
+    snapshots_refused: Mutex<u64>,
+    /// Set while this process hands its match off (one handoff at a time).
+    handing_off: std::sync::atomic::AtomicBool,
 }
 
 /// The tick loop's thread and how main learns that it ended.
@@ -67,14 +88,16 @@ pub struct LoopThread {
 
 impl Host {
     /// Binds nothing: `socket` is the bound game socket, handed to the loop thread, which
-    /// waits for a match (at once for an owner, later for a standby).
+    /// serves it as a lobby (denying, or admitting a prepared handoff's clients) until it
+    /// gets a match (at once for an owner, later for a standby).
     pub fn start(
         config: HostConfig,
         data_dir: &std::path::Path,
         socket: std::net::UdpSocket,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<(Arc<Self>, LoopThread)> {
-        let store: Arc<dyn SnapshotStore> = Arc::new(FileStore::new(data_dir));
+        let store: Arc<dyn SnapshotStore> =
+            Arc::new(FileStore::new(data_dir).with_fault_dir(config.faults.dir()));
         let (status_tx, status_rx) = watch::channel(Status {
             role: "standby",
             match_id: config.watch.clone().unwrap_or_default(),
@@ -82,30 +105,38 @@ impl Host {
             max_players: config.core.netcode.max_clients,
             ..Status::default()
         });
-        let (start_tx, start_rx) = std_mpsc::channel::<Start>();
+        let (start_tx, start_rx) = mpsc::unbounded_channel::<Start>();
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let clock = Clock::start();
+        let prepare = Arc::new(PrepareSlot::default());
         let host = Arc::new(Self {
             config: config.clone(),
             store: Arc::clone(&store),
-            clock: Clock::start(),
+            clock,
             role: Mutex::new("standby"),
             start_tx: Mutex::new(Some(start_tx)),
             commands: commands_tx,
             status: status_rx,
+            prepare: Arc::clone(&prepare),
+            refused: Mutex::new(HashSet::new()),
+            snapshots_refused: Mutex::new(0),
+            handing_off: std::sync::atomic::AtomicBool::new(false),
         });
+        let thread = LoopParts {
+            config,
+            store,
+            clock,
+            prepare,
+            start: start_rx,
+            commands: commands_rx,
+            status_tx,
+            shutdown,
+        };
         std::thread::Builder::new()
             .name("tick-loop".into())
             .spawn(move || {
-                let exit = loop_thread(
-                    config,
-                    store,
-                    socket,
-                    start_rx,
-                    commands_rx,
-                    status_tx,
-                    shutdown,
-                );
+                let exit = thread.run(socket);
                 let _ = done_tx.send(exit);
             })
             .context("cannot start the tick loop thread")?;
@@ -114,7 +145,11 @@ impl Host {
 
     /// This process's role now.
     pub fn role(&self) -> &'static str {
-        self.role.lock().map_or("unknown", |r| *r)
+        let role = self.role.lock().map_or("unknown", |r| *r);
+        if role == "standby" && self.prepare.current().is_some() {
+            return "preparing";
+        }
+        role
     }
 
     /// The latest status, with the role as of now (the loop reports every half second,
@@ -123,6 +158,9 @@ impl Host {
         let mut status = self.status.borrow().clone();
         if status.role == "standby" {
             status.role = self.role();
+            status.prepared_clients = self.prepare.connected();
+            status.drops = self.prepare.drops();
+            status.snapshots_refused = self.snapshots_refused.lock().map_or(0, |n| *n);
         }
         status
     }
@@ -133,7 +171,8 @@ impl Host {
     }
 
     /// Becomes the owner of `match_id`: takes the lease (refused while another owner's is
-    /// live), restores the newest snapshot if there is one, and starts ticking.
+    /// live), restores the newest snapshot that verifies if there is one, and starts
+    /// ticking.
     pub fn own(&self, match_id: &str) -> anyhow::Result<()> {
         let now_ms = self.now_ms();
         let held = self.store.lease(match_id)?;
@@ -151,78 +190,173 @@ impl Host {
             ),
             Err(error) => return Err(error.into()),
         }
-        let mut config = self.config.core.clone();
-        config.match_id = match_id.to_owned();
-        let mut history = History::default();
-        let core = match self.store.latest_snapshot(match_id)? {
-            Some(bytes) => {
-                let (header, state) = snapshot::decode(&bytes, match_id).with_context(|| {
-                    format!("the newest snapshot of match {match_id:?} cannot be restored")
-                })?;
-                let rollback = held.map(|l| l.tick.saturating_sub(header.tick.0));
+        let (state, history, restored) = match self.newest_valid_snapshot(match_id)? {
+            Some((header, state)) => {
+                let history = self.restore_history(held.as_ref(), &header);
                 tracing::info!(
                     match_id,
                     tick = header.tick.0,
                     epoch,
-                    ?rollback,
-                    "restored the match from its newest snapshot"
+                    rollback_ticks = ?history.rollback_ticks,
+                    "restored the match from its newest snapshot that verifies"
                 );
-                history.restores = 1;
-                history.rollback_ticks = rollback;
-                ServerCore::with_state(config, state)
+                (state, history, true)
             }
-            None => ServerCore::new(config),
+            None => {
+                let core = ServerCore::new(self.core_config(match_id));
+                (core.match_state(), History::default(), false)
+            }
         };
         self.begin(Start {
-            core,
+            config: self.core_config(match_id),
+            state,
             epoch,
-            lease_valid_until_ms: lease.expires_unix_ms,
+            acquired_at_ms: now_ms,
             frozen_at_us: None,
             history,
+            restored,
+            fallback_peer: None,
         })
     }
 
-    /// Takes a match handed over by its owner (the body of `POST /match`).
+    /// Phase one of a handoff, on the standby: whether it can take this match; if so it
+    /// admits the match's clients until the commit (or [`handoff::PREPARE_TTL`]).
+    pub fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, ReceiveError> {
+        let role = self.role();
+        if role != "standby" && role != "preparing" {
+            return Err(ReceiveError::Busy(format!(
+                "this process is {role}, not a standby"
+            )));
+        }
+        if let Some(current) = self.prepare.current()
+            && current.match_id != request.match_id
+        {
+            return Err(ReceiveError::Busy(format!(
+                "this standby is preparing to receive match {:?}",
+                current.match_id
+            )));
+        }
+        if let Some(watched) = &self.config.watch
+            && *watched != request.match_id
+        {
+            return Err(ReceiveError::Busy(format!(
+                "this standby watches {watched:?}, not {:?}",
+                request.match_id
+            )));
+        }
+        if request.snapshot_format != snapshot::FORMAT_VERSION {
+            return Err(ReceiveError::Refused(format!(
+                "the owner writes snapshot format {}, this build reads {}",
+                request.snapshot_format,
+                snapshot::FORMAT_VERSION
+            )));
+        }
+        let capacity = self.config.core.netcode.max_clients;
+        if request.players > capacity {
+            return Err(ReceiveError::Busy(format!(
+                "the match has {} players, this standby has room for {capacity}",
+                request.players
+            )));
+        }
+        let mut id = [0u8; 8];
+        arena_shared::netcode::token::fill_random(&mut id);
+        let handoff_id = u64::from_le_bytes(id);
+        self.prepare.open(Preparation {
+            match_id: request.match_id.clone(),
+            handoff_id,
+            epoch: request.epoch,
+            until_ms: self.now_ms() + handoff::PREPARE_TTL.as_millis() as u64,
+            committed: false,
+        });
+        tracing::info!(match_id = %request.match_id, epoch = request.epoch, players = request.players,
+            handoff_id, from = %request.from_udp, "preparing to receive a match: admitting its clients");
+        Ok(Prepared {
+            udp: self.config.core.tokens.own_address,
+            instance: self.config.owner_id.clone(),
+            handoff_id,
+        })
+    }
+
+    /// Clients connected ahead for prepare `handoff_id`, if it is the one under way.
+    pub fn prepare_progress(&self, handoff_id: u64) -> Option<usize> {
+        self.prepare
+            .current()
+            .filter(|p| p.handoff_id == handoff_id)
+            .map(|_| self.prepare.connected())
+    }
+
+    /// Phase two, on the standby: takes a match handed over by its owner (the body of
+    /// `POST /match`), if the seal is for us, for the prepare under way, and on time.
     pub fn receive(
         &self,
         sealed: &[u8],
         frozen_at_us: Option<u64>,
     ) -> Result<Accepted, ReceiveError> {
-        if self.role() != "standby" {
-            return Err(ReceiveError::Busy(format!(
-                "this process is {}, not a standby",
-                self.role()
+        self.config.faults.pause_if("standby-pauses-on-commit");
+        let (commit, bytes) = handoff::open(&self.config.private_key, sealed)
+            .map_err(|e| ReceiveError::Refused(e.to_string()))?;
+        if commit.recipient != self.config.owner_id {
+            return Err(ReceiveError::Refused(format!(
+                "sealed for {}, this is {}",
+                commit.recipient, self.config.owner_id
             )));
         }
-        let bytes = handoff::open(&self.config.private_key, sealed)
-            .map_err(|e| ReceiveError::Refused(e.to_string()))?;
-        let header =
-            snapshot::read_header(&bytes).map_err(|e| ReceiveError::Refused(e.to_string()))?;
-        if let Some(watched) = &self.config.watch
-            && *watched != header.match_id
-        {
-            return Err(ReceiveError::Busy(format!(
-                "this standby watches {watched:?}, not {:?}",
-                header.match_id
-            )));
-        }
-        let (header, state) = snapshot::decode(&bytes, &header.match_id)
-            .map_err(|e| ReceiveError::Refused(e.to_string()))?;
-        let epoch = header.epoch + 1;
         let now_ms = self.now_ms();
+        if now_ms > commit.deadline_unix_ms {
+            self.prepare.clear();
+            return Err(ReceiveError::Refused(format!(
+                "the handoff's deadline passed {} ms ago",
+                now_ms - commit.deadline_unix_ms
+            )));
+        }
+        let Some(preparation) = self.prepare.commit(commit.handoff_id) else {
+            return Err(ReceiveError::Refused(format!(
+                "no handoff {} is being prepared here (stale, replayed, or already committed)",
+                commit.handoff_id
+            )));
+        };
+        let taken = self.take_handed_over(&commit, &bytes, &preparation, now_ms, frozen_at_us);
+        if taken.is_err() {
+            self.prepare.clear();
+        }
+        taken
+    }
+
+    fn take_handed_over(
+        &self,
+        commit: &handoff::Commit,
+        bytes: &[u8],
+        preparation: &Preparation,
+        now_ms: u64,
+        frozen_at_us: Option<u64>,
+    ) -> Result<Accepted, ReceiveError> {
+        let (header, state) = snapshot::decode(bytes, &commit.match_id)
+            .map_err(|e| ReceiveError::Refused(e.to_string()))?;
+        if header.epoch != commit.epoch
+            || commit.match_id != preparation.match_id
+            || commit.epoch != preparation.epoch
+        {
+            return Err(ReceiveError::Refused(format!(
+                "the snapshot (match {:?} epoch {}) is not the one prepared (match {:?} epoch {})",
+                header.match_id, header.epoch, preparation.match_id, preparation.epoch
+            )));
+        }
+        let epoch = header.epoch + 1;
         let lease = self.lease(epoch, now_ms, header.tick.0);
         self.store
             .acquire(&header.match_id, &lease, now_ms, true)
             .map_err(|e| ReceiveError::Busy(e.to_string()))?;
-        let mut config = self.config.core.clone();
-        config.match_id.clone_from(&header.match_id);
+        self.config.faults.crash_if("standby-dies-after-lease");
         tracing::info!(match_id = %header.match_id, tick = header.tick.0, epoch, "received a handed-over match");
         self.begin(Start {
-            core: ServerCore::with_state(config, state),
+            config: self.core_config(&header.match_id),
+            state,
             epoch,
-            lease_valid_until_ms: lease.expires_unix_ms,
+            acquired_at_ms: now_ms,
             frozen_at_us,
             history: History::default(),
+            restored: false,
+            fallback_peer: Some(commit.from_udp),
         })
         .map_err(|e| ReceiveError::Busy(e.to_string()))?;
         Ok(Accepted {
@@ -233,23 +367,28 @@ impl Host {
     }
 
     /// As a standby with `--watch`: polls the lease and takes the match over once it
-    /// lapses, from its newest snapshot. Returns when this process owns a match or stops.
+    /// lapses, from its newest snapshot that verifies. Returns when this process owns a
+    /// match or stops. The store judges a race with a handoff being received.
     pub async fn watch(self: Arc<Self>, match_id: String, mut shutdown: watch::Receiver<bool>) {
-        let interval = (self.config.lease / 4).max(Duration::from_millis(20));
+        let interval = renew_every(self.config.lease);
         tracing::info!(match_id, "standby watching the match's lease");
-        let mut waiting_logged = false;
-        while self.role() == "standby" && !*shutdown.borrow() {
+        let mut last_error = String::new();
+        while self.role() != "owner" && !*shutdown.borrow() {
             let host = Arc::clone(&self);
             let id = match_id.clone();
             let taken = tokio::task::spawn_blocking(move || host.try_take_over(&id)).await;
             match taken {
                 Ok(Ok(true)) => return,
                 Ok(Ok(false)) => {}
-                Ok(Err(error)) if !waiting_logged => {
-                    tracing::info!(match_id, %error, "not taking over yet");
-                    waiting_logged = true;
+                Ok(Err(error)) => {
+                    // Said once per distinct reason, not every poll.
+                    let text = format!("{error:#}");
+                    if text != last_error {
+                        tracing::warn!(match_id, error = %text, "cannot take the match over");
+                        last_error = text;
+                    }
                 }
-                _ => {}
+                Err(_) => {}
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -260,15 +399,22 @@ impl Host {
 
     /// One look at the lease: takes the match if it lapsed. `Ok(true)`: we own it now.
     fn try_take_over(&self, match_id: &str) -> anyhow::Result<bool> {
-        let now_ms = self.now_ms();
-        let held = self.store.lease(match_id)?;
-        if held.as_ref().is_some_and(|l| l.expires_unix_ms > now_ms) {
+        if self.role() == "owner" {
             return Ok(false);
         }
-        let Some(bytes) = self.store.latest_snapshot(match_id)? else {
-            bail!("no snapshot of match {match_id:?} in the store yet");
+        let now_ms = self.now_ms();
+        let held = self.store.lease(match_id)?;
+        if held
+            .as_ref()
+            .is_some_and(|l| !l.released && l.expires_unix_ms > now_ms)
+        {
+            return Ok(false);
+        }
+        let Some((header, state)) = self.newest_valid_snapshot(match_id)? else {
+            bail!(
+                "the lease lapsed but the store holds no snapshot of match {match_id:?} that verifies"
+            );
         };
-        let (header, state) = snapshot::decode(&bytes, match_id)?;
         let epoch = held
             .as_ref()
             .map_or(header.epoch, |l| l.epoch.max(header.epoch))
@@ -279,42 +425,101 @@ impl Host {
             Err(StoreError::Held { .. } | StoreError::Fenced { .. }) => return Ok(false),
             Err(error) => return Err(error.into()),
         }
-        let rollback = held.map(|l| l.tick.saturating_sub(header.tick.0));
+        let history = self.restore_history(held.as_ref(), &header);
         tracing::warn!(
             match_id,
             epoch,
             snapshot_tick = header.tick.0,
-            ?rollback,
+            rollback_ticks = ?history.rollback_ticks,
+            rollback_ticks_at_least = ?history.rollback_ticks_at_least,
             "the owner's lease lapsed: took the match over from its newest snapshot"
         );
-        let mut config = self.config.core.clone();
-        config.match_id = match_id.to_owned();
         self.begin(Start {
-            core: ServerCore::with_state(config, state),
+            config: self.core_config(match_id),
+            state,
             epoch,
-            lease_valid_until_ms: lease.expires_unix_ms,
+            acquired_at_ms: now_ms,
             frozen_at_us: None,
-            history: History {
-                restores: 1,
-                rollback_ticks: rollback,
-                ..History::default()
-            },
+            history,
+            restored: true,
+            fallback_peer: None,
         })?;
         Ok(true)
     }
 
-    /// Asks the running loop to hand its match to the standby at `to` (admin address).
-    pub async fn hand_off(&self, to: String) -> Result<Accepted, String> {
-        if self.role() != "owner" {
-            return Err(format!("this process is {}, not an owner", self.role()));
+    /// The newest snapshot in the store that verifies; each one refused on the way is
+    /// logged (once per file) and counted.
+    fn newest_valid_snapshot(
+        &self,
+        match_id: &str,
+    ) -> anyhow::Result<Option<(SnapshotHeader, MatchState)>> {
+        for stored in self.store.snapshots_newest_first(match_id)? {
+            let decoded = stored
+                .bytes
+                .and_then(|bytes| snapshot::decode(&bytes, match_id).map_err(|e| e.to_string()));
+            match decoded {
+                Ok(found) => return Ok(Some(found)),
+                Err(reason) => {
+                    let first_time = self
+                        .refused
+                        .lock()
+                        .is_ok_and(|mut seen| seen.insert(stored.name.clone()));
+                    if first_time {
+                        if let Ok(mut n) = self.snapshots_refused.lock() {
+                            *n += 1;
+                        }
+                        tracing::error!(match_id, file = %stored.name, %reason,
+                            "refused a snapshot in the store; trying the next older one");
+                    }
+                }
+            }
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.commands
-            .send(LoopCommand::HandOff { to, reply })
-            .map_err(|_| "the match loop has ended".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the match loop ended during the handoff".to_owned())?
+        Ok(None)
+    }
+
+    /// What a restore rolled back: exact when the owner released its lease at the
+    /// snapshot's tick (a stop), otherwise unknown, with a lower bound.
+    fn restore_history(&self, held: Option<&Lease>, header: &SnapshotHeader) -> History {
+        let mut history = History {
+            restores: 1,
+            snapshots_refused: self.snapshots_refused.lock().map_or(0, |n| *n),
+            ..History::default()
+        };
+        match held {
+            Some(lease) if lease.released => {
+                history.rollback_ticks = Some(lease.tick.saturating_sub(header.tick.0));
+            }
+            Some(lease) => {
+                history.rollback_ticks_reason = Some(format!(
+                    "the owner (epoch {}) stopped without releasing its lease: the ticks it ran after its last renewal are unknown",
+                    lease.epoch
+                ));
+                history.rollback_ticks_at_least = Some(lease.tick.saturating_sub(header.tick.0));
+            }
+            None => {
+                history.rollback_ticks_reason =
+                    Some("the store holds no lease of the match".into());
+            }
+        }
+        history
+    }
+
+    /// Asks the running match to move to the standby whose admin API is at `to`: the
+    /// two-phase handoff of [`crate::transfer`].
+    /// `make_before_break`: clients connect to the standby before the freeze (the
+    /// default everywhere; `false` only to measure the difference).
+    pub async fn hand_off(
+        self: &Arc<Self>,
+        to: String,
+        make_before_break: bool,
+    ) -> Result<Accepted, String> {
+        use std::sync::atomic::Ordering;
+        if self.handing_off.swap(true, Ordering::SeqCst) {
+            return Err("a handoff of this match is already under way".into());
+        }
+        let result = crate::transfer::hand_off(self, &to, make_before_break).await;
+        self.handing_off.store(false, Ordering::SeqCst);
+        result
     }
 
     /// Stops waiting for a match (a standby shutting down).
@@ -338,24 +543,53 @@ impl Host {
         Ok(())
     }
 
-    fn lease(&self, epoch: u64, now_ms: u64, tick: u64) -> Lease {
+    /// The ownership of a newly acquired epoch, for a loop that is already running.
+    pub(crate) fn ownership(
+        &self,
+        match_id: &str,
+        epoch: u64,
+        acquired_at_ms: u64,
+        tick: u64,
+    ) -> std::io::Result<Ownership> {
+        Ownership::start(OwnershipConfig {
+            store: Arc::clone(&self.store),
+            match_id: match_id.to_owned(),
+            owner: self.config.owner_id.clone(),
+            epoch,
+            lease: self.config.lease,
+            snapshot_every: self.config.snapshot_every,
+            acquired_at_ms,
+            tick,
+            clock: self.clock,
+        })
+    }
+
+    pub(crate) fn lease(&self, epoch: u64, now_ms: u64, tick: u64) -> Lease {
         Lease {
             owner: self.config.owner_id.clone(),
             epoch,
             expires_unix_ms: now_ms + self.config.lease.as_millis() as u64,
             tick,
+            released: false,
         }
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now().as_millis() as u64
+    }
+
+    fn core_config(&self, match_id: &str) -> CoreConfig {
+        let mut config = self.config.core.clone();
+        config.match_id = match_id.to_owned();
+        config
     }
 }
 
 /// Why a standby did not take a handed-over match.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
-    /// The snapshot is not one we may restore (foreign key, corrupt, another format).
+    /// The snapshot or request is not one we may act on (foreign key, corrupt, another
+    /// format, sealed for someone else, stale, replayed).
     #[error("refused: {0}")]
     Refused(String),
     /// We cannot take a match now (already own one, or the store says no).
@@ -363,30 +597,35 @@ pub enum ReceiveError {
     Busy(String),
 }
 
-/// The tick loop thread: waits for a match, then runs it.
-fn loop_thread(
+/// What the tick loop's thread owns.
+struct LoopParts {
     config: HostConfig,
     store: Arc<dyn SnapshotStore>,
-    socket: std::net::UdpSocket,
-    start_rx: std_mpsc::Receiver<Start>,
+    clock: Clock,
+    prepare: Arc<PrepareSlot>,
+    start: mpsc::UnboundedReceiver<Start>,
     commands: mpsc::UnboundedReceiver<LoopCommand>,
     status_tx: watch::Sender<Status>,
     shutdown: watch::Receiver<bool>,
-) -> LoopExit {
-    let Ok(start) = start_rx.recv() else {
-        return LoopExit::Shutdown;
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the tick loop's runtime");
-            return LoopExit::Shutdown;
-        }
-    };
-    runtime.block_on(async move {
+}
+
+impl LoopParts {
+    /// Serves the lobby until a match arrives, then runs it.
+    fn run(self, socket: std::net::UdpSocket) -> LoopExit {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the tick loop's runtime");
+                return LoopExit::Shutdown;
+            }
+        };
+        runtime.block_on(self.serve(socket))
+    }
+
+    async fn serve(mut self, socket: std::net::UdpSocket) -> LoopExit {
         let socket = match tokio::net::UdpSocket::from_std(socket) {
             Ok(socket) => socket,
             Err(error) => {
@@ -394,16 +633,31 @@ fn loop_thread(
                 return LoopExit::Shutdown;
             }
         };
-        let match_id = start.core.match_id().to_owned();
-        let tick_hz = start.core.world().config().tick_hz;
+        let Some((start, transport)) = lobby::serve(
+            &socket,
+            &self.config.core.netcode,
+            &self.prepare,
+            self.clock,
+            &mut self.start,
+            &mut self.shutdown,
+        )
+        .await
+        else {
+            return LoopExit::Shutdown;
+        };
+        let match_id = start.config.match_id.clone();
+        let tick_hz = start.state.world.config().tick_hz;
+        let tick = start.state.world.tick().0;
         let ownership = match Ownership::start(OwnershipConfig {
-            store,
+            store: self.store,
             match_id,
-            owner: config.owner_id.clone(),
+            owner: self.config.owner_id.clone(),
             epoch: start.epoch,
-            lease: config.lease,
-            snapshot_every: config.snapshot_every,
-            valid_until_ms: start.lease_valid_until_ms,
+            lease: self.config.lease,
+            snapshot_every: self.config.snapshot_every,
+            acquired_at_ms: start.acquired_at_ms,
+            tick,
+            clock: self.clock,
         }) {
             Ok(ownership) => ownership,
             Err(error) => {
@@ -411,23 +665,33 @@ fn loop_thread(
                 return LoopExit::Shutdown;
             }
         };
+        let mut core = ServerCore::with_transport(start.config, start.state, transport);
+        if start.restored {
+            core.mark_restored();
+        }
+        if let Some(peer) = start.fallback_peer {
+            core.add_fallback_peer(peer);
+            self.config
+                .faults
+                .crash_if("standby-dies-before-first-tick");
+        }
+        self.prepare.clear();
         run_match(
-            start.core,
+            core,
             socket,
             MatchRun {
                 tick_hz,
-                status_tx,
-                shutdown,
-                commands,
+                status_tx: self.status_tx,
+                shutdown: self.shutdown,
+                commands: self.commands,
                 ownership,
                 resumed_from_frozen_at_us: start.frozen_at_us,
                 history: start.history,
-                private_key: config.private_key,
-                admin_token: config.admin_token.clone(),
+                clock: self.clock,
             },
         )
         .await
-    })
+    }
 }
 
 /// The address a standby's admin API is reached at, for `--handoff-to` and `/handoff`.

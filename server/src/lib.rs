@@ -9,8 +9,11 @@
 //! - [`core`]: the sans-IO server: connections, input buffers, the tick, snapshots.
 //! - [`net`]: the tokio driver: socket, fixed-timestep loop, handoff, shutdown.
 //! - [`ownership`]: snapshots off the tick thread, the lease, fencing.
-//! - [`host`]: the process's role (owner, standby), takeover and handoff receipt.
-//! - [`handoff`]: the sealed snapshot in transit and the call that carries it.
+//! - [`host`]: the process's role (owner, standby), takeover, a handoff's standby side.
+//! - [`transfer`]: a handoff's owner side, and the rule that reads its outcome from the store.
+//! - [`handoff`]: the wire of a handoff: prepare, progress, the sealed commit.
+//! - [`lobby`]: a standby's transport before it has a match (denies, or admits a prepare's clients).
+//! - [`faults`]: test-only fault hooks (`ARENA_TEST_FAULT_DIR`).
 //! - [`admin`]: the HTTP admin API (`/status`, `/metrics`, `/token`).
 //! - [`config`]: command-line flags and the private key file.
 //! - [`store`]: snapshots and ownership leases on disk, with epoch fencing.
@@ -19,9 +22,12 @@
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod faults;
 pub mod handoff;
 pub mod host;
+pub mod lobby;
 pub mod net;
 pub mod ownership;
 pub mod status;
 pub mod store;
+pub mod transfer;

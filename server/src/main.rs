@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use arena_server::admin::{self, AdminState, TokenMinter};
 use arena_server::config::{Args, load_or_create_key};
 use arena_server::core::{CoreConfig, TokenConfig};
+use arena_server::faults::Faults;
 use arena_server::host::{Host, HostConfig};
 use arena_server::net::{LoopExit, bind_udp};
 use arena_shared::netcode;
@@ -107,6 +108,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 snapshot_every: Duration::from_secs_f64(args.snapshot_every),
                 admin_token: args.admin_token.clone(),
                 watch: args.watch.clone(),
+                faults: Faults::from_env(),
             },
             &args.data_dir,
             udp,
@@ -154,15 +156,25 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 
         let exit = tokio::select! {
             () = wait_for_signal() => {
-                tracing::info!("shutdown requested");
+                tracing::info!("shutdown requested (a second Ctrl-C or SIGTERM exits at once)");
+                tokio::spawn(async {
+                    wait_for_signal().await;
+                    eprintln!("arena-server: second signal; exiting at once");
+                    std::process::exit(130);
+                });
+                let mut handed_off = false;
                 if let (Some(to), "owner") = (&args.handoff_to, host.role()) {
-                    match host.hand_off(to.clone()).await {
-                        Ok(accepted) => tracing::info!(udp = %accepted.udp, "handed the match off on SIGTERM"),
+                    match host.hand_off(to.clone(), true).await {
+                        Ok(accepted) => {
+                            tracing::info!(udp = %accepted.udp, "handed the match off on SIGTERM");
+                            handed_off = true;
+                        }
                         Err(reason) => tracing::error!(%reason, "handoff on SIGTERM failed; stopping the match here"),
                     }
                 }
-                // After a handoff the loop serves redirects until its clients have left.
-                let handed_off = host.role() == "owner" && args.handoff_to.is_some();
+                // After a handoff the loop serves redirects until its clients have left
+                // and the successor is durable; otherwise it stops: final snapshot,
+                // lease released, clients sent to a standby that took over.
                 if !handed_off {
                     let _ = shutdown_tx.send(true);
                 }

@@ -13,7 +13,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::{MAX_SNAPSHOT_EVERY, ServerCore};
-use crate::handoff::Accepted;
 use crate::ownership::{Ownership, Standing};
 use crate::status::{Sample, Status, Window};
 
@@ -97,22 +96,70 @@ pub fn bind_udp(addr: SocketAddr, max_players: usize) -> anyhow::Result<std::net
     Ok(socket.into())
 }
 
-/// A request to the running match loop.
+/// A request to the running match loop, from the handoff's driver (`transfer`). The
+/// loop does what it is told; the decisions (who owns the match) are read from the store
+/// by the sender.
 #[derive(Debug)]
 pub enum LoopCommand {
-    /// Hand the match to the standby whose admin API is at `to` (`host:port`).
-    HandOff {
-        /// The standby's admin API.
-        to: String,
-        /// The outcome: the standby's UDP address, or why the handoff failed.
-        reply: oneshot::Sender<Result<Accepted, String>>,
+    /// The match as it stands: id, epoch, tick, connected players.
+    Describe {
+        /// The answer.
+        reply: oneshot::Sender<(String, u64, u64, usize)>,
     },
+    /// Phase one: tell every client to connect ahead to the standby at `to` (UDP).
+    /// Answers how many clients were told.
+    Prepare {
+        /// The standby's UDP address.
+        to: SocketAddr,
+        /// How many clients were told.
+        reply: oneshot::Sender<usize>,
+    },
+    /// The handoff was abandoned before the freeze: stop the prepare tokens.
+    CancelPrepare,
+    /// Finish the current tick, stop ticking, and answer the match as snapshot bytes.
+    Freeze {
+        /// The frozen match, or why it could not be encoded (the loop then ticks on).
+        reply: oneshot::Sender<Result<Frozen, String>>,
+    },
+    /// The store says the match is ours at `ownership`'s epoch (a handoff that did not
+    /// happen, or a successor that died before serving): tick again from where we froze.
+    Resume {
+        /// The new epoch's ownership, already acquired.
+        ownership: Box<Ownership>,
+    },
+    /// The store says the successor owns the match: send every client there.
+    Commit {
+        /// The successor's UDP address.
+        to: SocketAddr,
+    },
+    /// The successor's own snapshot is durable: exit once the clients have left.
+    Leave,
+    /// Someone else owns the match (neither we nor the standby we chose).
+    Lost {
+        /// What the store says.
+        reason: String,
+    },
+}
+
+/// A match frozen for a handoff.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    /// The match.
+    pub match_id: String,
+    /// The `MatchSnapshot` at the frozen tick.
+    pub bytes: Vec<u8>,
+    /// The frozen tick T (the successor ticks T+1).
+    pub tick: u64,
+    /// The epoch it was owned at.
+    pub epoch: u64,
+    /// When it froze, unix µs (for the pause figure).
+    pub frozen_at_us: u64,
 }
 
 /// Why the match loop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoopExit {
-    /// Shutdown was requested; clients were disconnected.
+    /// A stop was requested; the final snapshot and the lease's release are done.
     Shutdown,
     /// The match moved to another process and the clients followed (or the wait ended).
     HandedOff,
@@ -136,14 +183,12 @@ pub struct MatchRun {
     pub resumed_from_frozen_at_us: Option<u64>,
     /// Figures carried in the status.
     pub history: History,
-    /// The fleet key, to seal snapshots for handoffs.
-    pub private_key: arena_shared::netcode::Key,
-    /// Bearer token for the standby's admin API.
-    pub admin_token: Option<String>,
+    /// The process's clock (shared with the ownership's renewer).
+    pub clock: Clock,
 }
 
 /// Counters that outlive one loop (shown in the status).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct History {
     /// Handoffs this process took part in.
     pub handoffs: u64,
@@ -151,14 +196,45 @@ pub struct History {
     pub handoff_pause_ms: Option<f64>,
     /// Matches restored from the store after a crash.
     pub restores: u64,
-    /// Ticks lost in the last restore (old owner's last reported tick minus the snapshot's).
+    /// Ticks rolled back by the last restore, when known exactly.
     pub rollback_ticks: Option<u64>,
+    /// Why `rollback_ticks` is unknown, when it is.
+    pub rollback_ticks_reason: Option<String>,
+    /// A lower bound of the last restore's rollback when the exact figure is unknown.
+    pub rollback_ticks_at_least: Option<u64>,
+    /// Snapshots in the store refused at the last restore (corrupt, truncated, foreign).
+    pub snapshots_refused: u64,
+    /// Handoffs this process began that ended with the match still here.
+    pub handoffs_aborted: u64,
+    /// Matches taken back after the successor died before serving.
+    pub takebacks: u64,
+}
+
+/// Where the loop is in a match's life.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Ticking (a prepare may be under way: the clients are connecting ahead).
+    Running,
+    /// Frozen at a tick for a commit: not ticking, connections kept alive.
+    Frozen,
+    /// The match was handed over: redirecting clients, keeping the frozen world in case
+    /// the successor dies before serving. `leave`: the successor is durable, exit once
+    /// the clients have gone.
+    Retired { since: Duration, leave: bool },
 }
 
 /// Runs the match until shutdown, a handoff, or lost ownership.
-pub async fn run_match(mut core: ServerCore, socket: UdpSocket, mut run: MatchRun) -> LoopExit {
-    let clock = Clock::start();
-    let tick_hz = run.tick_hz;
+pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -> LoopExit {
+    let MatchRun {
+        tick_hz,
+        status_tx,
+        mut shutdown,
+        mut commands,
+        mut ownership,
+        resumed_from_frozen_at_us,
+        history,
+        clock,
+    } = run;
     let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz));
     let mut driver = Driver {
         clock,
@@ -172,10 +248,11 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, mut run: MatchRu
         started: clock.now(),
         load: 0.0,
         shed_changed_at: clock.now(),
-        history: run.history,
+        history,
         snapshot_bytes: 0,
         snapshot_serialize_us: 0,
         snapshots_dropped: 0,
+        lapsed: false,
         role: "owner",
     };
     // A match handed to us resumes at once: the pause is the players' to feel.
@@ -183,13 +260,12 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, mut run: MatchRu
     let mut next_status = clock.now();
     // The first snapshot goes out at the first tick: a standby always has one to restore.
     let mut next_snapshot = clock.now();
-    let mut redirecting_since: Option<Duration> = None;
-    let mut frozen_at = run.resumed_from_frozen_at_us;
-    let mut lapsed_logged = false;
+    let mut phase = Phase::Running;
+    let mut frozen_at = resumed_from_frozen_at_us;
     tracing::info!(
         match_id = core.match_id(),
         tick = core.world().tick().0,
-        epoch = run.ownership.epoch,
+        epoch = ownership.epoch,
         tick_hz,
         listen = %driver.socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "match running"
@@ -197,28 +273,67 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, mut run: MatchRu
     let exit = loop {
         tokio::select! {
             biased;
-            changed = run.shutdown.changed() => {
-                if changed.is_err() || *run.shutdown.borrow() {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    if let Phase::Retired { .. } = phase {
+                        break LoopExit::HandedOff;
+                    }
                     break LoopExit::Shutdown;
                 }
             }
-            Some(command) = run.commands.recv(), if redirecting_since.is_none() => {
-                let LoopCommand::HandOff { to, reply } = command;
-                match driver.hand_off(&mut core, &run, &to).await {
-                    Ok(accepted) => {
-                        run.ownership.stop();
-                        core.redirect_all(driver.clock.now(), accepted.udp);
+            Some(command) = commands.recv() => {
+                let now = driver.clock.now();
+                match command {
+                    LoopCommand::Describe { reply } => {
+                        let _ = reply.send((core.match_id().to_owned(), ownership.epoch,
+                            core.world().tick().0, core.num_players()));
+                    }
+                    LoopCommand::Prepare { to, reply } => {
+                        let _ = reply.send(core.prepare_all(now, to));
+                    }
+                    LoopCommand::CancelPrepare => core.cancel_prepare(),
+                    LoopCommand::Freeze { reply } => {
+                        let frozen = driver.freeze(&core, &ownership);
+                        if frozen.is_ok() {
+                            // Nobody joins a world that has already been shipped.
+                            core.set_admitting(false);
+                            phase = Phase::Frozen;
+                        }
+                        let _ = reply.send(frozen);
+                    }
+                    LoopCommand::Resume { ownership: next } => {
+                        tracing::warn!(match_id = core.match_id(), tick = core.world().tick().0,
+                            epoch = next.epoch, was = ?phase, "the match is ours again: resuming here");
+                        if let Phase::Retired { .. } = phase {
+                            driver.history.takebacks += 1;
+                        } else {
+                            driver.history.handoffs_aborted += 1;
+                        }
+                        // The old epoch's threads end here (joined); the new epoch's run.
+                        drop(std::mem::replace(&mut ownership, *next));
+                        core.cancel_prepare();
+                        core.cancel_redirects();
+                        core.set_admitting(true);
+                        driver.role = "owner";
+                        phase = Phase::Running;
+                        next_tick = now;
+                        next_snapshot = now;
+                    }
+                    LoopCommand::Commit { to } => {
+                        ownership.stop();
+                        core.set_admitting(false);
+                        core.redirect_all(now, to);
                         driver.flush(&mut core).await;
                         driver.history.handoffs += 1;
                         driver.role = "retired";
-                        redirecting_since = Some(driver.clock.now());
-                        let _ = reply.send(Ok(accepted));
+                        phase = Phase::Retired { since: now, leave: false };
                     }
-                    Err(error) => {
-                        tracing::error!(match_id = core.match_id(), %error, "handoff failed; resuming the match here");
-                        next_tick = driver.clock.now();
-                        let _ = reply.send(Err(format!("{error:#}")));
+                    LoopCommand::Leave => {
+                        if let Phase::Retired { since, .. } = phase {
+                            phase = Phase::Retired { since, leave: true };
+                        }
                     }
+                    LoopCommand::Lost { reason } => break LoopExit::LostOwnership(reason),
                 }
             }
             ready = driver.socket.readable() => {
@@ -227,84 +342,100 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, mut run: MatchRu
                 }
             }
             () = tokio::time::sleep_until(clock.instant_at(next_tick).into()) => {
-                if let Some(since) = redirecting_since {
-                    let now = driver.clock.now();
-                    core.serve_redirects(now);
-                    driver.flush(&mut core).await;
-                    next_tick = now + period;
-                    if core.num_players() == 0 || now.saturating_sub(since) >= REDIRECT_WAIT {
-                        tracing::info!(match_id = core.match_id(), players_left = core.num_players(), "handoff complete; exiting");
-                        break LoopExit::HandedOff;
+                let now = driver.clock.now();
+                match phase {
+                    Phase::Retired { since, leave } => {
+                        core.serve_redirects(now);
+                        driver.flush(&mut core).await;
+                        next_tick = now + period;
+                        let waited = now.saturating_sub(since);
+                        if leave && (core.num_players() == 0 || waited >= REDIRECT_WAIT) {
+                            tracing::info!(match_id = core.match_id(), players_left = core.num_players(), "handoff complete; exiting");
+                            break LoopExit::HandedOff;
+                        }
+                        if waited >= RETIRED_LIMIT {
+                            tracing::warn!(match_id = core.match_id(), "the successor never wrote a snapshot we could see; exiting anyway");
+                            break LoopExit::HandedOff;
+                        }
                     }
-                } else {
-                    match run.ownership.standing(driver.clock.now()) {
-                        Standing::Owned => {}
-                        Standing::Lapsed => {
-                            // Paused past our lease, or the store is unreachable: wait for
-                            // the writer to renew, or to learn that a successor took over.
-                            if !lapsed_logged {
-                                tracing::warn!(match_id = core.match_id(), epoch = run.ownership.epoch,
-                                    "lease lapsed: not ticking until it is renewed");
-                                lapsed_logged = true;
+                    Phase::Frozen => {
+                        // Connections stay alive; inputs wait in their buffers.
+                        core.serve_redirects(now);
+                        driver.flush(&mut core).await;
+                        next_tick = now + period;
+                    }
+                    Phase::Running => {
+                        match ownership.standing(now) {
+                            Standing::Owned => {}
+                            Standing::Lapsed => {
+                                // Paused past our lease, or the store is unreachable: wait for
+                                // the renewer, or to learn that a successor took over.
+                                if !driver.lapsed {
+                                    tracing::warn!(match_id = core.match_id(), epoch = ownership.epoch,
+                                        "lease about to lapse: not ticking until it is renewed");
+                                    driver.lapsed = true;
+                                }
+                                core.serve_redirects(now);
+                                driver.flush(&mut core).await;
+                                next_tick = now + period;
+                                continue;
                             }
-                            next_tick = driver.clock.now() + period;
-                            continue;
+                            Standing::Fenced(reason) => {
+                                tracing::error!(match_id = core.match_id(), epoch = ownership.epoch, %reason,
+                                    "lost ownership of the match: not ticking it, not writing it");
+                                break LoopExit::LostOwnership(reason);
+                            }
                         }
-                        Standing::Fenced(reason) => {
-                            tracing::error!(match_id = core.match_id(), epoch = run.ownership.epoch, %reason,
-                                "lost ownership of the match: not ticking it, not writing it");
-                            break LoopExit::LostOwnership(reason);
+                        driver.lapsed = false;
+                        next_tick = driver.run_due_ticks(&mut core, next_tick, period).await;
+                        ownership.set_tick(core.world().tick().0);
+                        if let Some(frozen) = frozen_at.take() {
+                            // From the old owner's freeze after tick T to the end of our tick T+1.
+                            let pause_us = (driver.clock.now().as_micros() as u64).saturating_sub(frozen);
+                            let pause = pause_us as f64 / 1000.0;
+                            driver.history.handoff_pause_ms = Some(pause);
+                            driver.history.handoffs += 1;
+                            tracing::info!(match_id = core.match_id(), tick = core.world().tick().0, pause_ms = pause,
+                                "resumed a handed-over match");
                         }
-                    }
-                    lapsed_logged = false;
-                    next_tick = driver.run_due_ticks(&mut core, next_tick, period).await;
-                    run.ownership.set_tick(core.world().tick().0);
-                    if let Some(frozen) = frozen_at.take() {
-                        // From the old owner's freeze after tick T to the end of our tick T+1.
-                        let pause_us = (driver.clock.now().as_micros() as u64).saturating_sub(frozen);
-                        let pause = pause_us as f64 / 1000.0;
-                        driver.history.handoff_pause_ms = Some(pause);
-                        driver.history.handoffs += 1;
-                        tracing::info!(match_id = core.match_id(), tick = core.world().tick().0, pause_ms = pause,
-                            "resumed a handed-over match");
-                    }
-                    if driver.clock.now() >= next_snapshot {
-                        driver.snapshot(&core, &run.ownership);
-                        next_snapshot = driver.clock.now() + run.ownership.snapshot_every;
+                        if driver.clock.now() >= next_snapshot {
+                            driver.snapshot(&core, &ownership);
+                            next_snapshot = driver.clock.now() + ownership.snapshot_every;
+                        }
                     }
                 }
                 if driver.clock.now() >= next_status {
-                    let _ = run.status_tx.send_replace(driver.status(&core, tick_hz, &run.ownership));
+                    let _ = status_tx.send_replace(driver.status(&core, tick_hz, &ownership));
                     next_status = driver.clock.now() + STATUS_INTERVAL;
                 }
             }
         }
     };
+    let mut status = driver.status(&core, tick_hz, &ownership);
     if exit == LoopExit::Shutdown {
-        let now = clock.now();
-        tracing::info!(
-            match_id = core.match_id(),
-            tick = core.world().tick().0,
-            players = core.num_players(),
-            "shutting down: final snapshot, disconnecting players"
-        );
-        driver.snapshot(&core, &run.ownership);
-        core.disconnect_all(now);
-        driver.flush(&mut core).await;
+        driver.stop(&mut core, ownership, period).await;
+    } else {
+        ownership.stop();
     }
-    run.ownership.stop();
-    let mut status = driver.status(&core, tick_hz, &run.ownership);
     status.role = match exit {
         LoopExit::Shutdown => "stopped",
         LoopExit::HandedOff => "retired",
         LoopExit::LostOwnership(_) => "fenced",
     };
-    let _ = run.status_tx.send_replace(status);
+    let _ = status_tx.send_replace(status);
     exit
 }
 
-/// How long an old owner keeps redirecting clients after a handoff before it exits.
+/// How long an old owner keeps redirecting clients, once its successor is durable,
+/// before it exits.
 pub const REDIRECT_WAIT: Duration = Duration::from_secs(10);
+/// The longest an old owner waits for its successor to become durable.
+pub const RETIRED_LIMIT: Duration = Duration::from_secs(60);
+/// The longest a stopping owner waits for a watching standby to take the released
+/// match over, before it disconnects its clients instead of redirecting them.
+pub const STOP_SUCCESSOR_WAIT: Duration = Duration::from_millis(1500);
+/// The longest a stopping owner keeps redirecting clients to its successor.
+pub const STOP_REDIRECT_WAIT: Duration = Duration::from_secs(2);
 
 /// The loop's own state besides the core.
 struct Driver {
@@ -330,10 +461,111 @@ struct Driver {
     snapshot_serialize_us: u64,
     /// Snapshots not written because the writer was still busy.
     snapshots_dropped: u64,
+    /// Whether the loop is holding its ticks because the lease is about to lapse.
+    lapsed: bool,
     role: &'static str,
 }
 
 impl Driver {
+    /// Freezes the match at its current tick (the loop ticks no more until told) and
+    /// returns it as snapshot bytes for the successor.
+    fn freeze(&mut self, core: &ServerCore, ownership: &Ownership) -> Result<Frozen, String> {
+        let frozen_at = self.clock.now();
+        let bytes = snapshot::encode(core.match_id(), ownership.epoch, &core.match_state())
+            .map_err(|e| format!("cannot encode the match: {e}"))?;
+        tracing::info!(
+            match_id = core.match_id(),
+            tick = core.world().tick().0,
+            epoch = ownership.epoch,
+            snapshot_bytes = bytes.len(),
+            "frozen for a handoff"
+        );
+        Ok(Frozen {
+            match_id: core.match_id().to_owned(),
+            bytes,
+            tick: core.world().tick().0,
+            epoch: ownership.epoch,
+            frozen_at_us: frozen_at.as_micros() as u64,
+        })
+    }
+
+    /// A stop: the final snapshot at the last tick, durable; the lease released; then
+    /// the clients are sent to the standby that took the match over, if one did within
+    /// [`STOP_SUCCESSOR_WAIT`], or disconnected.
+    async fn stop(&mut self, core: &mut ServerCore, ownership: Ownership, period: Duration) {
+        let tick = core.world().tick().0;
+        tracing::info!(
+            match_id = core.match_id(),
+            tick,
+            players = core.num_players(),
+            "stopping: final snapshot, releasing the lease"
+        );
+        let last = match snapshot::encode(core.match_id(), ownership.epoch, &core.match_state()) {
+            Ok(bytes) => Some((tick, bytes)),
+            Err(error) => {
+                tracing::error!(match_id = core.match_id(), %error, "cannot encode the final snapshot");
+                None
+            }
+        };
+        // Without standbys to send the clients to, there is no successor to wait for.
+        let wait = if core.has_peers() {
+            STOP_SUCCESSOR_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let mut finishing = tokio::task::spawn_blocking(move || ownership.finish(last, wait));
+        // Keep the connections alive while the disk works.
+        let finished = loop {
+            tokio::select! {
+                done = &mut finishing => break done.ok(),
+                () = tokio::time::sleep(period) => {
+                    core.serve_redirects(self.clock.now());
+                    self.flush(core).await;
+                }
+            }
+        };
+        let Some(finished) = finished else {
+            tracing::error!(
+                match_id = core.match_id(),
+                "the final snapshot's writer failed"
+            );
+            core.disconnect_all(self.clock.now());
+            self.flush(core).await;
+            return;
+        };
+        let durable = finished.last_written_tick == Some(tick);
+        tracing::info!(
+            match_id = core.match_id(),
+            tick,
+            final_snapshot_durable = durable,
+            lease_released = finished.released,
+            successor = finished.successor,
+            "stopped the match"
+        );
+        if !finished.successor {
+            core.disconnect_all(self.clock.now());
+            self.flush(core).await;
+            return;
+        }
+        // A watching standby owns the match now: send the clients there.
+        core.set_admitting(false);
+        core.redirect_to_peers(self.clock.now());
+        let since = self.clock.now();
+        while core.num_players() > 0 && self.clock.now().saturating_sub(since) < STOP_REDIRECT_WAIT
+        {
+            self.flush(core).await;
+            tokio::select! {
+                ready = self.socket.readable() => {
+                    if ready.is_ok() {
+                        self.drain(core);
+                    }
+                }
+                () = tokio::time::sleep(period) => core.serve_redirects(self.clock.now()),
+            }
+        }
+        self.flush(core).await;
+    }
+
     /// Serializes the match on the tick thread and hands the bytes to the writer thread.
     fn snapshot(&mut self, core: &ServerCore, ownership: &Ownership) {
         let start = self.clock.now();
@@ -354,40 +586,6 @@ impl Driver {
                 tracing::error!(match_id = core.match_id(), %error, "cannot encode a snapshot")
             }
         }
-    }
-
-    /// Freezes the match, seals it, and gives it to the standby at `to`.
-    async fn hand_off(
-        &mut self,
-        core: &mut ServerCore,
-        run: &MatchRun,
-        to: &str,
-    ) -> anyhow::Result<Accepted> {
-        let frozen_at = self.clock.now();
-        let bytes = snapshot::encode(core.match_id(), run.ownership.epoch, &core.match_state())?;
-        tracing::info!(
-            match_id = core.match_id(),
-            tick = core.world().tick().0,
-            epoch = run.ownership.epoch,
-            %to,
-            snapshot_bytes = bytes.len(),
-            "handing the match off"
-        );
-        let sealed = crate::handoff::seal(&run.private_key, &bytes);
-        let accepted = crate::handoff::send_to_standby(
-            to,
-            run.admin_token.as_deref(),
-            sealed,
-            frozen_at.as_micros() as u64,
-        )
-        .await?;
-        tracing::info!(
-            match_id = core.match_id(),
-            udp = %accepted.udp,
-            epoch = accepted.epoch,
-            "standby took the match; redirecting players"
-        );
-        Ok(accepted)
     }
 
     /// Spaces snapshots out when the loop is too busy, and back in when it has room.
@@ -516,11 +714,24 @@ impl Driver {
             snapshot_bytes: self.snapshot_bytes,
             snapshot_serialize_us: self.snapshot_serialize_us,
             snapshots_dropped: self.snapshots_dropped,
-            snapshot_write_errors: ownership.write_errors(),
+            snapshot_write_errors: ownership.snapshot_failures(),
+            lease_renewal_errors: ownership.renewal_failures(),
+            lease_lapsed: self.lapsed,
+            rollback_bound_ticks: Some(
+                core.world()
+                    .tick()
+                    .0
+                    .saturating_sub(ownership.last_written_tick().unwrap_or(0)),
+            ),
+            snapshots_refused: self.history.snapshots_refused,
+            handoffs_aborted: self.history.handoffs_aborted,
+            takebacks: self.history.takebacks,
             handoffs: self.history.handoffs,
             handoff_pause_ms: self.history.handoff_pause_ms,
             restores: self.history.restores,
             rollback_ticks: self.history.rollback_ticks,
+            rollback_ticks_reason: self.history.rollback_ticks_reason.clone(),
+            rollback_ticks_at_least: self.history.rollback_ticks_at_least,
             match_id: core.match_id().to_owned(),
             tick: core.world().tick().0,
             tick_hz,

@@ -13,8 +13,9 @@ use crate::core::CoreStats;
 /// The status of the match and the process, as served by `GET /status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
-    /// "owner" (ticking a match), "standby" (waiting for one), "retired" (handed its match
-    /// over), "fenced" (a successor took its match), "stopped".
+    /// "owner" (ticking a match), "standby" (waiting for one), "preparing" (a standby
+    /// admitting a match's clients ahead of a handoff), "retired" (handed its match over),
+    /// "fenced" (a successor took its match), "stopped".
     pub role: &'static str,
     /// The match this process owns (or watches).
     pub match_id: String,
@@ -28,16 +29,37 @@ pub struct Status {
     pub snapshot_serialize_us: u64,
     /// Snapshots skipped because the writer was busy.
     pub snapshots_dropped: u64,
-    /// Snapshot writes and lease renewals that failed (fenced ones included).
+    /// Snapshot writes that failed (a full or failing disk); the match keeps running.
     pub snapshot_write_errors: u64,
+    /// Lease renewals that failed (the store unreachable) in the current epoch.
+    pub lease_renewal_errors: u64,
+    /// Whether the loop is holding its ticks because its lease is about to lapse.
+    pub lease_lapsed: bool,
+    /// What a crash now would roll back: ticks since the newest snapshot written (the
+    /// whole match if none is).
+    pub rollback_bound_ticks: Option<u64>,
+    /// Snapshots in the store that the last restore refused (corrupt, truncated, foreign).
+    pub snapshots_refused: u64,
+    /// Handoffs begun here that ended with the match still here.
+    pub handoffs_aborted: u64,
+    /// Matches taken back after the successor died before serving.
+    pub takebacks: u64,
     /// Handoffs this process took part in (given or received).
     pub handoffs: u64,
     /// The last handoff's pause (old owner's freeze to our first tick), ms.
     pub handoff_pause_ms: Option<f64>,
     /// Matches restored from the store after an owner died.
     pub restores: u64,
-    /// Ticks lost in the last restore.
+    /// Ticks rolled back by the last restore: exact (0 after a stop that released the
+    /// lease), or null with `rollback_ticks_reason`.
     pub rollback_ticks: Option<u64>,
+    /// Why `rollback_ticks` is null after a restore.
+    pub rollback_ticks_reason: Option<String>,
+    /// A lower bound of the rollback when the exact figure is unknown (the dead owner's
+    /// tick at its last lease renewal, minus the snapshot's).
+    pub rollback_ticks_at_least: Option<u64>,
+    /// Clients connected ahead to this standby for a handoff being prepared.
+    pub prepared_clients: usize,
     /// The last tick simulated.
     pub tick: u64,
     /// Ticks per second.

@@ -4,31 +4,58 @@
 //!
 //! ```text
 //! <data-dir>/matches/<match-id>/
-//!     lease-<epoch>.json                 owner, epoch, expiry (unix ms), tick; the highest
-//!                                        epoch is the lease in force
+//!     lease-<epoch>.json                 owner, epoch, expiry (unix ms), tick, released;
+//!                                        the highest epoch is the lease in force
 //!     snapshot-<epoch>-<tick>.bin        the newest few MatchSnapshots
+//!     <one of the above>.tmp-<pid>-<n>   a write in progress (or left by a crash)
 //! ```
 //!
 //! Every change of ownership bumps the epoch, and a new epoch's lease file is created
 //! exclusively (hard link of a finished temp file: it appears whole, and only once), so two
-//! standbys can never both take epoch e+1. No lock is ever held: an owner frozen mid-write
-//! (SIGSTOP) cannot block its successor. A snapshot write or lease renewal that carries an
-//! older epoch than the newest lease is refused and counted (fencing); a write that raced
-//! a takeover is checked again afterwards and removed. Snapshots are ordered by (epoch,
-//! tick), so a stale owner's late write never counts as the newest. All writes are atomic
-//! (temp file, fsync, rename or link, fsync of the directory).
+//! processes can never both take epoch e+1: not two standbys, nor a standby taking a
+//! handed-over match and its old owner aborting the handoff. No lock is ever held between
+//! processes: an owner frozen mid-write (SIGSTOP) cannot block its successor. A snapshot
+//! write or lease renewal that carries an older epoch than the newest lease is refused and
+//! counted (fencing); a write that raced a takeover is checked again afterwards and
+//! removed. Snapshots are ordered by (epoch, tick), so a stale owner's late write never
+//! counts as the newest. Snapshot writes are atomic (temp file, fsync, rename, fsync of the
+//! directory); a temp file is removed on every failure, and temp files of older epochs
+//! (left by a process that died mid-write) are swept when a newer epoch is acquired.
+//!
+//! A lease file is a fixed-size record ([`LEASE_RECORD_BYTES`]: the JSON padded with
+//! spaces). Its holder renews and releases it by rewriting the record in place (no new
+//! file, no new blocks on a file system that overwrites in place, such as ext4 or XFS), so
+//! renewal still works on a full disk and never waits behind a snapshot write. Readers
+//! read a record until two reads agree, which masks a read torn by a rewrite.
 //!
 //! Across machines the same trait would sit on Redis; only the file store exists so far.
 
-use std::fs::File;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 /// Snapshots kept per match.
 pub const KEEP_SNAPSHOTS: usize = 5;
+
+/// Size of a lease file, bytes: its JSON padded with spaces, so that a renewal rewrites
+/// the same blocks in place.
+pub const LEASE_RECORD_BYTES: usize = 512;
+
+/// Reads of a lease record, at most, before one that does not parse counts as corrupt.
+const LEASE_READ_ATTEMPTS: usize = 3;
+
+/// Leases of older epochs kept for operators (the one in force included).
+const KEEP_LEASES: usize = 3;
+
+/// In a fault dir ([`FileStore::with_fault_dir`]): while it exists, snapshot writes fail.
+pub const SNAPSHOT_WRITE_FAILS: &str = "snapshot-write-fails";
+
+/// In a fault dir ([`FileStore::with_fault_dir`]): while it exists, lease writes fail.
+pub const LEASE_WRITE_FAILS: &str = "lease-write-fails";
 
 /// Who owns a match, at which epoch, until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,12 +69,38 @@ pub struct Lease {
     /// The match's tick at the last renewal: a successor's rollback is measured from it.
     #[serde(default)]
     pub tick: u64,
+    /// The holder gave the match up ([`SnapshotStore::release`]): the lease counts as
+    /// expired whatever `expires_unix_ms` says, and `tick` is the final tick.
+    #[serde(default)]
+    pub released: bool,
+}
+
+impl Lease {
+    /// Whether a standby may take the match over at `now_unix_ms` (without a handoff).
+    pub fn lapsed(&self, now_unix_ms: u64) -> bool {
+        self.released || self.expires_unix_ms <= now_unix_ms
+    }
+}
+
+/// One stored snapshot, as listed by [`SnapshotStore::snapshots_newest_first`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// Its file name, for logs.
+    pub name: String,
+    /// The epoch it was written at.
+    pub epoch: u64,
+    /// The match's tick it holds.
+    pub tick: u64,
+    /// Its bytes (not decoded nor verified: the caller does that), or why they could not
+    /// be read.
+    pub bytes: Result<Vec<u8>, String>,
 }
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Our epoch is older than the lease's: someone else owns the match now.
+    /// Our epoch is not the lease's: someone else owns the match now (or, for a handoff,
+    /// the lease is not at the epoch being handed over; for a renewal, we released it).
     #[error("fenced: the match is owned at epoch {held} by {owner}, ours is {ours}")]
     Fenced {
         /// The lease's epoch.
@@ -67,6 +120,12 @@ pub enum StoreError {
         /// Time left.
         remaining_ms: u64,
     },
+    /// There is no lease to renew, release or take over by handoff.
+    #[error("match has no lease in the store (we presented epoch {ours})")]
+    NoLease {
+        /// The epoch we presented.
+        ours: u64,
+    },
     /// The lease file exists but does not parse.
     #[error("lease file {0} is corrupt: {1}")]
     CorruptLease(PathBuf, String),
@@ -85,13 +144,29 @@ pub trait SnapshotStore: Send + Sync {
         tick: u64,
         bytes: &[u8],
     ) -> Result<(), StoreError>;
-    /// The newest snapshot's bytes, if any.
-    fn latest_snapshot(&self, match_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every stored snapshot of the match (at most [`KEEP_SNAPSHOTS`] once a write has
+    /// pruned them), newest (epoch, tick) first; empty if none. Not decoded: the caller
+    /// restores the first one that verifies and falls back to the next.
+    fn snapshots_newest_first(&self, match_id: &str) -> Result<Vec<StoredSnapshot>, StoreError>;
+    /// The newest snapshot's bytes, if any, even if an older one would verify and this one
+    /// not: prefer [`SnapshotStore::snapshots_newest_first`].
+    fn latest_snapshot(&self, match_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.snapshots_newest_first(match_id)?.into_iter().next() {
+            None => Ok(None),
+            Some(newest) => newest
+                .bytes
+                .map(Some)
+                .map_err(|reason| StoreError::Io(newest.name, std::io::Error::other(reason))),
+        }
+    }
     /// The current lease, if any.
     fn lease(&self, match_id: &str) -> Result<Option<Lease>, StoreError>;
-    /// Takes the match at `epoch`: allowed when there is no lease, when it expired before
-    /// `now_unix_ms`, or with `handoff` (the owner handed it over); `epoch` must be newer
-    /// than the lease's.
+    /// Takes the match at `lease.epoch`, which must be newer than the lease in force.
+    /// Without `handoff`: allowed when there is no lease, or it lapsed (expired before
+    /// `now_unix_ms`, or released). With `handoff` (the owner handed the match over, or
+    /// the owner takes it back to abort a handoff): allowed only when the lease in force
+    /// is at `lease.epoch - 1`, the epoch handed over, live or not. Of two processes taking
+    /// the same epoch, exactly one succeeds; the other is fenced.
     fn acquire(
         &self,
         match_id: &str,
@@ -99,8 +174,12 @@ pub trait SnapshotStore: Send + Sync {
         now_unix_ms: u64,
         handoff: bool,
     ) -> Result<(), StoreError>;
-    /// Extends our lease; refused (fenced) if the lease moved to a newer epoch or owner.
+    /// Extends our lease (same epoch and owner); refused (fenced) if the lease moved to a
+    /// newer epoch or owner, or we released it.
     fn renew(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError>;
+    /// Gives our lease (same epoch and owner) up now, with `lease.tick` as the final tick:
+    /// a watching standby may take over at once. Fenced if the lease moved on.
+    fn release(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError>;
     /// Writes and renewals refused by fencing so far.
     fn fenced_count(&self) -> u64;
 }
@@ -110,6 +189,11 @@ pub trait SnapshotStore: Send + Sync {
 pub struct FileStore {
     root: PathBuf,
     fenced: AtomicU64,
+    /// Test-only fault injection: see [`FileStore::with_fault_dir`].
+    fault_dir: Option<PathBuf>,
+    /// Orders this process's in-place lease rewrites (a renewal racing our own release
+    /// must not revive the lease). Never held across a snapshot write.
+    lease_writes: Mutex<()>,
 }
 
 impl FileStore {
@@ -118,7 +202,39 @@ impl FileStore {
         Self {
             root: data_dir.join("matches"),
             fenced: AtomicU64::new(0),
+            fault_dir: None,
+            lease_writes: Mutex::new(()),
         }
+    }
+
+    /// For tests only (the binary sets it from `ARENA_TEST_FAULT_DIR`): a full disk on
+    /// demand. While `<dir>/snapshot-write-fails` ([`SNAPSHOT_WRITE_FAILS`]) exists, every
+    /// snapshot write fails with [`std::io::ErrorKind::StorageFull`] after creating its
+    /// temp file (which it then removes), like a real ENOSPC; while
+    /// `<dir>/lease-write-fails` ([`LEASE_WRITE_FAILS`]) exists, so do
+    /// [`SnapshotStore::acquire`], [`SnapshotStore::renew`] and
+    /// [`SnapshotStore::release`]. Costs one `Path::exists` per write when set, nothing
+    /// when `None`.
+    pub fn with_fault_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.fault_dir = dir;
+        self
+    }
+
+    /// Names of the temp files in the match's directory (writes in progress, or left by
+    /// a process that died mid-write), sorted.
+    pub fn temp_files(&self, match_id: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.dir(match_id)?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let entry = entry.map_err(|e| io(&dir, e))?;
+            if let Some(name) = entry.file_name().to_str()
+                && name.contains(TEMP_MARK)
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     fn dir(&self, match_id: &str) -> Result<PathBuf, StoreError> {
@@ -151,6 +267,62 @@ impl FileStore {
             owner: held.owner.clone(),
             ours,
         }
+    }
+
+    /// The injected fault for a write, if its file is present in the fault dir.
+    fn fault(&self, name: &str) -> Option<std::io::Error> {
+        let dir = self.fault_dir.as_ref()?;
+        dir.join(name).exists().then(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("injected fault: {} exists", dir.join(name).display()),
+            )
+        })
+    }
+
+    /// Fails if the lease in force is not `lease` (same epoch and owner), or was released
+    /// unless `released_ok`.
+    fn check_holder(&self, dir: &Path, lease: &Lease, released_ok: bool) -> Result<(), StoreError> {
+        match read_lease(dir)? {
+            None => Err(StoreError::NoLease { ours: lease.epoch }),
+            Some(held)
+                if held.epoch != lease.epoch
+                    || held.owner != lease.owner
+                    || (held.released && !released_ok) =>
+            {
+                Err(self.fence(&held, lease.epoch))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Checks that we hold the lease (released, only if `record` releases it again), then
+    /// rewrites its record in place with `record`.
+    fn rewrite_lease(
+        &self,
+        match_id: &str,
+        lease: &Lease,
+        record: &Lease,
+    ) -> Result<(), StoreError> {
+        let dir = self.dir(match_id)?;
+        let bytes = lease_record(record, &dir)?;
+        let _order = self.lease_writes.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_holder(&dir, lease, record.released)?;
+        let path = lease_path(&dir, lease.epoch);
+        if let Some(fault) = self.fault(LEASE_WRITE_FAILS) {
+            return Err(io(&path, fault));
+        }
+        rewrite_in_place(&path, &bytes)
+    }
+
+    /// Removes the temp files of epochs before `epoch`: their writers are fenced or dead.
+    fn sweep_temp_files(&self, match_id: &str, dir: &Path, epoch: u64) -> Result<(), StoreError> {
+        for name in self.temp_files(match_id)? {
+            if temp_epoch(&name).is_some_and(|e| e < epoch) {
+                let _ = std::fs::remove_file(dir.join(&name));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -189,28 +361,135 @@ fn read_lease(dir: &Path) -> Result<Option<Lease>, StoreError> {
     let Some((_, path)) = numbered(dir, "lease-", ".json")?.pop() else {
         return Ok(None);
     };
-    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| StoreError::CorruptLease(path, e.to_string()))
+    parse_stable(&path, || std::fs::read(&path)).map(Some)
+}
+
+/// Reads a lease record with `read` until two reads agree (at most
+/// [`LEASE_READ_ATTEMPTS`] reads), then parses it: a read torn by an in-place rewrite
+/// (part old record, part new) differs from the next read, so it is never believed.
+fn parse_stable(
+    path: &Path,
+    mut read: impl FnMut() -> std::io::Result<Vec<u8>>,
+) -> Result<Lease, StoreError> {
+    let mut previous = read().map_err(|e| io(path, e))?;
+    for _ in 1..LEASE_READ_ATTEMPTS {
+        let current = read().map_err(|e| io(path, e))?;
+        if current == previous {
+            break;
+        }
+        previous = current;
+    }
+    serde_json::from_slice(&previous)
+        .map_err(|e| StoreError::CorruptLease(path.to_path_buf(), e.to_string()))
 }
 
 fn lease_path(dir: &Path, epoch: u64) -> PathBuf {
     dir.join(format!("lease-{epoch:020}.json"))
 }
 
-/// Writes `bytes` to a fresh temp file next to `path`, synced.
-fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+/// `lease` as a lease file's fixed-size record: JSON, padded with spaces, a newline last.
+fn lease_record(lease: &Lease, dir: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = serde_json::to_vec(lease).map_err(|e| io(dir, std::io::Error::other(e)))?;
+    if bytes.len() >= LEASE_RECORD_BYTES {
+        return Err(io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "lease of {} bytes does not fit a {LEASE_RECORD_BYTES}-byte record (owner too long?)",
+                    bytes.len()
+                ),
+            ),
+        ));
+    }
+    bytes.resize(LEASE_RECORD_BYTES - 1, b' ');
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Overwrites the start of the existing file `path` with `bytes`, synced: no truncation,
+/// no new file. A lease file already of that size needs no new blocks.
+fn rewrite_in_place(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
+    file.write_all(bytes).map_err(|e| io(path, e))?;
+    // A lease file from before fixed-size records may be longer than one.
+    let len = file.metadata().map_err(|e| io(path, e))?.len();
+    if len > bytes.len() as u64 {
+        file.set_len(bytes.len() as u64).map_err(|e| io(path, e))?;
+    }
+    file.sync_data().map_err(|e| io(path, e))
+}
+
+/// What a temp file's name carries after its target's name.
+const TEMP_MARK: &str = ".tmp-";
+
+/// The epoch a temp file was written for, from its name (`snapshot-<epoch>-<tick>.bin.tmp-…`
+/// or `lease-<epoch>.json.tmp-…`).
+fn temp_epoch(name: &str) -> Option<u64> {
+    let (target, _) = name.split_once(TEMP_MARK)?;
+    let rest = target
+        .strip_prefix("snapshot-")
+        .or_else(|| target.strip_prefix("lease-"))?;
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+/// A temp file, removed when dropped unless it was renamed away.
+struct Temp {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Temp {
+    /// The path was renamed away: nothing to remove.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes `bytes` to a fresh temp file next to `path` (named after it, so it carries
+/// its epoch), synced; `fault` fails the write once the file exists, as a full disk
+/// would. The temp file is removed on failure, and when the returned guard drops.
+fn write_temp(
+    path: &Path,
+    bytes: &[u8],
+    fault: Option<std::io::Error>,
+) -> Result<Temp, StoreError> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let tmp = path.with_extension(format!(
-        "tmp-{}-{}",
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        "{TEMP_MARK}{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    Ok(tmp)
+    let tmp = path.with_file_name(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| io(&tmp, e))?;
+    let temp = Temp {
+        path: tmp,
+        armed: true,
+    };
+    if let Some(fault) = fault {
+        return Err(io(&temp.path, fault));
+    }
+    file.write_all(bytes).map_err(|e| io(&temp.path, e))?;
+    file.sync_all().map_err(|e| io(&temp.path, e))?;
+    Ok(temp)
 }
 
 fn sync_dir(path: &Path) {
@@ -222,19 +501,28 @@ fn sync_dir(path: &Path) {
 }
 
 /// Writes `bytes` to `path` atomically, replacing what was there.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = write_temp(path, bytes)?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    fault: Option<std::io::Error>,
+) -> Result<(), StoreError> {
+    let temp = write_temp(path, bytes, fault)?;
+    std::fs::rename(&temp.path, path).map_err(|e| io(path, e))?;
+    temp.disarm();
     sync_dir(path);
     Ok(())
 }
 
 /// Creates `path` with `bytes`, atomically and only if it does not exist: `Ok(false)` if
 /// another process created it first.
-fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
-    let tmp = write_temp(path, bytes)?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
+fn create_exclusive(
+    path: &Path,
+    bytes: &[u8],
+    fault: Option<std::io::Error>,
+) -> Result<bool, StoreError> {
+    let temp = write_temp(path, bytes, fault)?;
+    let linked = std::fs::hard_link(&temp.path, path);
+    drop(temp);
     match linked {
         Ok(()) => {
             sync_dir(path);
@@ -260,7 +548,15 @@ impl SnapshotStore for FileStore {
             return Err(self.fence(&lease, epoch));
         }
         let path = dir.join(format!("snapshot-{epoch:020}-{tick:020}.bin"));
-        write_atomic(&path, bytes)?;
+        if let Err(error) = write_atomic(&path, bytes, self.fault(SNAPSHOT_WRITE_FAILS)) {
+            // A successor's sweep removes a fenced writer's temp file: say why it failed.
+            if let Ok(Some(lease)) = read_lease(&dir)
+                && lease.epoch > epoch
+            {
+                return Err(self.fence(&lease, epoch));
+            }
+            return Err(error);
+        }
         // A successor may have taken over while we wrote: then this write never happened.
         if let Some(lease) = read_lease(&dir)?
             && lease.epoch > epoch
@@ -278,12 +574,24 @@ impl SnapshotStore for FileStore {
         Ok(())
     }
 
-    fn latest_snapshot(&self, match_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn snapshots_newest_first(&self, match_id: &str) -> Result<Vec<StoredSnapshot>, StoreError> {
         let dir = self.dir(match_id)?;
-        let Some((_, path)) = numbered(&dir, "snapshot-", ".bin")?.pop() else {
-            return Ok(None);
-        };
-        std::fs::read(&path).map(Some).map_err(|e| io(&path, e))
+        let mut found = Vec::new();
+        for (numbers, path) in numbered(&dir, "snapshot-", ".bin")?.into_iter().rev() {
+            let [epoch, tick] = numbers[..] else {
+                continue;
+            };
+            found.push(StoredSnapshot {
+                name: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                epoch,
+                tick,
+                bytes: std::fs::read(&path).map_err(|e| e.to_string()),
+            });
+        }
+        Ok(found)
     }
 
     fn lease(&self, match_id: &str) -> Result<Option<Lease>, StoreError> {
@@ -298,41 +606,60 @@ impl SnapshotStore for FileStore {
         handoff: bool,
     ) -> Result<(), StoreError> {
         let dir = self.dir(match_id)?;
-        if let Some(held) = read_lease(&dir)? {
-            if held.epoch >= lease.epoch {
+        match read_lease(&dir)? {
+            Some(held) if held.epoch >= lease.epoch => {
                 return Err(self.fence(&held, lease.epoch));
             }
-            if !handoff && held.expires_unix_ms > now_unix_ms {
+            // A handoff moves the epoch handed over to the next one, nothing else: a sealed
+            // snapshot replayed after the match moved on is refused.
+            Some(held) if handoff && held.epoch != lease.epoch - 1 => {
+                return Err(self.fence(&held, lease.epoch));
+            }
+            Some(held) if !handoff && !held.lapsed(now_unix_ms) => {
                 return Err(StoreError::Held {
+                    remaining_ms: held.expires_unix_ms - now_unix_ms,
                     owner: held.owner,
                     epoch: held.epoch,
-                    remaining_ms: held.expires_unix_ms - now_unix_ms,
                 });
             }
+            None if handoff => return Err(StoreError::NoLease { ours: lease.epoch }),
+            _ => {}
         }
-        let json = serde_json::to_vec(lease).map_err(|e| io(&dir, std::io::Error::other(e)))?;
-        if !create_exclusive(&lease_path(&dir, lease.epoch), &json)? {
+        let record = Lease {
+            released: false,
+            ..lease.clone()
+        };
+        let bytes = lease_record(&record, &dir)?;
+        let path = lease_path(&dir, lease.epoch);
+        if !create_exclusive(&path, &bytes, self.fault(LEASE_WRITE_FAILS))? {
             // Another process took this epoch first.
             let held = read_lease(&dir)?.unwrap_or_else(|| lease.clone());
             return Err(self.fence(&held, lease.epoch));
         }
+        self.sweep_temp_files(match_id, &dir, lease.epoch)?;
         // Old leases are history; keep the last few for operators.
         let leases = numbered(&dir, "lease-", ".json")?;
-        for (_, old) in leases.iter().take(leases.len().saturating_sub(3)) {
+        for (_, old) in leases.iter().take(leases.len().saturating_sub(KEEP_LEASES)) {
             let _ = std::fs::remove_file(old);
         }
         Ok(())
     }
 
     fn renew(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError> {
-        let dir = self.dir(match_id)?;
-        if let Some(held) = read_lease(&dir)?
-            && (held.epoch != lease.epoch || held.owner != lease.owner)
-        {
-            return Err(self.fence(&held, lease.epoch));
-        }
-        let json = serde_json::to_vec(lease).map_err(|e| io(&dir, std::io::Error::other(e)))?;
-        write_atomic(&lease_path(&dir, lease.epoch), &json)
+        let record = Lease {
+            released: false,
+            ..lease.clone()
+        };
+        self.rewrite_lease(match_id, lease, &record)
+    }
+
+    fn release(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError> {
+        let record = Lease {
+            expires_unix_ms: 0,
+            released: true,
+            ..lease.clone()
+        };
+        self.rewrite_lease(match_id, lease, &record)
     }
 
     fn fenced_count(&self) -> u64 {
@@ -343,12 +670,16 @@ impl SnapshotStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Barrier};
 
+    /// A fresh store in a directory no other test (nor test run) shares.
     fn store() -> (FileStore, PathBuf) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "arena-store-{}-{:?}",
+            "arena-store-{}-{:?}-{}",
             std::process::id(),
-            std::thread::current().id()
+            std::thread::current().id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
         (FileStore::new(&dir), dir)
@@ -360,7 +691,23 @@ mod tests {
             epoch,
             expires_unix_ms: expires,
             tick: 0,
+            released: false,
         }
+    }
+
+    fn snapshot_path(dir: &Path, epoch: u64, tick: u64) -> PathBuf {
+        dir.join(format!("matches/m/snapshot-{epoch:020}-{tick:020}.bin"))
+    }
+
+    fn is_storage_full(result: Result<(), StoreError>) -> bool {
+        matches!(result, Err(StoreError::Io(_, e)) if e.kind() == std::io::ErrorKind::StorageFull)
+    }
+
+    #[test]
+    fn the_store_is_object_safe() {
+        let (store, _dir) = store();
+        let store: Arc<dyn SnapshotStore> = Arc::new(store);
+        assert!(store.snapshots_newest_first("m").expect("lists").is_empty());
     }
 
     #[test]
@@ -375,9 +722,61 @@ mod tests {
                 .expect("writes");
         }
         assert_eq!(store.latest_snapshot("m").expect("reads"), Some(vec![7]));
+        let listed = store.snapshots_newest_first("m").expect("lists");
+        assert_eq!(
+            listed.iter().map(|s| (s.epoch, s.tick)).collect::<Vec<_>>(),
+            [(1, 420), (1, 360), (1, 300), (1, 240), (1, 180)]
+        );
+        assert_eq!(listed[0].bytes, Ok(vec![7]));
+        assert_eq!(listed[4].bytes, Ok(vec![3]));
+        assert_eq!(
+            listed[0].name,
+            format!("snapshot-{:020}-{:020}.bin", 1, 420)
+        );
         let kept = numbered(&dir.join("matches/m"), "snapshot-", ".bin").expect("lists");
         assert_eq!(kept.len(), KEEP_SNAPSHOTS);
         assert_eq!(store.latest_snapshot("other").expect("reads"), None);
+        assert!(
+            store
+                .snapshots_newest_first("other")
+                .expect("lists")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_unreadable_newest_snapshot_is_listed_before_its_older_siblings() {
+        let (store, dir) = store();
+        store
+            .acquire("m", &lease("a", 1, 1000), 0, false)
+            .expect("free");
+        for tick in [60, 120, 180] {
+            store
+                .write_snapshot("m", 1, tick, format!("full {tick}").as_bytes())
+                .expect("writes");
+        }
+        // The newest is cut short (a crash mid-write on a file system that lost it)...
+        let newest = File::options()
+            .write(true)
+            .open(snapshot_path(&dir, 1, 180))
+            .expect("opens");
+        newest.set_len(3).expect("truncates");
+        // ...and the next epoch's, though at a lower tick, cannot be read at all.
+        store
+            .acquire("m", &lease("b", 2, 9000), 2000, false)
+            .expect("expired");
+        std::fs::create_dir(snapshot_path(&dir, 2, 30)).expect("a directory in its place");
+        let listed = store.snapshots_newest_first("m").expect("lists");
+        assert_eq!(
+            listed.iter().map(|s| (s.epoch, s.tick)).collect::<Vec<_>>(),
+            [(2, 30), (1, 180), (1, 120), (1, 60)]
+        );
+        assert!(listed[0].bytes.is_err(), "{:?}", listed[0].bytes);
+        assert_eq!(listed[1].bytes, Ok(b"ful".to_vec()));
+        assert_eq!(listed[2].bytes, Ok(b"full 120".to_vec()));
+        assert_eq!(listed[3].bytes, Ok(b"full 60".to_vec()));
+        // The convenience method reports the newest's failure rather than skipping it.
+        assert!(store.latest_snapshot("m").is_err());
     }
 
     #[test]
@@ -389,7 +788,10 @@ mod tests {
         // B may not take an unexpired lease without a handoff...
         assert!(matches!(
             store.acquire("m", &lease("b", 2, 3000), 500, false),
-            Err(StoreError::Held { .. })
+            Err(StoreError::Held {
+                remaining_ms: 500,
+                ..
+            })
         ));
         // ...but may once it expired.
         store
@@ -428,6 +830,382 @@ mod tests {
     }
 
     #[test]
+    fn a_handoff_is_taken_only_from_the_epoch_handed_over() {
+        let (store, _dir) = store();
+        // Nothing to hand over without a lease.
+        assert!(matches!(
+            store.acquire("m", &lease("b", 2, 9000), 0, true),
+            Err(StoreError::NoLease { ours: 2 })
+        ));
+        store
+            .acquire("m", &lease("a", 1, 10_000), 0, false)
+            .expect("free");
+        // Skipping an epoch is no handoff of the lease in force.
+        assert!(matches!(
+            store.acquire("m", &lease("b", 3, 9000), 100, true),
+            Err(StoreError::Fenced {
+                held: 1,
+                ours: 3,
+                ..
+            })
+        ));
+        // A's live epoch 1, handed over, becomes b's epoch 2.
+        store
+            .acquire("m", &lease("b", 2, 9000), 100, true)
+            .expect("handoff of epoch 1");
+        // The match moves on (b's lease lapses, c takes epoch 3)...
+        store
+            .acquire("m", &lease("c", 3, 20_000), 9500, false)
+            .expect("expired");
+        // ...and the sealed snapshot of epoch 1, replayed, is refused at epoch 2 and,
+        // renumbered, at 4.
+        assert!(matches!(
+            store.acquire("m", &lease("d", 2, 30_000), 9600, true),
+            Err(StoreError::Fenced { held: 3, .. })
+        ));
+        assert!(matches!(
+            store.acquire("m", &lease("d", 5, 30_000), 9600, true),
+            Err(StoreError::Fenced { held: 3, .. })
+        ));
+        assert_eq!(
+            store.lease("m").expect("reads").map(|l| (l.owner, l.epoch)),
+            Some(("c".into(), 3))
+        );
+        // A handoff of epoch 3 is still allowed.
+        store
+            .acquire("m", &lease("d", 4, 30_000), 9600, true)
+            .expect("handoff of epoch 3");
+    }
+
+    #[test]
+    fn of_a_standby_taking_a_handoff_and_the_owner_aborting_it_exactly_one_wins() {
+        let (store, _dir) = store();
+        let store = Arc::new(store);
+        let mut wins = [0u32; 2];
+        for round in 0..40 {
+            let id = format!("race-{round}");
+            store
+                .acquire(&id, &lease("owner", 1, u64::MAX), 0, false)
+                .expect("free");
+            let barrier = Arc::new(Barrier::new(2));
+            let racers: Vec<_> = ["standby", "owner"]
+                .into_iter()
+                .map(|who| {
+                    let (store, barrier, id) =
+                        (Arc::clone(&store), Arc::clone(&barrier), id.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        store.acquire(&id, &lease(who, 2, u64::MAX), 1, true)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = racers
+                .into_iter()
+                .map(|r| r.join().expect("racer ran"))
+                .collect();
+            let winners: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            let winner = winners[0];
+            wins[winner] += 1;
+            assert!(
+                matches!(
+                    &results[1 - winner],
+                    Err(StoreError::Fenced { held: 2, .. })
+                ),
+                "round {round}: {results:?}"
+            );
+            assert_eq!(
+                store.lease(&id).expect("reads").map(|l| l.owner),
+                Some(["standby", "owner"][winner].to_owned())
+            );
+            assert!(store.temp_files(&id).expect("lists").is_empty());
+        }
+        assert_eq!(wins[0] + wins[1], 40);
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once_and_only_its_holder_releases_it() {
+        let (store, _dir) = store();
+        store
+            .acquire("m", &lease("a", 1, 10_000), 0, false)
+            .expect("free");
+        assert!(matches!(
+            store.acquire("m", &lease("b", 2, 20_000), 500, false),
+            Err(StoreError::Held { .. })
+        ));
+        // Not b's to release.
+        assert!(matches!(
+            store.release("m", &lease("b", 1, 10_000)),
+            Err(StoreError::Fenced { held: 1, .. })
+        ));
+        let mut last = lease("a", 1, 10_000);
+        last.tick = 777;
+        store.release("m", &last).expect("the holder releases");
+        store.release("m", &last).expect("twice is harmless");
+        let released = store.lease("m").expect("reads").expect("a lease");
+        assert!(released.released);
+        assert_eq!((released.expires_unix_ms, released.tick), (0, 777));
+        // A late renewal must not revive it.
+        assert!(matches!(
+            store.renew("m", &lease("a", 1, 10_000)),
+            Err(StoreError::Fenced { held: 1, .. })
+        ));
+        // The clock says a's lease has 9.5 s left: it is taken anyway.
+        store
+            .acquire("m", &lease("b", 2, 20_000), 500, false)
+            .expect("released");
+        assert!(matches!(
+            store.release("m", &last),
+            Err(StoreError::Fenced { held: 2, .. })
+        ));
+        let held = store.lease("m").expect("reads").expect("a lease");
+        assert_eq!((held.owner.as_str(), held.released), ("b", false));
+    }
+
+    #[test]
+    fn a_released_flag_set_by_hand_counts_whatever_the_clock() {
+        let mut l = lease("a", 1, 10_000);
+        assert!(!l.lapsed(9_999) && l.lapsed(10_000));
+        l.released = true;
+        assert!(l.lapsed(0));
+        // Lease files written before the flag existed still parse.
+        let old: Lease =
+            serde_json::from_str(r#"{"owner":"a","epoch":1,"expires_unix_ms":5}"#).expect("parses");
+        assert!(!old.released);
+    }
+
+    #[cfg(unix)]
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).expect("stat").ino()
+    }
+
+    #[test]
+    fn renewal_rewrites_the_fixed_size_record_in_place_even_when_snapshot_writes_fail() {
+        let (store, dir) = store();
+        let faults = dir.join("faults");
+        std::fs::create_dir_all(&faults).expect("fault dir");
+        let store = store.with_fault_dir(Some(faults.clone()));
+        store
+            .acquire("m", &lease("a", 1, 1000), 0, false)
+            .expect("free");
+        let path = dir.join(format!("matches/m/lease-{:020}.json", 1));
+        let size = || std::fs::metadata(&path).expect("stat").len();
+        assert_eq!(size(), LEASE_RECORD_BYTES as u64);
+        #[cfg(unix)]
+        let before = inode(&path);
+        File::create(faults.join(SNAPSHOT_WRITE_FAILS)).expect("disk full for snapshots");
+        assert!(is_storage_full(store.write_snapshot("m", 1, 60, b"s")));
+        let mut renewal = lease("a", 1, 5000);
+        renewal.tick = 42;
+        store.renew("m", &renewal).expect("renews");
+        assert_eq!(size(), LEASE_RECORD_BYTES as u64);
+        #[cfg(unix)]
+        assert_eq!(inode(&path), before, "renewed in place, not replaced");
+        assert_eq!(store.lease("m").expect("reads"), Some(renewal.clone()));
+        // The record is JSON padded with spaces.
+        let bytes = std::fs::read(&path).expect("reads");
+        assert!(bytes.starts_with(b"{") && bytes.ends_with(b"    \n"));
+        // A shorter record after a longer one leaves no trailing garbage.
+        store.renew("m", &lease("a", 1, 6)).expect("renews");
+        assert_eq!(
+            store.lease("m").expect("reads").map(|l| l.expires_unix_ms),
+            Some(6)
+        );
+
+        // With lease writes failing too: renewal, release and acquire fail, change nothing,
+        // and leave no temp file.
+        File::create(faults.join(LEASE_WRITE_FAILS)).expect("disk full for leases");
+        assert!(is_storage_full(store.renew("m", &lease("a", 1, 9000))));
+        assert!(is_storage_full(store.release("m", &lease("a", 1, 9000))));
+        assert!(is_storage_full(store.acquire(
+            "m",
+            &lease("b", 2, 9000),
+            100,
+            false
+        )));
+        assert_eq!(
+            store
+                .lease("m")
+                .expect("reads")
+                .map(|l| (l.epoch, l.expires_unix_ms)),
+            Some((1, 6))
+        );
+        assert!(store.temp_files("m").expect("lists").is_empty());
+        std::fs::remove_file(faults.join(LEASE_WRITE_FAILS)).expect("space again");
+        store.renew("m", &lease("a", 1, 9000)).expect("renews");
+    }
+
+    #[test]
+    fn a_failed_snapshot_write_fails_with_storage_full_and_leaves_no_temp_file() {
+        let (store, dir) = store();
+        let faults = dir.join("faults");
+        std::fs::create_dir_all(&faults).expect("fault dir");
+        let store = store.with_fault_dir(Some(faults.clone()));
+        store
+            .acquire("m", &lease("a", 1, 1000), 0, false)
+            .expect("free");
+        store.write_snapshot("m", 1, 60, b"before").expect("writes");
+        File::create(faults.join(SNAPSHOT_WRITE_FAILS)).expect("disk full");
+        assert!(is_storage_full(store.write_snapshot("m", 1, 120, b"lost")));
+        assert!(store.temp_files("m").expect("lists").is_empty());
+        assert!(!snapshot_path(&dir, 1, 120).exists());
+        assert_eq!(
+            store.latest_snapshot("m").expect("reads"),
+            Some(b"before".to_vec())
+        );
+        std::fs::remove_file(faults.join(SNAPSHOT_WRITE_FAILS)).expect("space again");
+        store.write_snapshot("m", 1, 180, b"after").expect("writes");
+        assert_eq!(
+            store.latest_snapshot("m").expect("reads"),
+            Some(b"after".to_vec())
+        );
+
+        // A real failure after the temp file was written (the rename fails: a non-empty
+        // directory sits at the target) removes it too.
+        let blocker = snapshot_path(&dir, 1, 240);
+        std::fs::create_dir_all(blocker.join("x")).expect("blocker");
+        assert!(matches!(
+            store.write_snapshot("m", 1, 240, b"blocked"),
+            Err(StoreError::Io(..))
+        ));
+        assert!(store.temp_files("m").expect("lists").is_empty());
+    }
+
+    #[test]
+    fn temp_files_carry_their_epoch_and_older_ones_are_swept_on_acquire() {
+        let (store, dir) = store();
+        let match_dir = dir.join("matches/m");
+        store
+            .acquire("m", &lease("a", 1, 1000), 0, false)
+            .expect("free");
+        // Names of temps as this store makes them.
+        let temp = write_temp(&snapshot_path(&dir, 7, 60), b"x", None).expect("writes");
+        let name = temp
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a name")
+            .to_owned();
+        assert!(
+            name.starts_with(&format!("snapshot-{:020}-{:020}.bin.tmp-", 7, 60)),
+            "{name}"
+        );
+        assert_eq!(temp_epoch(&name), Some(7));
+        assert_eq!(store.temp_files("m").expect("lists"), [name]);
+        drop(temp);
+        assert!(store.temp_files("m").expect("lists").is_empty());
+        assert_eq!(
+            temp_epoch(&format!("lease-{:020}.json.tmp-1-2", 3)),
+            Some(3)
+        );
+
+        // Left by processes that died mid-write: epoch 1's go when epoch 2 is taken,
+        // epoch 2's (a writer of the new epoch) stay.
+        let stale = [
+            format!("snapshot-{:020}-{:020}.bin.tmp-99999-0", 1, 60),
+            format!("lease-{:020}.json.tmp-99999-1", 1),
+            format!("snapshot-{:020}-{:020}.tmp-99999-2", 1, 30), // an older naming
+        ];
+        let current = format!("snapshot-{:020}-{:020}.bin.tmp-99999-3", 2, 5);
+        for name in stale.iter().chain([&current]) {
+            std::fs::write(match_dir.join(name), b"partial").expect("writes");
+        }
+        assert_eq!(store.temp_files("m").expect("lists").len(), 4);
+        store
+            .acquire("m", &lease("b", 2, 5000), 2000, false)
+            .expect("expired");
+        assert_eq!(store.temp_files("m").expect("lists"), [current]);
+        // Temp files never count as snapshots or leases.
+        assert!(store.snapshots_newest_first("m").expect("lists").is_empty());
+        assert_eq!(store.lease("m").expect("reads").map(|l| l.epoch), Some(2));
+    }
+
+    #[test]
+    fn a_torn_lease_read_is_retried_until_two_reads_agree() {
+        let dir = Path::new("lease-test.json");
+        let old = lease_record(&lease("a", 1, 1_111_111_111_111), dir).expect("fits");
+        let new = lease_record(&lease("a", 1, 2_222_222_222_222), dir).expect("fits");
+        let digits = old
+            .windows(3)
+            .position(|w| w == b"111")
+            .expect("the expiry");
+        // Part new, part old, mid-number: it parses, to an expiry nobody wrote...
+        let mut torn = new[..digits + 5].to_vec();
+        torn.extend_from_slice(&old[digits + 5..]);
+        let believed: Lease = serde_json::from_slice(&torn).expect("a torn record may parse");
+        assert_eq!(believed.expires_unix_ms, 2_222_211_111_111);
+        // ...and is not believed, nor is one cut short.
+        for first in [torn, new[..100].to_vec()] {
+            let mut reads = vec![first, new.clone(), new.clone()].into_iter();
+            let mut calls = 0;
+            let lease = parse_stable(dir, || {
+                calls += 1;
+                reads.next().ok_or_else(|| std::io::Error::other("no more"))
+            })
+            .expect("retried");
+            assert_eq!(lease.expires_unix_ms, 2_222_222_222_222);
+            assert_eq!(calls, 3);
+        }
+        // A record that stays corrupt is reported, after two reads...
+        let mut calls = 0;
+        let stuck = parse_stable(dir, || {
+            calls += 1;
+            Ok(b"{\"owner\": garbage".to_vec())
+        });
+        assert!(matches!(stuck, Err(StoreError::CorruptLease(..))));
+        assert_eq!(calls, 2);
+        // ...and one that never settles, after a bounded number.
+        let mut calls = 0;
+        let unsettled = parse_stable(dir, || {
+            calls += 1;
+            Ok(format!("{{ torn {calls}").into_bytes())
+        });
+        assert!(matches!(unsettled, Err(StoreError::CorruptLease(..))));
+        assert_eq!(calls, LEASE_READ_ATTEMPTS);
+    }
+
+    #[test]
+    fn reads_racing_in_place_renewals_always_see_a_written_lease() {
+        let (store, dir) = store();
+        store
+            .acquire("m", &lease("a", 1, 1_000_000), 0, false)
+            .expect("free");
+        let store = Arc::new(store);
+        let renewer = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 1..=300u64 {
+                    // Expiries of different lengths: a torn read would show.
+                    store
+                        .renew("m", &lease("a", 1, 1_000_000 * (i % 7 + 1) + i))
+                        .expect("renews");
+                }
+            })
+        };
+        let mut seen = 0;
+        while !renewer.is_finished() {
+            let held = store.lease("m").expect("a whole record").expect("a lease");
+            let e = held.expires_unix_ms;
+            let i = e % 1_000_000;
+            assert!(i == 0 || e == 1_000_000 * (i % 7 + 1) + i, "torn: {e}");
+            seen += 1;
+        }
+        renewer.join().expect("renewer ran");
+        assert!(seen > 0);
+        // A corrupt record on disk is reported as such.
+        std::fs::write(
+            dir.join(format!("matches/m/lease-{:020}.json", 1)),
+            b"{oops",
+        )
+        .expect("writes");
+        assert!(matches!(
+            store.lease("m"),
+            Err(StoreError::CorruptLease(..))
+        ));
+    }
+
+    #[test]
     fn only_one_process_takes_an_epoch_and_a_stale_write_never_becomes_the_newest() {
         let (store, dir) = store();
         store
@@ -448,14 +1226,15 @@ mod tests {
             .expect("b writes");
         // A late write by the old owner (it passed its check before b took over) lands
         // on disk as epoch 1: it does not outrank b's.
-        write_atomic(
-            &dir.join(format!("matches/m/snapshot-{:020}-{:020}.bin", 1, 900)),
-            b"a at 900",
-        )
-        .expect("raw write");
+        write_atomic(&snapshot_path(&dir, 1, 900), b"a at 900", None).expect("raw write");
         assert_eq!(
             store.latest_snapshot("m").expect("reads"),
             Some(b"b at 400".to_vec())
+        );
+        let listed = store.snapshots_newest_first("m").expect("lists");
+        assert_eq!(
+            listed.iter().map(|s| (s.epoch, s.tick)).collect::<Vec<_>>(),
+            [(2, 400), (1, 900), (1, 500)]
         );
     }
 
@@ -464,6 +1243,7 @@ mod tests {
         let (store, _dir) = store();
         for id in ["", "..", "a/b", "a b"] {
             assert!(store.lease(id).is_err(), "{id:?}");
+            assert!(store.snapshots_newest_first(id).is_err(), "{id:?}");
         }
     }
 }

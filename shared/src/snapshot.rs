@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! magic    8   "ARENAMSN"
-//! version  u16 format version (this build reads 1)
+//! version  u16 format version (this build reads 2 only)
 //! build    u64 build id of the writer (informational: a deployment hands off to a newer build)
 //! match    u16 length, then UTF-8 match id
 //! epoch    u64 ownership epoch of the writer
@@ -24,7 +24,7 @@ use crate::sim::{PlayerId, Tick, World};
 /// The first 8 bytes of every snapshot.
 pub const MAGIC: &[u8; 8] = b"ARENAMSN";
 /// The format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest payload accepted, bytes (a 1024-player match is well under 1 MiB).
 pub const MAX_PAYLOAD_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_MATCH_ID_BYTES: usize = 256;
@@ -40,6 +40,8 @@ pub struct RosterEntry {
     pub name: String,
     /// Newest input sequence applied; older ones were all applied.
     pub last_applied_input: u32,
+    /// Input frames of this player applied by the match (format 2).
+    pub inputs_applied: u64,
 }
 
 /// Everything a match is, besides connections.
@@ -83,6 +85,14 @@ pub enum SnapshotError {
         /// In the file.
         found: u16,
         /// Newest this build reads.
+        supported: u16,
+    },
+    /// Written by an older format this build no longer reads.
+    #[error("snapshot format {found} is older than this build reads ({supported})")]
+    OlderFormat {
+        /// In the file.
+        found: u16,
+        /// The format this build reads.
         supported: u16,
     },
     /// Another match's snapshot.
@@ -198,8 +208,11 @@ fn parse(bytes: &[u8]) -> Result<(SnapshotHeader, u64, usize), SnapshotError> {
             supported: FORMAT_VERSION,
         });
     }
-    if format_version == 0 {
-        return Err(SnapshotError::Malformed("format version 0".into()));
+    if format_version < FORMAT_VERSION {
+        return Err(SnapshotError::OlderFormat {
+            found: format_version,
+            supported: FORMAT_VERSION,
+        });
     }
     let build_id = r.u64().map_err(truncated)?;
     let id_len = usize::from(r.u16().map_err(truncated)?);
@@ -269,6 +282,7 @@ mod tests {
                 player: PlayerId(1),
                 name: "ann".into(),
                 last_applied_input: 42,
+                inputs_applied: 40,
             }],
             next_player_id: 7,
         }
@@ -345,6 +359,12 @@ mod tests {
         assert!(matches!(
             decode(&newer, "m1"),
             Err(SnapshotError::NewerFormat { .. })
+        ));
+        let mut older = bytes.clone();
+        older[8..10].copy_from_slice(&1u16.to_le_bytes());
+        assert!(matches!(
+            decode(&older, "m1"),
+            Err(SnapshotError::OlderFormat { found: 1, .. })
         ));
         assert!(matches!(
             decode(&bytes, "m2"),

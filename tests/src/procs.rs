@@ -66,22 +66,52 @@ impl ServerProcess {
     /// Starts the server on OS-chosen loopback ports and waits (at most 20 s) until it
     /// logs that it is serving.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::start_with(data_dir, extra_args, &[])
+    }
+
+    /// Like [`ServerProcess::start`], with environment variables (such as the fault
+    /// hooks' `ARENA_TEST_FAULT_DIR`).
+    pub fn start_with(data_dir: &Path, extra_args: &[&str], env: &[(&str, &Path)]) -> Self {
         let key = data_dir.join("test.key");
         if !key.exists() {
             write_key_file(data_dir);
         }
-        let mut child = Command::new(bin_path("arena-server"))
+        let mut args: Vec<String> = vec!["--key-file".into(), key.display().to_string()];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        Self::spawn(data_dir, &args, env).wait_serving()
+    }
+
+    /// Starts the server without waiting for it (see [`Starting::wait_serving`]), and
+    /// without a `--key-file` unless `args` has one.
+    pub fn spawn(data_dir: &Path, args: &[String], env: &[(&str, &Path)]) -> Starting {
+        let mut command = Command::new(bin_path("arena-server"));
+        command
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
-            .arg("--key-file")
-            .arg(&key)
-            .args(extra_args)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start arena-server: {e}"));
+        Starting { child }
+    }
+}
+
+/// An `arena-server` started but not yet serving.
+pub struct Starting {
+    child: Child,
+}
+
+impl Starting {
+    /// Waits (at most 20 s) until the server logs that it is serving.
+    pub fn wait_serving(self) -> ServerProcess {
+        let mut child = self.child;
         let (tx, rx) = mpsc::channel();
         if let Some(stderr) = child.stderr.take() {
             std::thread::spawn(move || {
@@ -104,14 +134,16 @@ impl ServerProcess {
                 admin = field(&line, "admin");
             }
         }
-        Self {
+        ServerProcess {
             child,
             udp: udp.unwrap_or_else(|| unreachable!()),
             admin: admin.unwrap_or_else(|| unreachable!()),
             log: rx,
         }
     }
+}
 
+impl ServerProcess {
     /// Everything it logged since the last call (for failure messages).
     pub fn logs(&self) -> String {
         self.log.try_iter().collect::<Vec<_>>().join("\n")
@@ -270,4 +302,90 @@ pub fn http_with(
         .block_on(arena_client::http::request_with(method, url, body, bearer))
         .map(|(status, body)| (status, body.to_vec()))
         .unwrap_or_else(|e| panic!("{method} {url}: {e:#}"))
+}
+
+/// `POST url` with a binary body (a sealed snapshot); returns the status and the body.
+pub fn post_bytes(url: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot start a runtime: {e}"));
+    runtime
+        .block_on(arena_client::http::request_bytes(
+            "POST",
+            url,
+            Some((body.into(), "application/octet-stream")),
+            None,
+        ))
+        .map(|(status, body)| (status, body.to_vec()))
+        .unwrap_or_else(|e| panic!("POST {url}: {e:#}"))
+}
+
+/// `GET /status` of `server`.
+pub fn status(server: &ServerProcess) -> serde_json::Value {
+    get_json(&format!("{}/status", server.admin_url()))
+}
+
+/// Polls `/status` (every 50 ms, at most `limit`) until `done` holds; returns that
+/// status. Panics with the last status and the server's log otherwise.
+pub fn wait_status_for(
+    server: &ServerProcess,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let step = Duration::from_millis(50);
+    let polls = (limit.as_millis() / step.as_millis()).max(1);
+    for _ in 0..polls {
+        let status = status(server);
+        if done(&status) {
+            return status;
+        }
+        std::thread::sleep(step);
+    }
+    panic!(
+        "{what}: not reached within {limit:?}; last status {}\nits log:\n{}",
+        status(server),
+        server.logs()
+    );
+}
+
+/// [`wait_status_for`] with 30 s.
+pub fn wait_status(
+    server: &ServerProcess,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_status_for(server, what, Duration::from_secs(30), done)
+}
+
+/// `count` bots against `server` (tokens from its admin API) for `seconds`, plus `extra`
+/// arguments.
+pub fn bots_against(server: &ServerProcess, count: u32, seconds: f64, extra: &[&str]) -> BotsRun {
+    let udp = server.udp.to_string();
+    let admin = server.admin_url();
+    let count = count.to_string();
+    let seconds = seconds.to_string();
+    let mut args = vec![
+        "--server",
+        &udp,
+        "--admin",
+        &admin,
+        "--count",
+        &count,
+        "--duration",
+        &seconds,
+    ];
+    args.extend_from_slice(extra);
+    spawn_bots(&args)
+}
+
+/// Waits (at most 90 s) for the bots, asserts they exited 0, and returns their report.
+pub fn bots_report(run: BotsRun) -> serde_json::Value {
+    let (status, stdout, stderr) = run.wait(Duration::from_secs(90));
+    assert!(
+        status.success(),
+        "arena-bots failed: {status:?}\n{stderr}\n{stdout}"
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
 }

@@ -126,6 +126,9 @@ pub enum ServerMode {
     Ticking,
     /// Handed the match over: keeps connections and resends redirects.
     Redirecting,
+    /// A standby being prepared for a handoff: no match yet, but its transport (`lobby`)
+    /// accepts the connections clients open ahead (make before break).
+    Lobby,
     /// Running with no match (a standby), or killed: datagrams to it vanish.
     Down,
 }
@@ -136,6 +139,9 @@ pub struct SimServer {
     pub addr: SocketAddr,
     /// Its core, once it has a match.
     pub core: Option<ServerCore>,
+    /// Its transport while it has no match ([`ServerMode::Lobby`]): kept alive, its
+    /// connection events left queued for the core that takes it over, payloads ignored.
+    pub lobby: Option<netcode::Server>,
     /// What it is doing.
     pub mode: ServerMode,
 }
@@ -201,6 +207,7 @@ impl SimNet {
             net.servers.push(SimServer {
                 addr: server_address(n),
                 core: None,
+                lobby: None,
                 mode: ServerMode::Down,
             });
         }
@@ -292,6 +299,40 @@ impl SimNet {
         bytes
     }
 
+    /// Server `n` becomes a lobby: a standby that accepts connections ahead of a handoff.
+    pub fn open_lobby(&mut self, n: usize) {
+        let config = self.core_config(n).netcode;
+        self.servers[n].lobby = Some(netcode::Server::new(config));
+        self.servers[n].mode = ServerMode::Lobby;
+    }
+
+    /// The commit of a handoff prepared with [`ServerCore::prepare_all`]: `to` builds its
+    /// core on its lobby (keeping the connections clients opened ahead) from `from`'s
+    /// match as it stands, and ticks from the next step; `from` redirects every client.
+    pub fn hand_off_prepared(&mut self, from: usize, to: usize) {
+        let state = self.core(from).match_state();
+        let lobby = self.servers[to]
+            .lobby
+            .take()
+            .unwrap_or_else(|| panic!("server {to} has no lobby"));
+        let core = ServerCore::with_transport(self.core_config(to), state, lobby);
+        self.servers[to].core = Some(core);
+        self.servers[to].mode = ServerMode::Ticking;
+        let now = self.now;
+        let target = self.servers[to].addr;
+        self.core_mut(from).redirect_all(now, target);
+        self.servers[from].mode = ServerMode::Redirecting;
+    }
+
+    /// Clients with a connection established ahead to server `n`.
+    pub fn connected_ahead_to(&self, n: usize) -> usize {
+        let addr = self.servers[n].addr;
+        self.clients
+            .iter()
+            .filter(|c| c.session.is_prepared() && c.session.prepared_server() == Some(addr))
+            .count()
+    }
+
     /// Server `n` dies: it ticks no more and datagrams to and from it vanish.
     pub fn crash(&mut self, n: usize) {
         self.servers[n].mode = ServerMode::Down;
@@ -354,6 +395,11 @@ impl SimNet {
                     core.tick(now);
                 }
                 (ServerMode::Redirecting, Some(core)) => core.serve_redirects(now),
+                (ServerMode::Lobby, None) => {
+                    if let Some(lobby) = server.lobby.as_mut() {
+                        lobby.update(now);
+                    }
+                }
                 _ => {}
             }
         }
@@ -454,9 +500,12 @@ impl SimNet {
                 if let Some((at, to, mut bytes)) = client.up.receive(end)
                     && let Some(server) = self.servers.iter_mut().find(|s| s.addr == to)
                     && server.mode != ServerMode::Down
-                    && let Some(core) = server.core.as_mut()
                 {
-                    core.handle_datagram(at, client.addr, &mut bytes);
+                    if let Some(core) = server.core.as_mut() {
+                        core.handle_datagram(at, client.addr, &mut bytes);
+                    } else if let Some(lobby) = server.lobby.as_mut() {
+                        let _ = lobby.handle_packet(at, client.addr, &mut bytes);
+                    }
                 }
             } else if let Some((at, from, mut bytes)) = client.down.receive(end)
                 && client.running
@@ -469,10 +518,15 @@ impl SimNet {
     fn collect_server_transmits(&mut self) {
         let now = self.now;
         for server in &mut self.servers {
-            let Some(core) = server.core.as_mut() else {
-                continue;
-            };
-            while let Some(t) = core.poll_transmit() {
+            loop {
+                let transmit = match (server.core.as_mut(), server.lobby.as_mut()) {
+                    (Some(core), _) => core.poll_transmit(),
+                    (None, Some(lobby)) => lobby.poll_transmit(),
+                    (None, None) => None,
+                };
+                let Some(t) = transmit else {
+                    break;
+                };
                 if server.mode == ServerMode::Down {
                     continue;
                 }

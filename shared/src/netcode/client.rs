@@ -104,6 +104,11 @@ pub struct Client {
     transmits: VecDeque<Transmit>,
     /// Datagrams this client dropped (forged, replayed, from elsewhere, unexpected).
     dropped: u64,
+    /// The longest to wait for an answer from one address while connecting, if shorter
+    /// than the token's timeout: a dead address then costs this, not the whole timeout.
+    attempt_timeout: Option<Duration>,
+    /// When the current connection was established (`None` while not connected).
+    connected_at: Option<Duration>,
 }
 
 impl Client {
@@ -158,7 +163,18 @@ impl Client {
             max_clients: 0,
             transmits: VecDeque::new(),
             dropped: 0,
+            attempt_timeout: None,
+            connected_at: None,
         }
+    }
+
+    /// Caps how long the client waits for an answer from one address while connecting
+    /// before it tries the token's next one (the token's timeout still governs a connected
+    /// server's silence, and an attempt never waits longer than it). For a client that
+    /// looks for whichever of several servers is alive: a dead address costs `limit`, not
+    /// the token's whole timeout.
+    pub fn set_attempt_timeout(&mut self, limit: Duration) {
+        self.attempt_timeout = Some(limit);
     }
 
     /// Takes one datagram. Returns the payload if it was one, decrypted in `packet`.
@@ -229,6 +245,7 @@ impl Client {
                 self.max_clients = max_clients;
                 self.state = ClientState::Connected;
                 self.last_receive = now;
+                self.connected_at = Some(now);
                 tracing::debug!(server = %from, client_index, "connected");
             }
             (ClientState::Connected, Packet::KeepAlive { .. }) => self.last_receive = now,
@@ -256,15 +273,16 @@ impl Client {
                 .expire_timestamp
                 .saturating_sub(token.create_timestamp),
         );
-        let silent_too_long =
-            timeout.is_some_and(|timeout| now.saturating_sub(self.last_receive) >= timeout);
+        let silence = now.saturating_sub(self.last_receive);
+        let silent_too_long = timeout.is_some_and(|timeout| silence >= timeout);
         match self.state {
             ClientState::SendingRequest | ClientState::SendingResponse => {
                 if now.saturating_sub(self.attempt_start) >= lifetime {
                     self.state = ClientState::TokenExpired;
                     return;
                 }
-                if silent_too_long {
+                let attempt_over = self.attempt_timeout.is_some_and(|limit| silence >= limit);
+                if silent_too_long || attempt_over {
                     let failure = if self.state == ClientState::SendingRequest {
                         ClientState::RequestTimedOut
                     } else {
@@ -378,6 +396,11 @@ impl Client {
         self.dropped
     }
 
+    /// When the current connection was established; `None` while not connected.
+    pub fn connected_at(&self) -> Option<Duration> {
+        self.connected_at.filter(|_| self.is_connected())
+    }
+
     fn start_attempt(&mut self, now: Duration, server_index: usize) {
         self.server_index = server_index;
         self.state = ClientState::SendingRequest;
@@ -385,6 +408,7 @@ impl Client {
         self.last_receive = now;
         self.last_send = None;
         self.challenge = None;
+        self.connected_at = None;
         self.replay.reset();
     }
 
@@ -436,5 +460,94 @@ impl Client {
                 contents,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netcode::{Server, ServerConfig, TokenParams};
+
+    const PROTOCOL_ID: u64 = 0x4152_454e_4100_0001;
+    const KEY: [u8; 32] = [7; 32];
+    const START: Duration = Duration::from_secs(1_800_000_000);
+    const STEP: Duration = Duration::from_millis(10);
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last], 7777))
+    }
+
+    fn token(addresses: Vec<SocketAddr>) -> ConnectToken {
+        ConnectToken::generate(
+            &TokenParams {
+                protocol_id: PROTOCOL_ID,
+                create_timestamp: START.as_secs(),
+                expire_timestamp: START.as_secs() + 60,
+                timeout_seconds: 5,
+                public_addresses: addresses,
+                internal_addresses: None,
+                client_id: 9,
+                user_data: [0; 256],
+            },
+            &KEY,
+        )
+        .unwrap()
+    }
+
+    /// Steps a client against one live server (other addresses are dead) until it is
+    /// connected or `limit` passes; returns when it connected.
+    fn connect(client: &mut Client, live: SocketAddr, limit: Duration) -> Option<Duration> {
+        let me = SocketAddr::from(([10, 1, 0, 1], 40000));
+        let mut server = Server::new(ServerConfig {
+            protocol_id: PROTOCOL_ID,
+            private_key: KEY,
+            max_clients: 4,
+            addresses: vec![live],
+        });
+        let mut now = START;
+        while now < START + limit {
+            client.update(now);
+            while let Some(mut t) = client.poll_transmit() {
+                if t.destination == live {
+                    let _ = server.handle_packet(now, me, &mut t.contents);
+                }
+            }
+            server.update(now);
+            while let Some(mut t) = server.poll_transmit() {
+                let _ = client.handle_packet(now, live, &mut t.contents);
+            }
+            if client.is_connected() {
+                return Some(now);
+            }
+            now += STEP;
+        }
+        None
+    }
+
+    #[test]
+    fn an_attempt_timeout_moves_past_a_dead_address_quickly() {
+        let (dead, live) = (addr(1), addr(2));
+        let mut client = Client::with_token(START, token(vec![dead, live]));
+        client.set_attempt_timeout(Duration::from_secs(1));
+        let at = connect(&mut client, live, Duration::from_secs(3)).unwrap();
+        let took = at - START;
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_millis(1200),
+            "{took:?}"
+        );
+        assert_eq!(client.server_address(), Some(live));
+        assert_eq!(client.connected_at(), Some(at));
+    }
+
+    #[test]
+    fn without_an_attempt_timeout_a_dead_address_costs_the_token_timeout() {
+        let (dead, live) = (addr(1), addr(2));
+        let mut client = Client::with_token(START, token(vec![dead, live]));
+        assert_eq!(connect(&mut client, live, Duration::from_secs(3)), None);
+        assert_eq!(client.server_address(), Some(dead));
+        assert_eq!(client.connected_at(), None);
+        let mut client = Client::with_token(START, token(vec![dead, live]));
+        let took = connect(&mut client, live, Duration::from_secs(7)).unwrap() - START;
+        assert!(took >= Duration::from_secs(5), "{took:?}");
     }
 }

@@ -80,13 +80,16 @@ pub enum DropReason {
     ServerFull,
     /// Too many handshakes in progress; the request was ignored.
     PendingFull,
+    /// A valid request while this server admits nobody (it does not own the match):
+    /// the client was sent a denied packet, so it tries its token's next address at once.
+    NotAdmitting,
     /// A packet type that is valid but means nothing in this state.
     Unexpected,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for metrics).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::BadSize,
         Self::BadPrefix,
         Self::BadVersion,
@@ -101,6 +104,7 @@ impl DropReason {
         Self::TokenReuse,
         Self::ServerFull,
         Self::PendingFull,
+        Self::NotAdmitting,
         Self::Unexpected,
     ];
 
@@ -121,6 +125,7 @@ impl DropReason {
             Self::TokenReuse => "token_reuse",
             Self::ServerFull => "server_full",
             Self::PendingFull => "pending_full",
+            Self::NotAdmitting => "not_admitting",
             Self::Unexpected => "unexpected",
         }
     }
@@ -280,6 +285,9 @@ pub struct Server {
     transmits: VecDeque<Transmit>,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
+    /// Whether new connections are accepted. A process that neither owns the match nor
+    /// is about to receive it denies every request (valid ones get a denied packet).
+    admitting: bool,
 }
 
 impl Server {
@@ -303,6 +311,7 @@ impl Server {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
+            admitting: true,
             challenge_key,
             challenge_sequence: 0,
             global_sequence: SERVER_GLOBAL_SEQUENCE_START,
@@ -311,6 +320,20 @@ impl Server {
                 ..config
             },
         }
+    }
+
+    /// Admits new connections (`true`, the default) or denies every request. Existing
+    /// connections are not touched.
+    pub fn set_admitting(&mut self, admitting: bool) {
+        self.admitting = admitting;
+        if !admitting {
+            self.pending.clear();
+        }
+    }
+
+    /// Whether new connections are admitted.
+    pub fn is_admitting(&self) -> bool {
+        self.admitting
     }
 
     /// Takes one datagram. Returns the payload if it was one, decrypted in `packet`.
@@ -521,6 +544,10 @@ impl Server {
         self.record_token_use(tag, from, request.expire_timestamp)?;
 
         let send_key = private.server_to_client_key;
+        if !self.admitting {
+            self.send_global(now, from, &send_key, &Packet::ConnectionDenied);
+            return Err(DropReason::NotAdmitting);
+        }
         if self.free_slots.is_empty() {
             self.send_global(now, from, &send_key, &Packet::ConnectionDenied);
             return Err(DropReason::ServerFull);
@@ -598,6 +625,10 @@ impl Server {
         let Some(pending) = self.pending.remove(&from) else {
             return Err(DropReason::UnknownAddress);
         };
+        if !self.admitting {
+            self.send_global(now, from, &pending.send_key, &Packet::ConnectionDenied);
+            return Err(DropReason::NotAdmitting);
+        }
         let Some(index) = self.free_slots.pop_first() else {
             self.send_global(now, from, &pending.send_key, &Packet::ConnectionDenied);
             return Err(DropReason::ServerFull);

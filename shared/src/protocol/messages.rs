@@ -74,6 +74,10 @@ pub enum TokenPurpose {
     Reconnect,
     /// Use it now: the match moved to the server it lists.
     Redirect,
+    /// Get ready: the match is about to move to the server it lists. Open a second
+    /// connection there now and keep playing here; switch when that server's first
+    /// snapshot arrives (make before break). If it never does, drop it.
+    Prepare,
 }
 
 /// Parts a 2048-byte token is sent in.
@@ -108,6 +112,13 @@ pub struct Snapshot {
     pub your_entity: Option<NetEntityId>,
     /// The newest input sequence the server has applied; every older one is applied too.
     pub last_applied_input: u32,
+    /// Input frames of this player the match has applied, counted by the match itself
+    /// (it travels with the player through handoffs and snapshots). A restore after a
+    /// crash makes it go down: those frames were rolled back.
+    pub inputs_applied: u64,
+    /// The tick this server restored the match from, if it took the match over from
+    /// a snapshot after its owner died: a client measures its rollback from it.
+    pub restored_from_tick: Option<Tick>,
     /// The client's own health, score and deaths.
     pub you: PlayerStatus,
     /// Entities in view, nearest first.
@@ -436,6 +447,8 @@ mod tests {
             },
             your_entity: None,
             last_applied_input: 0,
+            inputs_applied: 0,
+            restored_from_tick: None,
             you: PlayerStatus::default(),
             entities: vec![entity; count],
             deferred: 0,

@@ -4,13 +4,17 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use arena_tests::procs::{ServerProcess, get_json, spawn_bots, temp_dir};
+use arena_tests::procs::{ServerProcess, get_json, post_json, signal, spawn_bots, temp_dir};
 use clap::Parser;
 use serde_json::{Value, json};
 
 /// Soak test: an arena-server and N bots on loopback for a while; one JSON line out.
-/// Exits non-zero if a bot failed to connect or was disconnected, an input was lost, the
-/// server fell behind its tick more than --max-overruns times, or it did not stop cleanly.
+/// With --handoffs or --crashes, the match is moved to fresh standbys or its owner is
+/// killed (SIGKILL) that many times, evenly spread, while the bots play.
+/// Exits non-zero if a bot failed to connect or was disconnected, an input was lost (a
+/// planned handoff loses nothing; a crash loses only its rollback, each within one
+/// snapshot interval), the server fell behind its tick more than --max-overruns times,
+/// or it did not stop cleanly.
 #[derive(Debug, Parser)]
 #[command(name = "arena-soak")]
 struct Args {
@@ -29,6 +33,90 @@ struct Args {
     /// Tick overruns tolerated (a shared machine has hiccups).
     #[arg(long, default_value_t = 5)]
     max_overruns: u64,
+    /// Planned handoffs during the run, each to a fresh standby.
+    #[arg(long, default_value_t = 0)]
+    handoffs: u32,
+    /// Crashes during the run: the owner gets SIGKILL and a watching standby takes over.
+    #[arg(long, default_value_t = 0, conflicts_with = "handoffs")]
+    crashes: u32,
+}
+
+/// The processes of the match: the owner now, and the standbys waiting.
+struct Fleet {
+    dir: std::path::PathBuf,
+    owner: ServerProcess,
+    standbys: Vec<ServerProcess>,
+    max_players: String,
+}
+
+impl Fleet {
+    /// An owner, and for crashes a watching standby per crash, all listed in every
+    /// token so that clients find whichever owns the match.
+    fn start(args: &Args) -> Self {
+        let dir = temp_dir("soak");
+        let max_players = args.bots.max(16).to_string();
+        let mut standbys = Vec::new();
+        for _ in 0..args.crashes {
+            standbys.push(ServerProcess::start(
+                &dir,
+                &[
+                    "--standby",
+                    "--watch",
+                    "default",
+                    "--max-players",
+                    &max_players,
+                ],
+            ));
+        }
+        let peers: Vec<String> = standbys.iter().map(|s| s.udp.to_string()).collect();
+        let mut owner_args = vec!["--max-players", max_players.as_str()];
+        for peer in &peers {
+            owner_args.extend(["--peer", peer.as_str()]);
+        }
+        let owner = ServerProcess::start(&dir, &owner_args);
+        Self {
+            dir,
+            owner,
+            standbys,
+            max_players,
+        }
+    }
+
+    /// Moves the match to a fresh standby; false if the handoff failed.
+    fn hand_off(&mut self) -> bool {
+        let next = ServerProcess::start(
+            &self.dir,
+            &["--standby", "--max-players", &self.max_players],
+        );
+        let (code, _) = post_json(
+            &format!("{}/handoff", self.owner.admin_url()),
+            &format!("{{\"to\": \"{}\"}}", next.admin),
+        );
+        if code != 200 {
+            return false;
+        }
+        let old = std::mem::replace(&mut self.owner, next);
+        old.wait_exit(Duration::from_secs(30)).success()
+    }
+
+    /// Kills the owner; the standby that takes over (exactly one) becomes the owner.
+    fn crash(&mut self) -> bool {
+        signal(self.owner.pid(), "KILL");
+        // Bounded: 100 looks, 100 ms apart.
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            if let Some(at) = self
+                .standbys
+                .iter()
+                .position(|s| get_json(&format!("{}/status", s.admin_url()))["role"] == "owner")
+            {
+                let dead = std::mem::replace(&mut self.owner, self.standbys.remove(at));
+                dead.kill();
+                return true;
+            }
+        }
+        false
+    }
 }
 
 fn main() -> ExitCode {
@@ -45,15 +133,13 @@ fn main() -> ExitCode {
 /// A driver: it reads the wall clock to pace its watching.
 #[allow(clippy::disallowed_methods)]
 fn soak(args: &Args) -> (Value, bool) {
-    let dir = temp_dir("soak");
-    let server = ServerProcess::start(&dir, &["--max-players", &args.bots.max(16).to_string()]);
-    let status_url = format!("{}/status", server.admin_url());
-    let rss_start = rss_kb(server.pid());
+    let mut fleet = Fleet::start(args);
+    let rss_start = rss_kb(fleet.owner.pid());
     let mut bot_args = vec![
         "--server".to_owned(),
-        server.udp.to_string(),
+        fleet.owner.udp.to_string(),
         "--admin".to_owned(),
-        server.admin_url(),
+        fleet.owner.admin_url(),
         "--count".to_owned(),
         args.bots.to_string(),
         "--duration".to_owned(),
@@ -74,11 +160,25 @@ fn soak(args: &Args) -> (Value, bool) {
     let mut rss_warm = None;
     let mut tick_us_p99_max = 0;
     let mut samples = 0;
+    let events = args.handoffs + args.crashes;
+    let event_every = Duration::from_secs(args.duration) / (events + 1);
+    let mut events_done = 0;
+    let mut events_failed = 0;
     while started.elapsed() < Duration::from_secs(args.duration) {
         std::thread::sleep(Duration::from_secs(1));
-        let status = get_json(&status_url);
+        if events_done < events && started.elapsed() >= event_every * (events_done + 1) {
+            let ok = if args.handoffs > 0 {
+                fleet.hand_off()
+            } else {
+                fleet.crash()
+            };
+            events_done += 1;
+            events_failed += u32::from(!ok);
+            continue;
+        }
+        let status = get_json(&format!("{}/status", fleet.owner.admin_url()));
         tick_us_p99_max = tick_us_p99_max.max(status["tick_us_p99"].as_u64().unwrap_or(0));
-        let rss = rss_kb(server.pid());
+        let rss = rss_kb(fleet.owner.pid());
         rss_max = rss_max.max(rss);
         if rss_warm.is_none() && started.elapsed() >= Duration::from_secs(args.duration) / 4 {
             rss_warm = Some(rss);
@@ -86,18 +186,34 @@ fn soak(args: &Args) -> (Value, bool) {
         samples += 1;
     }
     let (bots_exit, stdout, stderr) = bots.wait(Duration::from_secs(args.duration + 60));
-    let rss_end = rss_kb(server.pid());
-    let status = get_json(&status_url);
+    let rss_end = rss_kb(fleet.owner.pid());
+    let status = get_json(&format!("{}/status", fleet.owner.admin_url()));
     let rss_warm = rss_warm.unwrap_or(rss_start);
-    let server_exit = server.terminate();
+    let server_exit = fleet.owner.terminate();
     let bots_report: Value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
 
     let overruns = status["tick_overruns"].as_u64().unwrap_or(u64::MAX);
+    let count = |k: &str| bots_report[k].as_u64().unwrap_or(u64::MAX);
+    // A crash rolls back at most one snapshot interval (60 ticks at the defaults), plus
+    // the few ticks a snapshot takes to reach the disk.
+    let rollback_bound = 60 + 15;
     let checks = [
         ("bots exited cleanly", bots_exit.success()),
         ("every bot connected", bots_report["connect_failures"] == 0),
         ("no bot was disconnected", bots_report["disconnects"] == 0),
-        ("no input lost", bots_report["inputs_lost"] == 0),
+        ("every handoff and crash went through", events_failed == 0),
+        (
+            "every input accounted for",
+            bots_report["inputs_unaccounted"] == 0,
+        ),
+        (
+            "no input lost but a crash's rollback",
+            count("inputs_lost") == count("inputs_rolled_back"),
+        ),
+        (
+            "each rollback within one snapshot interval",
+            count("max_rollback_ticks") <= rollback_bound,
+        ),
         ("tick overruns within bound", overruns <= args.max_overruns),
         ("server stopped cleanly", server_exit.success()),
     ];
@@ -109,6 +225,8 @@ fn soak(args: &Args) -> (Value, bool) {
     let report = json!({
         "duration_s": args.duration,
         "bots": args.bots,
+        "handoffs": args.handoffs,
+        "crashes": args.crashes,
         "ok": failed.is_empty(),
         "failed": failed,
         "server": {
