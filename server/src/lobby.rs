@@ -108,15 +108,13 @@ pub async fn serve<T>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<(T, netcode::Server)> {
     let period = Duration::from_millis(50);
-    let denying = || {
-        let mut server = netcode::Server::new(config.clone());
-        server.set_admitting(false);
-        server
+    let mut lobby = Lobby {
+        config,
+        slot,
+        transport: denying(config),
+        earlier: BTreeMap::new(),
+        admitting_for: None,
     };
-    let mut transport = denying();
-    // Drops of the transports replaced so far, so the counts never go down.
-    let mut earlier: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut admitting_for: Option<u64> = None;
     let mut buf = vec![0u8; 2048];
     loop {
         tokio::select! {
@@ -126,53 +124,87 @@ pub async fn serve<T>(
                     return None;
                 }
             }
-            arrived = start.recv() => return arrived.map(|s| (s, transport)),
+            arrived = start.recv() => return arrived.map(|s| (s, lobby.transport)),
             ready = socket.readable() => {
                 if ready.is_ok() {
+                    // A prepare opened a moment ago admits its clients' first requests.
+                    lobby.follow_prepare(socket, clock.now()).await;
                     // Bounded: a flood cannot keep the lobby from its upkeep.
                     for _ in 0..10_000 {
                         match socket.try_recv_from(&mut buf) {
                             // Payloads are not for us yet: only the handshake and keep-alives matter.
                             Ok((len, from)) => {
-                                let _ = transport.handle_packet(clock.now(), from, &mut buf[..len]);
+                                let _ = lobby.transport.handle_packet(clock.now(), from, &mut buf[..len]);
                             }
                             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                             Err(_) => {}
                         }
                     }
+                    // Challenges and denials go out at once, not at the next upkeep.
+                    flush(socket, &mut lobby.transport).await;
                 }
             }
             () = tokio::time::sleep(period) => {
                 let now = clock.now();
-                let wanted = slot
-                    .current()
-                    .filter(|p| p.committed || now.as_millis() as u64 <= p.until_ms)
-                    .map(|p| p.handoff_id);
-                if wanted != admitting_for {
-                    if admitting_for.is_some() {
-                        // The prepare ended without a match: let its clients go.
-                        let clients = transport.num_connected();
-                        transport.disconnect_all(now);
-                        flush(socket, &mut transport).await;
-                        tracing::info!(clients, "the handoff being prepared lapsed; dropped its clients");
-                        slot.record_drops(&earlier, &transport);
-                        earlier = slot.drops();
-                        transport = denying();
-                        if wanted.is_none() {
-                            slot.clear();
-                        }
-                    }
-                    if wanted.is_some() {
-                        transport.set_admitting(true);
-                    }
-                    admitting_for = wanted;
-                }
-                transport.update(now);
-                slot.connected.store(transport.num_connected(), Ordering::SeqCst);
-                slot.record_drops(&earlier, &transport);
-                flush(socket, &mut transport).await;
+                lobby.follow_prepare(socket, now).await;
+                lobby.transport.update(now);
+                slot.connected.store(lobby.transport.num_connected(), Ordering::SeqCst);
+                slot.record_drops(&lobby.earlier, &lobby.transport);
+                flush(socket, &mut lobby.transport).await;
             }
         }
+    }
+}
+
+/// A transport that denies every connection request.
+fn denying(config: &netcode::ServerConfig) -> netcode::Server {
+    let mut server = netcode::Server::new(config.clone());
+    server.set_admitting(false);
+    server
+}
+
+/// The lobby's state between wake-ups.
+struct Lobby<'a> {
+    config: &'a netcode::ServerConfig,
+    slot: &'a PrepareSlot,
+    transport: netcode::Server,
+    /// Drops of the transports replaced so far, so the counts never go down.
+    earlier: BTreeMap<&'static str, u64>,
+    /// The prepare whose clients are admitted, if any.
+    admitting_for: Option<u64>,
+}
+
+impl Lobby<'_> {
+    /// Admits while a prepare is open (or committed, until its match arrives); when it
+    /// ends without a match, lets its clients go and denies again.
+    async fn follow_prepare(&mut self, socket: &UdpSocket, now: Duration) {
+        let wanted = self
+            .slot
+            .current()
+            .filter(|p| p.committed || now.as_millis() as u64 <= p.until_ms)
+            .map(|p| p.handoff_id);
+        if wanted == self.admitting_for {
+            return;
+        }
+        if self.admitting_for.is_some() {
+            let clients = self.transport.num_connected();
+            self.transport.disconnect_all(now);
+            flush(socket, &mut self.transport).await;
+            tracing::info!(
+                clients,
+                "the handoff being prepared lapsed; dropped its clients"
+            );
+            self.slot.record_drops(&self.earlier, &self.transport);
+            self.earlier = self.slot.drops();
+            self.transport = denying(self.config);
+            if wanted.is_none() {
+                self.slot.clear();
+            }
+        }
+        if wanted.is_some() {
+            self.transport.set_admitting(true);
+        }
+        self.admitting_for = wanted;
     }
 }
 

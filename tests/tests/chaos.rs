@@ -517,6 +517,7 @@ fn a_handoff_under_latency_loses_nothing_and_switches_over_open_connections() {
     assert_eq!(moved["role"], "owner");
     assert_eq!(report["connected"], BOTS, "{report}");
     assert_eq!(report["handoffs_prepared"], BOTS, "{report}");
+    assert_eq!(report["prepares_abandoned"], 0, "{report}");
     assert_eq!(report["inputs_rolled_back"], 0, "{report}");
     assert_eq!(
         report["inputs_lost"], report["inputs_unacknowledged"],
@@ -616,7 +617,9 @@ fn replayed_stale_and_misdirected_sealed_snapshots_are_refused() {
     };
     let (code, body) = post(&stale);
     assert_eq!(code, 409, "{body}");
-    let moved = status(&other);
+    let moved = wait_status(&other, "the other standby ticks", |s| {
+        s["epoch"].as_u64() >= Some(1)
+    });
     assert_eq!(moved["role"], "owner");
     assert_eq!(moved["epoch"], 2);
     assert_eq!(status(&standby)["role"], "standby");

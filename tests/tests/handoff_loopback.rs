@@ -42,7 +42,11 @@ fn a_handoff_by_post_moves_every_bot_and_loses_no_input() {
     assert_eq!(report["connected"], BOTS, "{report}");
     assert_eq!(report["disconnects"], 0, "{report}");
     assert_eq!(report["bots_handed_off"], BOTS, "{report}");
+    // Every bot switched over the connection it opened ahead (make before break).
+    assert_eq!(report["handoffs_prepared"], BOTS, "{report}");
+    assert_eq!(report["prepares_abandoned"], 0, "{report}");
     assert_eq!(report["inputs_lost"], 0, "{report}");
+    assert_eq!(report["inputs_unaccounted"], 0, "{report}");
     let status = get_json(&format!("{}/status", standby.admin_url()));
     assert_eq!(status["role"], "owner");
     assert_eq!(status["epoch"], 2);
