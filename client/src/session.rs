@@ -65,6 +65,13 @@ pub const MOVE_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// must outlast a server's hold on the connection that went silent (the token's timeout,
 /// 5 s): a server that was only frozen refuses this client until it has timed it out.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(15);
+/// After a reconnect round in which every address answered no (denied: a standby that
+/// has not taken the match over yet), the next round waits this long.
+pub const RETRY_AFTER_REFUSAL: Duration = Duration::from_millis(100);
+/// For this long after a server went silent, reconnect rounds start after it in the
+/// token's list: it is likely dead, and each try of a dead address costs a second. The
+/// standby that will take over denies until it does, so rounds go on quickly meanwhile.
+pub const SKIP_SILENT_SERVER_FOR: Duration = Duration::from_secs(3);
 /// Given-up frames whose fate is remembered (far more than a session gives up between
 /// two snapshots; past it the oldest stay counted as given up).
 const MAX_GIVEN_UP_TRACKED: usize = 4096;
@@ -99,7 +106,8 @@ pub struct SessionStats {
     pub handoffs_prepared: u64,
     /// Connections opened ahead that failed or were not used; play stayed where it was.
     pub prepares_abandoned: u64,
-    /// Reconnections after the server went silent.
+    /// Times the session set out to reconnect (the server went silent or dropped it); the
+    /// rounds of one such episode, until a snapshot arrives, count once.
     pub reconnects: u64,
     /// The most ticks the match went back when it moved: for a server that restored it
     /// after a crash, the newest tick seen from the old server minus the restored tick.
@@ -215,6 +223,10 @@ pub struct Session {
     reconnecting_since: Option<Duration>,
     /// Reconnecting went on for [`RECONNECT_FOR`] without a snapshot.
     gave_up: bool,
+    /// The server whose silence started the reconnects, and when.
+    went_silent: Option<(SocketAddr, Duration)>,
+    /// After a refused round: when the next may start.
+    retry_at: Option<Duration>,
     /// [`Session::disconnect`] was called: the session reconnects no more.
     leaving: bool,
     /// The connection opened ahead of a handoff, if one is.
@@ -249,6 +261,8 @@ impl Session {
             reconnect_token: None,
             reconnecting_since: None,
             gave_up: false,
+            went_silent: None,
+            retry_at: None,
             leaving: false,
             next: None,
             outbox: VecDeque::new(),
@@ -502,6 +516,8 @@ impl Session {
         self.latest_at = now;
         self.last_heard = now;
         self.reconnecting_since = None;
+        self.went_silent = None;
+        self.retry_at = None;
         if let Some(moved) = &mut self.moved
             && moved.done_at.is_none()
         {
@@ -588,21 +604,38 @@ impl Session {
         let Some(token) = self.reconnect_token.clone() else {
             return;
         };
+        // A round that failed waits a moment before the next: its "no" was quick.
+        if failed && !silent {
+            let at = *self.retry_at.get_or_insert(now + RETRY_AFTER_REFUSAL);
+            if now < at {
+                return;
+            }
+            self.retry_at = None;
+        }
         // Bounded by time, not rounds: a round over dead addresses costs a second each.
+        let first_round = self.reconnecting_since.is_none();
         let since = *self.reconnecting_since.get_or_insert(now);
         if now.saturating_sub(since) >= RECONNECT_FOR {
             tracing::warn!("no server answered for {RECONNECT_FOR:?}: giving up");
             self.gave_up = true;
             return;
         }
-        // After silence, skip the server that went quiet; after a failed round, start over.
-        let first = if silent {
-            self.address_after_current(&token)
-        } else {
-            0
+        // Start after the server that went quiet (for a while), else from the top.
+        if silent && let Some(current) = self.netcode.server_address() {
+            self.went_silent = Some((current, now));
+        }
+        let first = match self.went_silent {
+            Some((quiet, at)) if now.saturating_sub(at) < SKIP_SILENT_SERVER_FOR => {
+                address_after(&token, quiet)
+            }
+            _ => 0,
         };
-        tracing::info!(server = ?self.netcode.server_address(), ?silent, "reconnecting");
-        self.stats.reconnects += 1;
+        if first_round {
+            tracing::info!(server = ?self.netcode.server_address(), ?silent, "reconnecting");
+            self.stats.reconnects += 1;
+        } else {
+            tracing::debug!(first, "reconnecting: another round");
+        }
         self.replace_transport(now, &token, first, false);
     }
 
@@ -622,16 +655,6 @@ impl Session {
         self.netcode.is_connected()
             && self.latest.is_some()
             && now.saturating_sub(quiet_since) >= patience
-    }
-
-    /// The index in `token`'s addresses after the current server's (0 if it is not listed).
-    fn address_after_current(&self, token: &[u8]) -> usize {
-        let current = self.netcode.server_address();
-        let addresses = netcode::ConnectToken::read(token)
-            .map(|t| t.server_addresses)
-            .unwrap_or_default();
-        let at = addresses.iter().position(|a| Some(*a) == current);
-        at.map_or(0, |i| (i + 1) % addresses.len().max(1))
     }
 
     /// Keeps the connection opened ahead alive; drops it if it failed (denied, timed out,
@@ -844,6 +867,15 @@ impl Session {
 }
 
 /// Decodes a game message, counting one that is not valid.
+/// The index in `token`'s addresses after `server`'s (0 if it is not listed).
+fn address_after(token: &[u8], server: SocketAddr) -> usize {
+    let addresses = netcode::ConnectToken::read(token)
+        .map(|t| t.server_addresses)
+        .unwrap_or_default();
+    let at = addresses.iter().position(|a| *a == server);
+    at.map_or(0, |i| (i + 1) % addresses.len().max(1))
+}
+
 fn decode_message(
     stats: &mut SessionStats,
     payload: &[u8],
@@ -1362,6 +1394,35 @@ mod tests {
         assert_eq!(stats.prepares_abandoned, 1);
         // The standby was told goodbye, not left to time out.
         assert_eq!(net.servers[1].netcode.num_connected(), 0);
+    }
+
+    #[test]
+    fn after_a_crash_the_standby_is_retried_until_it_takes_over_and_the_dead_owner_skipped() {
+        let mut net = Net::new(2);
+        net.send_reconnect_token(0, &[addr(1), addr(2)]);
+        // The owner dies; the standby denies until it takes the match over, 400 ms after
+        // the client noticed the silence.
+        net.servers[1].netcode.set_admitting(false);
+        net.servers[0].alive = false;
+        let died = net.now;
+        assert!(
+            net.run_until(Duration::from_secs(2), |n| n.session.stats().reconnects
+                == 1)
+        );
+        net.run(Duration::from_millis(400));
+        net.servers[1].netcode.set_admitting(true);
+        net.servers[1].ticking = true;
+        let took_over = net.now;
+        assert!(net.run_until(Duration::from_secs(3), |n| n.on(1)));
+        // Within a refusal pause (and a round trip) of the takeover, not a second spent on
+        // the dead owner's address.
+        assert!(
+            net.now - took_over <= RETRY_AFTER_REFUSAL + Duration::from_millis(100),
+            "{:?} after the takeover",
+            net.now - took_over
+        );
+        assert!(net.now - died < Duration::from_millis(1700));
+        assert_eq!(net.session.stats().reconnects, 1);
     }
 
     #[test]

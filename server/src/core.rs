@@ -69,6 +69,10 @@ pub struct TokenConfig {
     pub expire_s: u64,
 }
 
+/// Reconnect tokens minted per tick at most (the rest wait for the next ticks: at 60 Hz,
+/// a thousand clients have theirs within a second).
+const MAX_TOKEN_MINTS_PER_TICK: usize = 16;
+
 /// How often an unacknowledged token part is sent again.
 const TOKEN_RESEND: Duration = Duration::from_millis(100);
 
@@ -576,6 +580,9 @@ impl ServerCore {
     fn send_tokens(&mut self, now: Duration, refresh_reconnect: bool) {
         let refresh_after = Duration::from_secs(self.config.tokens.expire_s / 2);
         let own = self.reconnect_addresses();
+        // Minting is the costly part (a sealed token, two datagrams): spread it, so a
+        // tick that gains many clients at once (a handoff's first) stays short.
+        let mut mints_left = MAX_TOKEN_MINTS_PER_TICK;
         for index in 0..self.clients.len() {
             let Some(slot) = &self.clients[index] else {
                 continue;
@@ -584,7 +591,8 @@ impl ServerCore {
                 .reconnect
                 .as_ref()
                 .is_none_or(|t| now.saturating_sub(t.minted_at) >= refresh_after);
-            if refresh_reconnect && stale && slot.redirect.is_none() {
+            if refresh_reconnect && stale && slot.redirect.is_none() && mints_left > 0 {
+                mints_left -= 1;
                 let client_id = slot.client_id;
                 let token = self.mint(now, client_id, &own, TokenPurpose::Reconnect);
                 if let Some(slot) = self.clients[index].as_mut() {

@@ -403,13 +403,14 @@ impl Host {
             return Ok(false);
         }
         let now_ms = self.now_ms();
-        let held = self.store.lease(match_id)?;
-        if held
-            .as_ref()
-            .is_some_and(|l| !l.released && l.expires_unix_ms > now_ms)
-        {
+        let Some(held) = self.store.lease(match_id)? else {
+            // Nobody has owned the match yet: nothing to take over.
+            return Ok(false);
+        };
+        if !held.lapsed(now_ms) {
             return Ok(false);
         }
+        let held = Some(held);
         let Some((header, state)) = self.newest_valid_snapshot(match_id)? else {
             bail!(
                 "the lease lapsed but the store holds no snapshot of match {match_id:?} that verifies"

@@ -29,6 +29,25 @@ fn a_short_soak_passes_its_checks() {
 }
 
 #[test]
+fn a_short_soak_through_a_crash_loses_only_the_rollback() {
+    let report = soak(&["--bots", "30", "--duration", "10", "--crashes", "1"]);
+    assert_eq!(report["ok"], true, "{report}");
+    let bots = &report["bots_report"];
+    assert_eq!(bots["connected"], 30, "{report}");
+    assert!(bots["reconnects"].as_u64().unwrap() >= 30, "{report}");
+    assert_eq!(bots["inputs_lost"], bots["inputs_rolled_back"], "{report}");
+}
+
+#[test]
+fn a_short_soak_through_two_handoffs_loses_nothing() {
+    let report = soak(&["--bots", "30", "--duration", "10", "--handoffs", "2"]);
+    assert_eq!(report["ok"], true, "{report}");
+    let bots = &report["bots_report"];
+    assert_eq!(bots["handoffs_prepared"], 30, "{report}");
+    assert_eq!(bots["inputs_lost"], 0, "{report}");
+}
+
+#[test]
 #[ignore = "ten minutes; run by hand"]
 fn a_ten_minute_soak_with_200_bots_holds_steady() {
     let report = soak(&["--bots", "200", "--duration", "600"]);
