@@ -193,11 +193,76 @@ pub fn prometheus(status: &Status) -> String {
         "match_id=\"{}\"",
         status.match_id.replace(['"', '\\', '\n'], "_")
     );
-    let mut gauge = |name: &str, help: &str, value: f64| {
+    let mut metric = |kind: &str, name: &str, help: &str, value: f64| {
         let _ = writeln!(out, "# HELP arena_{name} {help}");
-        let _ = writeln!(out, "# TYPE arena_{name} gauge");
+        let _ = writeln!(out, "# TYPE arena_{name} {kind}");
         let _ = writeln!(out, "arena_{name}{{{label}}} {value}");
     };
+    // Ownership: what an operator alerts on ("no owner", "a rollback happened", "snapshots
+    // are not being written").
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    metric(
+        "gauge",
+        "owner",
+        "1 while this process owns the match.",
+        flag(status.role == "owner"),
+    );
+    metric("gauge", "epoch", "Ownership epoch.", status.epoch as f64);
+    metric(
+        "gauge",
+        "lease_lapsed",
+        "1 while the loop holds its ticks: the lease could not be renewed.",
+        flag(status.lease_lapsed),
+    );
+    metric(
+        "gauge",
+        "rollback_bound_ticks",
+        "Ticks a crash now would roll back.",
+        status.rollback_bound_ticks.unwrap_or(0) as f64,
+    );
+    metric(
+        "counter",
+        "snapshot_write_errors_total",
+        "Snapshot writes that failed.",
+        status.snapshot_write_errors as f64,
+    );
+    metric(
+        "counter",
+        "lease_renewal_errors_total",
+        "Lease renewals that failed in this epoch.",
+        status.lease_renewal_errors as f64,
+    );
+    metric(
+        "counter",
+        "snapshots_refused_total",
+        "Stored snapshots a restore refused.",
+        status.snapshots_refused as f64,
+    );
+    metric(
+        "counter",
+        "restores_total",
+        "Matches restored after an owner died.",
+        status.restores as f64,
+    );
+    metric(
+        "counter",
+        "handoffs_total",
+        "Handoffs given or received.",
+        status.handoffs as f64,
+    );
+    metric(
+        "counter",
+        "handoffs_aborted_total",
+        "Handoffs begun here that left the match here.",
+        status.handoffs_aborted as f64,
+    );
+    metric(
+        "counter",
+        "takebacks_total",
+        "Matches taken back after the successor died before serving.",
+        status.takebacks as f64,
+    );
+    let mut gauge = |name: &str, help: &str, value: f64| metric("gauge", name, help, value);
     gauge("tick", "Last tick simulated.", status.tick as f64);
     gauge("tick_hz", "Ticks per second.", f64::from(status.tick_hz));
     gauge("players", "Connected players.", status.players as f64);
@@ -357,5 +422,28 @@ mod tests {
         let text = prometheus(&status);
         assert!(text.contains("arena_drops_total{match_id=\"m_1\",reason=\"replayed\"} 3"));
         assert!(text.contains("arena_tick_us_p99{match_id=\"m_1\"} 0"));
+    }
+
+    #[test]
+    fn prometheus_shows_who_owns_the_match_and_what_a_crash_would_cost() {
+        let status = Status {
+            match_id: "m".into(),
+            role: "owner",
+            epoch: 4,
+            rollback_bound_ticks: Some(75),
+            takebacks: 1,
+            ..Status::default()
+        };
+        let text = prometheus(&status);
+        assert!(text.contains("arena_owner{match_id=\"m\"} 1"), "{text}");
+        assert!(text.contains("arena_epoch{match_id=\"m\"} 4"));
+        assert!(text.contains("arena_rollback_bound_ticks{match_id=\"m\"} 75"));
+        assert!(text.contains("# TYPE arena_takebacks_total counter"));
+        assert!(text.contains("arena_takebacks_total{match_id=\"m\"} 1"));
+        let standby = prometheus(&Status {
+            role: "standby",
+            ..Status::default()
+        });
+        assert!(standby.contains("arena_owner{match_id=\"\"} 0"));
     }
 }

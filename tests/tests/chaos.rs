@@ -34,6 +34,15 @@ fn fault_dir(dir: &Path, name: &str) -> PathBuf {
     faults
 }
 
+/// A standby whose fault hook `hook` is armed; returns it and its fault directory.
+fn standby_with_hook(dir: &Path, hook: &str) -> (ServerProcess, PathBuf) {
+    let faults = fault_dir(dir, "standby");
+    arm(&faults, hook);
+    let standby =
+        ServerProcess::start_with(dir, &["--standby"], &[("ARENA_TEST_FAULT_DIR", &faults)]);
+    (standby, faults)
+}
+
 fn arm(faults: &Path, hook: &str) {
     std::fs::write(faults.join(hook), b"").unwrap();
 }
@@ -181,10 +190,7 @@ fn a_second_sigterm_exits_at_once() {
 fn a_standby_that_dies_after_taking_the_lease_does_not_lose_the_match() {
     let _one = serial();
     let dir = temp_dir("dies-after-lease");
-    let faults = fault_dir(&dir, "standby");
-    arm(&faults, "standby-dies-after-lease");
-    let standby =
-        ServerProcess::start_with(&dir, &["--standby"], &[("ARENA_TEST_FAULT_DIR", &faults)]);
+    let (standby, _faults) = standby_with_hook(&dir, "standby-dies-after-lease");
     let owner = ServerProcess::start(&dir, &[]);
     let bots = bots_against(&owner, BOTS, 7.0, &[]);
     wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
@@ -215,10 +221,7 @@ fn a_standby_that_dies_after_taking_the_lease_does_not_lose_the_match() {
 fn a_standby_that_dies_before_serving_is_replaced_and_the_bots_find_the_match() {
     let _one = serial();
     let dir = temp_dir("dies-before-tick");
-    let faults = fault_dir(&dir, "standby");
-    arm(&faults, "standby-dies-before-first-tick");
-    let standby =
-        ServerProcess::start_with(&dir, &["--standby"], &[("ARENA_TEST_FAULT_DIR", &faults)]);
+    let (standby, _faults) = standby_with_hook(&dir, "standby-dies-before-first-tick");
     let watcher = ServerProcess::start(&dir, &["--standby", "--watch", "default"]);
     let watcher_udp = watcher.udp.to_string();
     let owner = ServerProcess::start(&dir, &["--peer", &watcher_udp]);
@@ -248,10 +251,7 @@ fn a_standby_that_dies_before_serving_is_replaced_and_the_bots_find_the_match() 
 fn a_standby_paused_during_the_commit_never_acts_on_the_stale_request() {
     let _one = serial();
     let dir = temp_dir("paused-standby");
-    let faults = fault_dir(&dir, "standby");
-    arm(&faults, "standby-pauses-on-commit");
-    let standby =
-        ServerProcess::start_with(&dir, &["--standby"], &[("ARENA_TEST_FAULT_DIR", &faults)]);
+    let (standby, faults) = standby_with_hook(&dir, "standby-pauses-on-commit");
     let owner = ServerProcess::start(&dir, &[]);
     let bots = bots_against(&owner, BOTS, 12.0, &[]);
     wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
