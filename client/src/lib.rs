@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - [`session`]: the sans-IO session (connect, send inputs, receive snapshots).
+//! - [`session`]: the sans-IO session (connect, send inputs, receive snapshots, follow the
+//!   match across handoffs and crashes, count every input).
 //! - [`prediction`]: the own player moved at once and reconciled with the server.
 //! - [`interpolation`]: other entities drawn 100 ms in the past, smoothly.
 //! - [`play`]: the terminal client's game state and drawing.

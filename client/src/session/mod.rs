@@ -1,0 +1,631 @@
+//! The sans-IO client session: connect with a token, send inputs, receive snapshots.
+//!
+//! # Calling order
+//!
+//! Like the server core: on each wake-up the driver reads the clock once, feeds every
+//! datagram to [`Session::handle_datagram`] (with the address it came from), calls
+//! [`Session::update`], then [`Session::send_input`] once per tick when connected, and
+//! drains [`Session::poll_transmit`].
+//!
+//! Inputs are kept until the server reports them applied (`last_applied_input` in each
+//! snapshot) and every packet carries the oldest unapplied ones, so a lost packet loses
+//! nothing: the next packet repeats it.
+//!
+//! # Moving between servers
+//!
+//! - *Make before break*: a `Prepare` token names the server the match is about to move
+//!   to. The session opens a second connection there and keeps playing where it is; it
+//!   switches as soon as that server's first snapshot arrives (the new owner is ticking),
+//!   or when the redirect arrives if that is first. The switch needs no handshake, so the
+//!   player waits only for the handoff's pause and one one-way trip. A prepared
+//!   connection that fails is dropped; play goes on where it was.
+//! - A `Redirect` to a server with no prepared connection connects afresh there.
+//! - A server silent for [`SILENCE_BEFORE_RECONNECT`] is left for the next address of the
+//!   reconnect token.
+//!
+//! # Counting inputs
+//!
+//! Every frame sent ends in exactly one of: applied (as the current server counts them,
+//! [`SessionStats::inputs_applied`]), rolled back by a crash restore
+//! ([`SessionStats::inputs_rolled_back`]), given up by this client and never applied
+//! ([`SessionStats::inputs_given_up`]), or not known yet
+//! ([`Session::inputs_unacknowledged`]). Their sum is [`SessionStats::inputs_sent`] as long
+//! as the server applies in order and skips only frames it never received.
+//!
+//! # Layout
+//!
+//! - this file: the session, its timers and reconnects, and what it reports;
+//! - `ahead`: the connection opened ahead of a handoff (make before break);
+//! - `accounting`: what each snapshot says about this player's inputs and rollbacks;
+//! - `tokens`: tokens arriving in parts.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use arena_shared::netcode::{self, ClientState, Transmit};
+use arena_shared::protocol::messages::MAX_INPUT_FRAMES_PER_PACKET;
+use arena_shared::protocol::{
+    AckTracker, ClientMessage, PacketHeader, ScoreEntry, ServerMessage, Snapshot, TokenPart,
+    TokenPurpose, decode_server, encode,
+};
+use arena_shared::sim::{InputFrame, PlayerInput, Tick};
+
+mod accounting;
+mod ahead;
+#[cfg(test)]
+mod tests;
+mod tokens;
+
+use ahead::Prepared;
+use tokens::TokenInbox;
+
+/// Unapplied input frames a client keeps (two seconds at 60 Hz). Past this the oldest is
+/// given up: the server notices the gap and moves on.
+pub const MAX_UNAPPLIED_INPUTS: usize = 120;
+/// Ticks of margin so inputs arrive just before the tick they are for.
+const INPUT_LEAD_TICKS: f64 = 2.0;
+/// Silence from a connected server after which the session reconnects with its reconnect
+/// token (the server may have died; a standby may hold the match now). Measured from the
+/// newest snapshot or from when the connection was made, whichever is later.
+pub const SILENCE_BEFORE_RECONNECT: Duration = Duration::from_millis(1000);
+/// The silence tolerated instead while a connection opened ahead of a handoff is up: the
+/// owner is expected to go quiet for the commit, after which either the new owner's first
+/// snapshot arrives on that connection or, if the handoff is called off, the owner resumes.
+/// Reconnecting in between would only get in the way of both.
+pub const SILENCE_DURING_HANDOFF: Duration = Duration::from_millis(3000);
+/// How long a reconnect or a redirect waits for an answer from one address before it
+/// tries the token's next one: a dead standby must not cost the token's whole timeout.
+pub const MOVE_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long the session keeps reconnecting without a snapshot before it gives up. It
+/// must outlast a server's hold on the connection that went silent (the token's timeout,
+/// 5 s): a server that was only frozen refuses this client until it has timed it out.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(15);
+/// After a reconnect round in which every address answered no (denied: a standby that
+/// has not taken the match over yet), the next round waits this long.
+pub const RETRY_AFTER_REFUSAL: Duration = Duration::from_millis(100);
+/// For this long after a server went silent, reconnect rounds start after it in the
+/// token's list: it is likely dead, and each try of a dead address costs a second. The
+/// standby that will take over denies until it does, so rounds go on quickly meanwhile.
+pub const SKIP_SILENT_SERVER_FOR: Duration = Duration::from_secs(3);
+/// Given-up frames whose fate is remembered (far more than a session gives up between
+/// two snapshots; past it the oldest stay counted as given up).
+const MAX_GIVEN_UP_TRACKED: usize = 4096;
+
+/// Counters a session keeps.
+#[derive(Debug, Clone, Default)]
+pub struct SessionStats {
+    /// Snapshots received (newer than the previous one).
+    pub snapshots: u64,
+    /// UDP payload bytes received (whole netcode packets).
+    pub bytes_in: u64,
+    /// UDP payload bytes sent.
+    pub bytes_out: u64,
+    /// Input frames made.
+    pub inputs_sent: u64,
+    /// Input frames of this player the current server reports applied, as the match
+    /// counts them (carried through handoffs; it goes down after a crash restore).
+    pub inputs_applied: u64,
+    /// Input frames a server applied that a crash then undid: the server that took over
+    /// restored the match from before them.
+    pub inputs_rolled_back: u64,
+    /// Input frames given up because too many were unapplied, and never applied (one
+    /// that reached the server before it was given up is counted as applied instead).
+    pub inputs_given_up: u64,
+    /// Longest time between two snapshots while connected.
+    pub max_snapshot_gap: Duration,
+    /// Payloads that were not a valid game message.
+    pub bad_messages: u64,
+    /// Handoffs followed (the match was handed to another server), prepared or not.
+    pub handoffs_followed: u64,
+    /// Of those, switches to a connection opened ahead (make before break).
+    pub handoffs_prepared: u64,
+    /// Connections opened ahead that failed or were not used; play stayed where it was.
+    pub prepares_abandoned: u64,
+    /// Times the session set out to reconnect (the server went silent or dropped it); the
+    /// rounds of one such episode, until a snapshot arrives, count once.
+    pub reconnects: u64,
+    /// The most ticks the match went back when it moved: for a server that restored it
+    /// after a crash, the newest tick seen from the old server minus the restored tick.
+    pub max_rollback_ticks: u64,
+}
+
+/// The session moved to another server (a handoff or a reconnect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// The server it left.
+    pub from: Option<SocketAddr>,
+    /// Whether it was told to (a handoff) or found the server silent (a reconnect).
+    pub redirected: bool,
+    /// When it started moving. For a switch to a connection opened ahead: when the old
+    /// server's last snapshot arrived, so `done_at - at` is the wait the player saw.
+    pub at: Duration,
+    /// When the first snapshot from the new server arrived (`None`: not yet).
+    pub done_at: Option<Duration>,
+}
+
+/// One client's connection to a match. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct Session {
+    netcode: netcode::Client,
+    tick_hz: u32,
+    acks: AckTracker,
+    /// Frames made and not yet applied by the server, oldest first.
+    unapplied: VecDeque<InputFrame>,
+    next_input_sequence: u32,
+    /// Highest input sequence the current server reports applied.
+    last_applied: u32,
+    /// Sequences given up whose fate is not known yet (above `resolved_through`).
+    given_up: VecDeque<u32>,
+    /// Highest sequence any server reported applied: every frame up to it is accounted
+    /// for (a restored server may report less; that is counted as a rollback).
+    resolved_through: u32,
+    /// Tick the newest frame was for: frame ticks never go backwards.
+    last_input_tick: Tick,
+    latest: Option<Snapshot>,
+    /// When the newest snapshot arrived.
+    latest_at: Duration,
+    /// When the current server was last heard from, or the current transport started:
+    /// with the connection's own start, the silence that triggers a reconnect is
+    /// measured from here.
+    last_heard: Duration,
+    /// Snapshots not yet taken by the caller (bounded).
+    fresh: VecDeque<Snapshot>,
+    stats: SessionStats,
+    tokens: TokenInbox,
+    /// The newest complete reconnect token.
+    reconnect_token: Option<Vec<u8>>,
+    /// When the current run of reconnects began (`None`: a snapshot arrived since).
+    reconnecting_since: Option<Duration>,
+    /// Reconnecting went on for [`RECONNECT_FOR`] without a snapshot.
+    gave_up: bool,
+    /// The server whose silence started the reconnects, and when.
+    went_silent: Option<(SocketAddr, Duration)>,
+    /// After a refused round: when the next may start.
+    retry_at: Option<Duration>,
+    /// [`Session::disconnect`] was called: the session reconnects no more.
+    leaving: bool,
+    /// The connection opened ahead of a handoff, if one is.
+    next: Option<Prepared>,
+    /// Datagrams a replaced transport still had to send (its disconnect packets).
+    outbox: VecDeque<Transmit>,
+    moved: Option<Moved>,
+    scoreboard: Vec<ScoreEntry>,
+    /// Set when the transport changes server: its first snapshot is taken whatever its tick.
+    awaiting_new_server: bool,
+}
+
+impl Session {
+    /// A session that starts connecting with a 2048-byte connect token.
+    pub fn new(now: Duration, token: &[u8], tick_hz: u32) -> Self {
+        Self {
+            netcode: netcode::Client::new(now, token),
+            tick_hz: tick_hz.max(1),
+            acks: AckTracker::default(),
+            unapplied: VecDeque::new(),
+            next_input_sequence: 1,
+            last_applied: 0,
+            given_up: VecDeque::new(),
+            resolved_through: 0,
+            last_input_tick: Tick(0),
+            latest: None,
+            latest_at: now,
+            last_heard: now,
+            fresh: VecDeque::new(),
+            stats: SessionStats::default(),
+            tokens: TokenInbox::default(),
+            reconnect_token: None,
+            reconnecting_since: None,
+            gave_up: false,
+            went_silent: None,
+            retry_at: None,
+            leaving: false,
+            next: None,
+            outbox: VecDeque::new(),
+            moved: None,
+            scoreboard: Vec::new(),
+            awaiting_new_server: false,
+        }
+    }
+
+    /// Takes one datagram from the socket; `from` is where it came from (datagrams from
+    /// the server a connection was opened ahead to go to that connection).
+    pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &mut [u8]) {
+        self.stats.bytes_in += datagram.len() as u64;
+        if self.is_from_prepared(from) {
+            self.handle_prepared_datagram(now, from, datagram);
+            return;
+        }
+        let Some(payload) = self.netcode.handle_packet(now, from, datagram) else {
+            return;
+        };
+        let Some((header, message)) = decode_message(&mut self.stats, payload) else {
+            return;
+        };
+        if !self.acks.on_receive(now, header, |_| {}) {
+            return;
+        }
+        match message {
+            ServerMessage::Snapshot(snapshot) => self.receive_snapshot(now, snapshot),
+            ServerMessage::TokenPart(part) => self.receive_token_part(now, part),
+            ServerMessage::Scoreboard(entries) => self.scoreboard = entries,
+        }
+    }
+
+    fn receive_token_part(&mut self, now: Duration, part: TokenPart) {
+        let Some((purpose, token)) = self.tokens.add(part) else {
+            return;
+        };
+        match purpose {
+            TokenPurpose::Reconnect => self.reconnect_token = Some(token),
+            TokenPurpose::Redirect => self.follow_redirect(now, &token),
+            TokenPurpose::Prepare => self.open_prepared(now, &token),
+        }
+    }
+
+    /// Disconnect packets on the current transport, queued ahead of its replacement's.
+    fn say_goodbye(&mut self, now: Duration) {
+        self.netcode.disconnect(now);
+        while let Some(t) = self.netcode.poll_transmit() {
+            self.outbox.push_back(t);
+        }
+    }
+
+    /// Connects again with `token`, starting at address `first`. Unapplied inputs, the
+    /// newest snapshot and the statistics carry over; the ack state starts afresh, as
+    /// the new server's does.
+    fn replace_transport(&mut self, now: Duration, token: &[u8], first: usize, say_goodbye: bool) {
+        let from = self.netcode.server_address();
+        if say_goodbye {
+            self.say_goodbye(now);
+        }
+        // A connection opened ahead to the same server would block the new handshake
+        // there (one connection per address); to another server it is of no use now.
+        if self.close_prepared(now) {
+            self.stats.prepares_abandoned += 1;
+        }
+        let mut client = match netcode::ConnectToken::read(token) {
+            Ok(parsed) => netcode::Client::with_token_from(now, parsed, first),
+            Err(_) => netcode::Client::new(now, token),
+        };
+        client.set_attempt_timeout(MOVE_ATTEMPT_TIMEOUT);
+        self.netcode = client;
+        self.acks = AckTracker::default();
+        // Token ids are per server: the next server numbers its tokens afresh.
+        self.tokens = TokenInbox::default();
+        self.begin_new_server(now, from, say_goodbye, now);
+    }
+
+    /// The transport now leads to another server: its first snapshot is the truth.
+    fn begin_new_server(
+        &mut self,
+        now: Duration,
+        from: Option<SocketAddr>,
+        redirected: bool,
+        at: Duration,
+    ) {
+        self.awaiting_new_server = true;
+        // The new transport must not inherit the silence of the old one.
+        self.last_heard = now;
+        self.moved = Some(Moved {
+            from,
+            redirected,
+            at,
+            done_at: None,
+        });
+    }
+
+    fn receive_snapshot(&mut self, now: Duration, snapshot: Snapshot) {
+        let from_new_server = std::mem::take(&mut self.awaiting_new_server);
+        if from_new_server {
+            // The first word from a new server is the truth, even an older tick: a server
+            // restored after a crash resumes from its last snapshot.
+            self.measure_rollback(&snapshot);
+        } else if self
+            .latest
+            .as_ref()
+            .is_some_and(|latest| snapshot.tick <= latest.tick)
+        {
+            return; // Older or duplicate: a newer one already arrived.
+        }
+        if self.latest.is_some() {
+            let gap = now.saturating_sub(self.latest_at);
+            self.stats.max_snapshot_gap = self.stats.max_snapshot_gap.max(gap);
+        }
+        self.stats.snapshots += 1;
+        self.account_inputs(&snapshot, from_new_server);
+        while self
+            .unapplied
+            .front()
+            .is_some_and(|f| f.sequence <= self.last_applied)
+        {
+            self.unapplied.pop_front();
+        }
+        if self.fresh.len() >= 64 {
+            self.fresh.pop_front();
+        }
+        self.fresh.push_back(snapshot.clone());
+        self.latest = Some(snapshot);
+        self.latest_at = now;
+        self.last_heard = now;
+        self.reconnecting_since = None;
+        self.went_silent = None;
+        self.retry_at = None;
+        if let Some(moved) = &mut self.moved
+            && moved.done_at.is_none()
+        {
+            moved.done_at = Some(now);
+        }
+    }
+
+    /// Runs the transports' timers; reconnects when the server has gone silent.
+    pub fn update(&mut self, now: Duration) {
+        self.netcode.update(now);
+        self.update_prepared(now);
+        let silent = self.is_silent(now);
+        // A server that disconnected us may be stopping: a standby may hold the match.
+        let state = self.netcode.state();
+        let failed = state.is_error() || state == ClientState::Disconnected;
+        if !(silent || failed) || self.leaving || self.gave_up {
+            return;
+        }
+        let Some(token) = self.reconnect_token.clone() else {
+            return;
+        };
+        // A round that failed waits a moment before the next: its "no" was quick.
+        if failed && !silent {
+            let at = *self.retry_at.get_or_insert(now + RETRY_AFTER_REFUSAL);
+            if now < at {
+                return;
+            }
+            self.retry_at = None;
+        }
+        // Bounded by time, not rounds: a round over dead addresses costs a second each.
+        let first_round = self.reconnecting_since.is_none();
+        let since = *self.reconnecting_since.get_or_insert(now);
+        if now.saturating_sub(since) >= RECONNECT_FOR {
+            tracing::warn!("no server answered for {RECONNECT_FOR:?}: giving up");
+            self.gave_up = true;
+            return;
+        }
+        // Start after the server that went quiet (for a while), else from the top.
+        if silent && let Some(current) = self.netcode.server_address() {
+            self.went_silent = Some((current, now));
+        }
+        let first = match self.went_silent {
+            Some((quiet, at)) if now.saturating_sub(at) < SKIP_SILENT_SERVER_FOR => {
+                address_after(&token, quiet)
+            }
+            _ => 0,
+        };
+        if first_round {
+            tracing::info!(server = ?self.netcode.server_address(), ?silent, "reconnecting");
+            self.stats.reconnects += 1;
+        } else {
+            tracing::debug!(first, "reconnecting: another round");
+        }
+        self.replace_transport(now, &token, first, false);
+    }
+
+    /// Whether the connected server has been quiet too long. Measured from the newest
+    /// snapshot or from when the connection was made, whichever is later: a handshake
+    /// that took a while must not count as silence the moment it succeeds.
+    fn is_silent(&self, now: Duration) -> bool {
+        let quiet_since = self
+            .netcode
+            .connected_at()
+            .map_or(self.last_heard, |at| at.max(self.last_heard));
+        let patience = if self.is_prepared() {
+            SILENCE_DURING_HANDOFF
+        } else {
+            SILENCE_BEFORE_RECONNECT
+        };
+        self.netcode.is_connected()
+            && self.latest.is_some()
+            && now.saturating_sub(quiet_since) >= patience
+    }
+
+    /// Makes this tick's input frame and sends it with every other unapplied one; returns
+    /// the frame. Does nothing before the first snapshot (the server's tick is not known).
+    pub fn send_input(&mut self, now: Duration, input: PlayerInput) -> Option<InputFrame> {
+        if !self.netcode.is_connected() || self.latest.is_none() {
+            return None;
+        }
+        let tick = self.target_tick(now);
+        self.last_input_tick = tick;
+        if self.unapplied.len() >= MAX_UNAPPLIED_INPUTS {
+            self.give_up_oldest();
+        }
+        let frame = InputFrame {
+            sequence: self.next_input_sequence,
+            tick,
+            input,
+        };
+        self.unapplied.push_back(frame);
+        self.next_input_sequence += 1;
+        self.stats.inputs_sent += 1;
+        self.send_unapplied(now);
+        Some(frame)
+    }
+
+    /// Sends the unapplied frames again without making a new one (while draining).
+    pub fn resend_inputs(&mut self, now: Duration) {
+        if self.netcode.is_connected() && !self.unapplied.is_empty() {
+            self.send_unapplied(now);
+        }
+    }
+
+    fn send_unapplied(&mut self, now: Duration) {
+        let frames: Vec<InputFrame> = self
+            .unapplied
+            .iter()
+            .take(MAX_INPUT_FRAMES_PER_PACKET)
+            .copied()
+            .collect();
+        let header = self.acks.next_header(now);
+        let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
+        match encode(header, &ClientMessage::Inputs { frames }, &mut out) {
+            Ok(len) => {
+                let _ = self.netcode.send_payload(now, &out[..len]);
+            }
+            Err(error) => tracing::error!(%error, "input message did not fit"),
+        }
+    }
+
+    /// The tick the server will be at when an input sent now arrives, plus a margin.
+    fn target_tick(&self, now: Duration) -> Tick {
+        let Some(latest) = &self.latest else {
+            return self.last_input_tick;
+        };
+        let rtt = self.acks.rtt().unwrap_or_default().as_secs_f64();
+        let since = now.saturating_sub(self.latest_at).as_secs_f64();
+        let ahead = (since + rtt) * f64::from(self.tick_hz) + INPUT_LEAD_TICKS;
+        let estimate = Tick(latest.tick.0 + ahead.round().max(0.0) as u64);
+        estimate.max(self.last_input_tick)
+    }
+
+    /// Leaves cleanly (disconnect packets), the connection opened ahead too.
+    pub fn disconnect(&mut self, now: Duration) {
+        self.leaving = true;
+        self.netcode.disconnect(now);
+        self.close_prepared(now);
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let transmit = self
+            .outbox
+            .pop_front()
+            .or_else(|| self.netcode.poll_transmit())
+            .or_else(|| self.next.as_mut()?.netcode.poll_transmit())?;
+        self.stats.bytes_out += transmit.contents.len() as u64;
+        Some(transmit)
+    }
+
+    /// The snapshots that arrived since the last call, oldest first.
+    pub fn take_snapshots(&mut self) -> impl Iterator<Item = Snapshot> + '_ {
+        self.fresh.drain(..)
+    }
+
+    /// The transport state.
+    pub fn state(&self) -> ClientState {
+        self.netcode.state()
+    }
+
+    /// Whether payloads flow.
+    pub fn is_connected(&self) -> bool {
+        self.netcode.is_connected()
+    }
+
+    /// Whether the session has given up: the transport failed and it will not reconnect
+    /// (no reconnect token, [`RECONNECT_FOR`] spent without a snapshot, or it left).
+    pub fn is_lost(&self) -> bool {
+        let state = self.netcode.state();
+        (state.is_error() || state == ClientState::Disconnected)
+            && (self.reconnect_token.is_none() || self.gave_up || self.leaving)
+    }
+
+    /// Whether a reconnect token has arrived.
+    pub fn has_reconnect_token(&self) -> bool {
+        self.reconnect_token.is_some()
+    }
+
+    /// The last move to another server, if any.
+    pub fn moved(&self) -> Option<Moved> {
+        self.moved
+    }
+
+    /// The server being tried or connected to.
+    pub fn server_address(&self) -> Option<SocketAddr> {
+        self.netcode.server_address()
+    }
+
+    /// The server a connection is open (or opening) to ahead of a handoff, if any.
+    pub fn prepared_server(&self) -> Option<SocketAddr> {
+        self.next.as_ref()?.netcode.server_address()
+    }
+
+    /// Whether the connection opened ahead of a handoff is established.
+    pub fn is_prepared(&self) -> bool {
+        self.next
+            .as_ref()
+            .is_some_and(|next| next.netcode.is_connected())
+    }
+
+    /// The newest snapshot.
+    pub fn latest_snapshot(&self) -> Option<&Snapshot> {
+        self.latest.as_ref()
+    }
+
+    /// Smoothed round-trip time.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.acks.rtt()
+    }
+
+    /// The newest RTT sample, once (for percentile reports).
+    pub fn take_rtt_sample(&mut self) -> Option<Duration> {
+        self.acks.take_rtt_sample()
+    }
+
+    /// Smoothed packet loss towards the server (0..1).
+    pub fn loss(&self) -> f32 {
+        self.acks.loss()
+    }
+
+    /// Highest input sequence the current server applied.
+    pub fn last_applied_input(&self) -> u32 {
+        self.last_applied
+    }
+
+    /// Input frames made and not yet applied.
+    pub fn unapplied_inputs(&self) -> usize {
+        self.unapplied.len()
+    }
+
+    /// Input frames sent whose fate is not known yet: neither reported applied nor given
+    /// up. With [`SessionStats`]: `inputs_sent == inputs_applied + inputs_rolled_back +
+    /// inputs_given_up + inputs_unacknowledged()`.
+    pub fn inputs_unacknowledged(&self) -> u64 {
+        self.unapplied.len() as u64
+    }
+
+    /// The unapplied frames themselves, oldest first (for prediction).
+    pub fn unapplied_frames(&self) -> impl Iterator<Item = &InputFrame> {
+        self.unapplied.iter()
+    }
+
+    /// The newest scoreboard.
+    pub fn scoreboard(&self) -> &[ScoreEntry] {
+        &self.scoreboard
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+}
+
+/// Decodes a game message, counting one that is not valid.
+/// The index in `token`'s addresses after `server`'s (0 if it is not listed).
+fn address_after(token: &[u8], server: SocketAddr) -> usize {
+    let addresses = netcode::ConnectToken::read(token)
+        .map(|t| t.server_addresses)
+        .unwrap_or_default();
+    let at = addresses.iter().position(|a| *a == server);
+    at.map_or(0, |i| (i + 1) % addresses.len().max(1))
+}
+
+fn decode_message(
+    stats: &mut SessionStats,
+    payload: &[u8],
+) -> Option<(PacketHeader, ServerMessage)> {
+    match decode_server(payload) {
+        Ok(decoded) => Some(decoded),
+        Err(error) => {
+            stats.bad_messages += 1;
+            tracing::trace!(%error, "bad message from server");
+            None
+        }
+    }
+}
