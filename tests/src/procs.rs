@@ -85,8 +85,12 @@ impl ServerProcess {
     /// without a `--key-file` unless `args` has one.
     pub fn spawn(data_dir: &Path, args: &[String], env: &[(&str, &Path)]) -> Starting {
         let mut command = Command::new(bin_path("arena-server"));
+        // OS-chosen ports, unless the caller chose a UDP address.
+        if !args.iter().any(|a| a == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
@@ -319,6 +323,25 @@ pub fn post_bytes(url: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
         ))
         .map(|(status, body)| (status, body.to_vec()))
         .unwrap_or_else(|e| panic!("POST {url}: {e:#}"))
+}
+
+/// Loopback UDP addresses free a moment ago (the OS chose them), for processes that
+/// must know each other's addresses before they start (a fleet of standbys listing one
+/// another as peers).
+pub fn free_udp_addresses(count: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<std::net::UdpSocket> = (0..count)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap_or_else(|e| panic!("cannot bind a loopback UDP socket: {e}"))
+        })
+        .collect();
+    sockets
+        .iter()
+        .map(|s| {
+            s.local_addr()
+                .unwrap_or_else(|e| panic!("a bound socket has no address: {e}"))
+        })
+        .collect()
 }
 
 /// `GET /status` of `server`.

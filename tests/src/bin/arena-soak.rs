@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use arena_tests::procs::{ServerProcess, get_json, post_json, signal, spawn_bots, temp_dir};
+use arena_tests::procs::{
+    ServerProcess, free_udp_addresses, get_json, post_json, signal, spawn_bots, temp_dir,
+};
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -55,25 +57,32 @@ impl Fleet {
     fn start(args: &Args) -> Self {
         let dir = temp_dir("soak");
         let max_players = args.bots.max(16).to_string();
-        let mut standbys = Vec::new();
-        for _ in 0..args.crashes {
-            standbys.push(ServerProcess::start(
-                &dir,
-                &[
-                    "--standby",
-                    "--watch",
-                    "default",
-                    "--max-players",
-                    &max_players,
-                ],
-            ));
-        }
-        let peers: Vec<String> = standbys.iter().map(|s| s.udp.to_string()).collect();
-        let mut owner_args = vec!["--max-players", max_players.as_str()];
-        for peer in &peers {
-            owner_args.extend(["--peer", peer.as_str()]);
-        }
-        let owner = ServerProcess::start(&dir, &owner_args);
+        // Every process lists every other, so that whichever standby takes over, its
+        // clients' reconnect tokens name the rest.
+        let addresses = free_udp_addresses(args.crashes as usize + 1);
+        let args_for = |me: usize, role: &[&str]| -> Vec<String> {
+            let mut list: Vec<String> = role.iter().map(|a| (*a).to_owned()).collect();
+            list.extend([
+                "--listen".to_owned(),
+                addresses[me].to_string(),
+                "--max-players".to_owned(),
+                max_players.clone(),
+            ]);
+            for (other, address) in addresses.iter().enumerate() {
+                if other != me {
+                    list.extend(["--peer".to_owned(), address.to_string()]);
+                }
+            }
+            list
+        };
+        let start = |list: Vec<String>| {
+            let list: Vec<&str> = list.iter().map(String::as_str).collect();
+            ServerProcess::start(&dir, &list)
+        };
+        let standbys = (1..addresses.len())
+            .map(|me| start(args_for(me, &["--standby", "--watch", "default"])))
+            .collect();
+        let owner = start(args_for(0, &[]));
         Self {
             dir,
             owner,
