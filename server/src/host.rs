@@ -153,11 +153,17 @@ impl Host {
     }
 
     /// The latest status, with the role as of now (the loop reports every half second,
-    /// the role changes at once).
+    /// the role changes at once): "starting" between taking a match and the loop's first
+    /// report.
     pub fn status(&self) -> Status {
         let mut status = self.status.borrow().clone();
         if status.role == "standby" {
-            status.role = self.role();
+            // Until the loop publishes its first status, a match being started is not
+            // yet one to read figures from.
+            status.role = match self.role() {
+                "owner" => "starting",
+                role => role,
+            };
             status.prepared_clients = self.prepare.connected();
             status.drops = self.prepare.drops();
             status.snapshots_refused = self.snapshots_refused.lock().map_or(0, |n| *n);

@@ -14,8 +14,9 @@ use crate::core::CoreStats;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
     /// "owner" (ticking a match), "standby" (waiting for one), "preparing" (a standby
-    /// admitting a match's clients ahead of a handoff), "retired" (handed its match over),
-    /// "fenced" (a successor took its match), "stopped".
+    /// admitting a match's clients ahead of a handoff), "starting" (it took a match and
+    /// its loop has not reported yet), "retired" (handed its match over), "fenced" (a
+    /// successor took its match), "stopped".
     pub role: &'static str,
     /// The match this process owns (or watches).
     pub match_id: String,
