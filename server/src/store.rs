@@ -148,17 +148,9 @@ pub trait SnapshotStore: Send + Sync {
     /// pruned them), newest (epoch, tick) first; empty if none. Not decoded: the caller
     /// restores the first one that verifies and falls back to the next.
     fn snapshots_newest_first(&self, match_id: &str) -> Result<Vec<StoredSnapshot>, StoreError>;
-    /// The newest snapshot's bytes, if any, even if an older one would verify and this one
-    /// not: prefer [`SnapshotStore::snapshots_newest_first`].
-    fn latest_snapshot(&self, match_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.snapshots_newest_first(match_id)?.into_iter().next() {
-            None => Ok(None),
-            Some(newest) => newest
-                .bytes
-                .map(Some)
-                .map_err(|reason| StoreError::Io(newest.name, std::io::Error::other(reason))),
-        }
-    }
+    /// The (epoch, tick) of the newest snapshot, if any, without reading it (an old owner
+    /// waiting for its successor's first snapshot asks this a few times a second).
+    fn newest_snapshot_id(&self, match_id: &str) -> Result<Option<(u64, u64)>, StoreError>;
     /// The current lease, if any.
     fn lease(&self, match_id: &str) -> Result<Option<Lease>, StoreError>;
     /// Takes the match at `lease.epoch`, which must be newer than the lease in force.
@@ -574,6 +566,17 @@ impl SnapshotStore for FileStore {
         Ok(())
     }
 
+    fn newest_snapshot_id(&self, match_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let dir = self.dir(match_id)?;
+        Ok(numbered(&dir, "snapshot-", ".bin")?
+            .into_iter()
+            .rev()
+            .find_map(|(numbers, _)| match numbers[..] {
+                [epoch, tick] => Some((epoch, tick)),
+                _ => None,
+            }))
+    }
+
     fn snapshots_newest_first(&self, match_id: &str) -> Result<Vec<StoredSnapshot>, StoreError> {
         let dir = self.dir(match_id)?;
         let mut found = Vec::new();
@@ -670,6 +673,17 @@ impl SnapshotStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The newest snapshot's bytes (an error if it cannot be read).
+    fn latest(store: &FileStore, match_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match store.snapshots_newest_first(match_id)?.into_iter().next() {
+            None => Ok(None),
+            Some(newest) => newest
+                .bytes
+                .map(Some)
+                .map_err(|reason| StoreError::Io(newest.name, std::io::Error::other(reason))),
+        }
+    }
     use std::sync::{Arc, Barrier};
 
     /// A fresh store in a directory no other test (nor test run) shares.
@@ -721,13 +735,18 @@ mod tests {
                 .write_snapshot("m", 1, tick * 60, &[tick as u8])
                 .expect("writes");
         }
-        assert_eq!(store.latest_snapshot("m").expect("reads"), Some(vec![7]));
+        assert_eq!(latest(&store, "m").expect("reads"), Some(vec![7]));
         let listed = store.snapshots_newest_first("m").expect("lists");
         assert_eq!(
             listed.iter().map(|s| (s.epoch, s.tick)).collect::<Vec<_>>(),
             [(1, 420), (1, 360), (1, 300), (1, 240), (1, 180)]
         );
         assert_eq!(listed[0].bytes, Ok(vec![7]));
+        assert_eq!(
+            store.newest_snapshot_id("m").expect("lists"),
+            Some((1, 420))
+        );
+        assert_eq!(store.newest_snapshot_id("other").expect("lists"), None);
         assert_eq!(listed[4].bytes, Ok(vec![3]));
         assert_eq!(
             listed[0].name,
@@ -735,7 +754,7 @@ mod tests {
         );
         let kept = numbered(&dir.join("matches/m"), "snapshot-", ".bin").expect("lists");
         assert_eq!(kept.len(), KEEP_SNAPSHOTS);
-        assert_eq!(store.latest_snapshot("other").expect("reads"), None);
+        assert_eq!(latest(&store, "other").expect("reads"), None);
         assert!(
             store
                 .snapshots_newest_first("other")
@@ -776,7 +795,7 @@ mod tests {
         assert_eq!(listed[2].bytes, Ok(b"full 120".to_vec()));
         assert_eq!(listed[3].bytes, Ok(b"full 60".to_vec()));
         // The convenience method reports the newest's failure rather than skipping it.
-        assert!(store.latest_snapshot("m").is_err());
+        assert!(latest(&store, "m").is_err());
     }
 
     #[test]
@@ -815,10 +834,7 @@ mod tests {
         store
             .write_snapshot("m", 2, 1000, b"new")
             .expect("owner writes");
-        assert_eq!(
-            store.latest_snapshot("m").expect("reads"),
-            Some(b"new".to_vec())
-        );
+        assert_eq!(latest(&store, "m").expect("reads"), Some(b"new".to_vec()));
         // A handoff moves an unexpired lease to the next epoch.
         store
             .acquire("m", &lease("c", 3, 9000), 2000, true)
@@ -1051,15 +1067,12 @@ mod tests {
         assert!(store.temp_files("m").expect("lists").is_empty());
         assert!(!snapshot_path(&dir, 1, 120).exists());
         assert_eq!(
-            store.latest_snapshot("m").expect("reads"),
+            latest(&store, "m").expect("reads"),
             Some(b"before".to_vec())
         );
         std::fs::remove_file(faults.join(SNAPSHOT_WRITE_FAILS)).expect("space again");
         store.write_snapshot("m", 1, 180, b"after").expect("writes");
-        assert_eq!(
-            store.latest_snapshot("m").expect("reads"),
-            Some(b"after".to_vec())
-        );
+        assert_eq!(latest(&store, "m").expect("reads"), Some(b"after".to_vec()));
 
         // A real failure after the temp file was written (the rename fails: a non-empty
         // directory sits at the target) removes it too.
@@ -1228,7 +1241,7 @@ mod tests {
         // on disk as epoch 1: it does not outrank b's.
         write_atomic(&snapshot_path(&dir, 1, 900), b"a at 900", None).expect("raw write");
         assert_eq!(
-            store.latest_snapshot("m").expect("reads"),
+            latest(&store, "m").expect("reads"),
             Some(b"b at 400".to_vec())
         );
         let listed = store.snapshots_newest_first("m").expect("lists");

@@ -260,10 +260,9 @@ fn check_successor(host: &Host, frozen: &Frozen, successor: &str) -> Option<Loop
     }
     let durable = host
         .store
-        .snapshots_newest_first(match_id)
+        .newest_snapshot_id(match_id)
         .ok()?
-        .first()
-        .is_some_and(|s| s.epoch >= successor_epoch);
+        .is_some_and(|(epoch, _)| epoch >= successor_epoch);
     if durable {
         return Some(LoopCommand::Leave);
     }

@@ -156,7 +156,7 @@ fn the_admin_token_guards_what_changes_things() {
     let (code, _) = post_json(&format!("{admin}/handoff"), "{\"to\": \"127.0.0.1:1\"}");
     assert_eq!(code, 401);
     // Reading needs no token.
-    assert_eq!(get_json(&format!("{admin}/status"))["role"], "owner");
+    wait_status(&server, "the match running", |s| s["role"] == "owner");
     let (code, _) = arena_tests::procs::http_with(
         &format!("{admin}/token"),
         "POST",
