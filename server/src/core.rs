@@ -163,12 +163,30 @@ struct ClientSlot {
     last_applied: u32,
     /// Input frames of this player the match applied, ever (told to the client).
     inputs_applied: u64,
+    tokens: SlotTokens,
+}
+
+/// The tokens on their way to one client.
+#[derive(Debug, Default)]
+struct SlotTokens {
     /// The newest reconnect token for this client.
     reconnect: Option<OutgoingToken>,
     /// Where this client must go, once the match has moved.
     redirect: Option<OutgoingToken>,
     /// Where the match is about to move (phase one of a handoff).
     prepare: Option<OutgoingToken>,
+}
+
+impl SlotTokens {
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut OutgoingToken> {
+        [
+            self.reconnect.as_mut(),
+            self.redirect.as_mut(),
+            self.prepare.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 impl ClientSlot {
@@ -187,21 +205,8 @@ impl ClientSlot {
             pending: BTreeMap::new(),
             last_applied,
             inputs_applied,
-            reconnect: None,
-            redirect: None,
-            prepare: None,
+            tokens: SlotTokens::default(),
         }
-    }
-
-    /// The tokens on their way to this client.
-    fn tokens_mut(&mut self) -> impl Iterator<Item = &mut OutgoingToken> {
-        [
-            self.reconnect.as_mut(),
-            self.redirect.as_mut(),
-            self.prepare.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
     }
 }
 
@@ -335,13 +340,12 @@ impl ServerCore {
                 return;
             }
         };
-        let mut acks = std::mem::take(&mut slot.acks);
+        let ClientSlot { acks, tokens, .. } = slot;
         let fresh = acks.on_receive(now, header, |sequence| {
-            for token in slot.tokens_mut() {
+            for token in tokens.iter_mut() {
                 token.on_ack(sequence);
             }
         });
-        slot.acks = acks;
         if !fresh {
             return;
         }
@@ -499,7 +503,7 @@ impl ServerCore {
     pub fn cancel_redirects(&mut self) {
         self.moving = false;
         for slot in self.clients.iter_mut().flatten() {
-            slot.redirect = None;
+            slot.tokens.redirect = None;
         }
     }
 
@@ -513,7 +517,7 @@ impl ServerCore {
             if let Some(token) = self.mint(now, client_id, addresses, TokenPurpose::Redirect)
                 && let Some(slot) = self.clients[index].as_mut()
             {
-                slot.redirect = Some(token);
+                slot.tokens.redirect = Some(token);
             }
         }
         tracing::info!(
@@ -541,7 +545,7 @@ impl ServerCore {
             if let Some(token) = self.mint(now, client_id, &addresses, TokenPurpose::Prepare)
                 && let Some(slot) = self.clients[index].as_mut()
             {
-                slot.prepare = Some(token);
+                slot.tokens.prepare = Some(token);
                 told += 1;
             }
         }
@@ -559,7 +563,7 @@ impl ServerCore {
     /// to the standby when it denies or times them out; their play here is unchanged.
     pub fn cancel_prepare(&mut self) {
         for slot in self.clients.iter_mut().flatten() {
-            slot.prepare = None;
+            slot.tokens.prepare = None;
         }
     }
 
@@ -588,15 +592,16 @@ impl ServerCore {
                 continue;
             };
             let stale = slot
+                .tokens
                 .reconnect
                 .as_ref()
                 .is_none_or(|t| now.saturating_sub(t.minted_at) >= refresh_after);
-            if refresh_reconnect && stale && slot.redirect.is_none() && mints_left > 0 {
+            if refresh_reconnect && stale && slot.tokens.redirect.is_none() && mints_left > 0 {
                 mints_left -= 1;
                 let client_id = slot.client_id;
                 let token = self.mint(now, client_id, &own, TokenPurpose::Reconnect);
                 if let Some(slot) = self.clients[index].as_mut() {
-                    slot.reconnect = token;
+                    slot.tokens.reconnect = token;
                 }
             }
             self.send_token_parts(now, index);
@@ -664,8 +669,8 @@ impl ServerCore {
             return;
         };
         let mut datagrams = Vec::new();
-        let mut acks = std::mem::take(&mut slot.acks);
-        for token in slot.tokens_mut() {
+        let ClientSlot { acks, tokens, .. } = slot;
+        for token in tokens.iter_mut() {
             let due = token
                 .last_sent
                 .is_none_or(|at| now.saturating_sub(at) >= token.resend_every());
@@ -693,7 +698,6 @@ impl ServerCore {
                 }
             }
         }
-        slot.acks = acks;
         for datagram in datagrams {
             let _ = self
                 .netcode
