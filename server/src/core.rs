@@ -239,6 +239,9 @@ pub struct ServerCore {
     /// Clients are being sent elsewhere (a handoff's commit, or a stop): their goodbyes
     /// do not remove their players.
     moving: bool,
+    /// The process this match was handed over from: listed last in reconnect tokens (it
+    /// takes the match back if we die before serving), never a stop's destination.
+    fallback_peer: Option<SocketAddr>,
 }
 
 impl ServerCore {
@@ -293,6 +296,7 @@ impl ServerCore {
             snapshot_every: 1,
             restored_from_tick: None,
             moving: false,
+            fallback_peer: None,
             input_log: None,
             config,
         }
@@ -487,10 +491,7 @@ impl ServerCore {
     /// (after this server's own standbys): if this server dies before its first
     /// snapshot, the old owner takes the match back and its clients find it there.
     pub fn add_fallback_peer(&mut self, address: SocketAddr) {
-        if address != self.config.tokens.own_address && !self.config.tokens.peers.contains(&address)
-        {
-            self.config.tokens.peers.push(address);
-        }
+        self.fallback_peer = Some(address);
     }
 
     /// Whether this server knows standbys (`--peer`) to send its clients to.
@@ -613,6 +614,12 @@ impl ServerCore {
         let own = self.config.tokens.own_address;
         let mut addresses = vec![own];
         addresses.extend(self.config.tokens.peers.iter().filter(|&&p| p != own));
+        // The old owner last: it takes the match back if this server dies before serving.
+        if let Some(old) = self.fallback_peer
+            && !addresses.contains(&old)
+        {
+            addresses.push(old);
+        }
         addresses.truncate(netcode::MAX_SERVERS_PER_CONNECT);
         addresses
     }

@@ -21,7 +21,7 @@ use crate::core::{CoreConfig, ServerCore};
 use crate::faults::Faults;
 use crate::handoff::{self, Accepted, PrepareRequest, Prepared};
 use crate::lobby::{self, Preparation, PrepareSlot};
-use crate::net::{Clock, History, LoopCommand, LoopExit, MatchRun, run_match};
+use crate::net::{Clock, History, LoopCommand, LoopExit, MatchRun, run_match, wall_ms};
 use crate::ownership::{Ownership, OwnershipConfig, renew_every};
 use crate::status::Status;
 use crate::store::{FileStore, Lease, SnapshotStore, StoreError};
@@ -183,8 +183,8 @@ impl Host {
         let now_ms = self.now_ms();
         let held = self.store.lease(match_id)?;
         let epoch = held.as_ref().map_or(1, |l| l.epoch + 1);
-        let lease = self.lease(epoch, now_ms, held.as_ref().map_or(0, |l| l.tick));
-        match self.store.acquire(match_id, &lease, now_ms, false) {
+        let lease = self.lease(epoch, held.as_ref().map_or(0, |l| l.tick));
+        match self.store.acquire(match_id, &lease, wall_ms(), false) {
             Ok(()) => {}
             Err(StoreError::Held {
                 owner,
@@ -308,11 +308,12 @@ impl Host {
             )));
         }
         let now_ms = self.now_ms();
-        if now_ms > commit.deadline_unix_ms {
+        let wall = wall_ms();
+        if wall > commit.deadline_unix_ms {
             self.prepare.clear();
             return Err(ReceiveError::Refused(format!(
                 "the handoff's deadline passed {} ms ago",
-                now_ms - commit.deadline_unix_ms
+                wall - commit.deadline_unix_ms
             )));
         }
         let Some(preparation) = self.prepare.commit(commit.handoff_id) else {
@@ -347,10 +348,13 @@ impl Host {
                 header.match_id, header.epoch, preparation.match_id, preparation.epoch
             )));
         }
-        let epoch = header.epoch + 1;
-        let lease = self.lease(epoch, now_ms, header.tick.0);
+        let epoch = header
+            .epoch
+            .checked_add(1)
+            .ok_or_else(|| ReceiveError::Refused("the snapshot's epoch is the last one".into()))?;
+        let lease = self.lease(epoch, header.tick.0);
         self.store
-            .acquire(&header.match_id, &lease, now_ms, true)
+            .acquire(&header.match_id, &lease, wall_ms(), true)
             .map_err(|e| ReceiveError::Busy(e.to_string()))?;
         self.config.faults.crash_if("standby-dies-after-lease");
         tracing::info!(match_id = %header.match_id, tick = header.tick.0, epoch, "received a handed-over match");
@@ -413,7 +417,7 @@ impl Host {
             // Nobody has owned the match yet: nothing to take over.
             return Ok(false);
         };
-        if !held.lapsed(now_ms) {
+        if !held.lapsed(wall_ms()) {
             return Ok(false);
         }
         let held = Some(held);
@@ -426,8 +430,8 @@ impl Host {
             .as_ref()
             .map_or(header.epoch, |l| l.epoch.max(header.epoch))
             + 1;
-        let lease = self.lease(epoch, now_ms, header.tick.0);
-        match self.store.acquire(match_id, &lease, now_ms, false) {
+        let lease = self.lease(epoch, header.tick.0);
+        match self.store.acquire(match_id, &lease, wall_ms(), false) {
             Ok(()) => {}
             Err(StoreError::Held { .. } | StoreError::Fenced { .. }) => return Ok(false),
             Err(error) => return Err(error.into()),
@@ -524,9 +528,16 @@ impl Host {
         if self.handing_off.swap(true, Ordering::SeqCst) {
             return Err("a handoff of this match is already under way".into());
         }
-        let result = crate::transfer::hand_off(self, &to, make_before_break).await;
-        self.handing_off.store(false, Ordering::SeqCst);
-        result
+        // On a task of its own: a caller that hangs up (an HTTP client's timeout) must not
+        // cancel a handoff half-way, with the match frozen.
+        let host = Arc::clone(self);
+        let result = tokio::spawn(async move {
+            let result = crate::transfer::hand_off(&host, &to, make_before_break).await;
+            host.handing_off.store(false, Ordering::SeqCst);
+            result
+        })
+        .await;
+        result.unwrap_or_else(|_| Err("the handoff task failed".into()))
     }
 
     /// Stops waiting for a match (a standby shutting down).
@@ -571,11 +582,20 @@ impl Host {
         })
     }
 
-    pub(crate) fn lease(&self, epoch: u64, now_ms: u64, tick: u64) -> Lease {
+    /// Records the role the running match's loop was told to take ("retired" after a
+    /// commit, "owner" again after a takeback): a retired process accepts no handoff.
+    pub(crate) fn set_role(&self, role: &'static str) {
+        if let Ok(mut current) = self.role.lock() {
+            *current = role;
+        }
+    }
+
+    /// A lease for us at `epoch`, expiring a lease length from now (the wall clock).
+    pub(crate) fn lease(&self, epoch: u64, tick: u64) -> Lease {
         Lease {
             owner: self.config.owner_id.clone(),
             epoch,
-            expires_unix_ms: now_ms + self.config.lease.as_millis() as u64,
+            expires_unix_ms: wall_ms() + self.config.lease.as_millis() as u64,
             tick,
             released: false,
         }

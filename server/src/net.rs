@@ -65,6 +65,17 @@ impl Clock {
     }
 }
 
+/// The machine's wall clock now, unix milliseconds, read afresh: the time stamps other
+/// processes compare (lease expiries, a handoff's deadline). Read afresh, a step of the
+/// wall clock shifts every process on the machine alike; a time anchored at each
+/// process's own start ([`Clock`]) would not.
+#[allow(clippy::disallowed_methods)]
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Binds the game's UDP socket with buffers sized for `max_players`.
 pub fn bind_udp(addr: SocketAddr, max_players: usize) -> anyhow::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -124,8 +135,9 @@ pub enum LoopCommand {
     /// The store says the match is ours at `ownership`'s epoch (a handoff that did not
     /// happen, or a successor that died before serving): tick again from where we froze.
     Resume {
-        /// The new epoch's ownership, already acquired.
-        ownership: Box<Ownership>,
+        /// The new epoch's ownership, already acquired; `None`: the current one still
+        /// holds (the store could not take a new epoch).
+        ownership: Option<Box<Ownership>>,
     },
     /// The store says the successor owns the match: send every client there.
     Commit {
@@ -270,17 +282,12 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
         listen = %driver.socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "match running"
     );
+    // A stop asked for while frozen waits for the handoff's outcome.
+    let mut stop_requested = false;
     let exit = loop {
         tokio::select! {
             biased;
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    if let Phase::Retired { .. } = phase {
-                        break LoopExit::HandedOff;
-                    }
-                    break LoopExit::Shutdown;
-                }
-            }
+            // Commands first: a handoff's outcome queued just before a stop is acted on.
             Some(command) = commands.recv() => {
                 let now = driver.clock.now();
                 match command {
@@ -289,11 +296,16 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                             core.world().tick().0, core.num_players()));
                     }
                     LoopCommand::Prepare { to, reply } => {
-                        let _ = reply.send(core.prepare_all(now, to));
+                        let told = if phase == Phase::Running { core.prepare_all(now, to) } else { 0 };
+                        let _ = reply.send(told);
                     }
                     LoopCommand::CancelPrepare => core.cancel_prepare(),
                     LoopCommand::Freeze { reply } => {
-                        let frozen = driver.freeze(&core, &ownership);
+                        let frozen = if phase == Phase::Running {
+                            driver.freeze(&core, &ownership)
+                        } else {
+                            Err(format!("the match is not running here ({phase:?})"))
+                        };
                         if frozen.is_ok() {
                             // Nobody joins a world that has already been shipped.
                             core.set_admitting(false);
@@ -302,15 +314,17 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                         let _ = reply.send(frozen);
                     }
                     LoopCommand::Resume { ownership: next } => {
-                        tracing::warn!(match_id = core.match_id(), tick = core.world().tick().0,
-                            epoch = next.epoch, was = ?phase, "the match is ours again: resuming here");
                         if let Phase::Retired { .. } = phase {
                             driver.history.takebacks += 1;
                         } else {
                             driver.history.handoffs_aborted += 1;
                         }
-                        // The old epoch's threads end here (joined); the new epoch's run.
-                        drop(std::mem::replace(&mut ownership, *next));
+                        if let Some(next) = next {
+                            // The old epoch's threads end here (joined); the new epoch's run.
+                            drop(std::mem::replace(&mut ownership, *next));
+                        }
+                        tracing::warn!(match_id = core.match_id(), tick = core.world().tick().0,
+                            epoch = ownership.epoch, was = ?phase, "the match is ours again: resuming here");
                         core.cancel_prepare();
                         core.cancel_redirects();
                         core.set_admitting(true);
@@ -320,10 +334,11 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                         next_snapshot = now;
                     }
                     LoopCommand::Commit { to } => {
-                        ownership.stop();
                         core.set_admitting(false);
                         core.redirect_all(now, to);
                         driver.flush(&mut core).await;
+                        // After the redirects: a snapshot being written must not hold them up.
+                        ownership.stop();
                         driver.history.handoffs += 1;
                         driver.role = "retired";
                         phase = Phase::Retired { since: now, leave: false };
@@ -334,6 +349,23 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                         }
                     }
                     LoopCommand::Lost { reason } => break LoopExit::LostOwnership(reason),
+                }
+                if stop_requested {
+                    match phase {
+                        Phase::Running => break LoopExit::Shutdown,
+                        Phase::Retired { since, .. } => phase = Phase::Retired { since, leave: true },
+                        Phase::Frozen => {}
+                    }
+                }
+            }
+            changed = shutdown.changed(), if !stop_requested => {
+                if changed.is_err() || *shutdown.borrow() {
+                    match phase {
+                        Phase::Running => break LoopExit::Shutdown,
+                        Phase::Retired { .. } => break LoopExit::HandedOff,
+                        // The standby may own the match already: the outcome decides.
+                        Phase::Frozen => stop_requested = true,
+                    }
                 }
             }
             ready = driver.socket.readable() => {
@@ -378,6 +410,10 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                                 core.serve_redirects(now);
                                 driver.flush(&mut core).await;
                                 next_tick = now + period;
+                                if now >= next_status {
+                                    let _ = status_tx.send_replace(driver.status(&core, tick_hz, &ownership));
+                                    next_status = now + STATUS_INTERVAL;
+                                }
                                 continue;
                             }
                             Standing::Fenced(reason) => {
@@ -387,7 +423,7 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                             }
                         }
                         driver.lapsed = false;
-                        next_tick = driver.run_due_ticks(&mut core, next_tick, period).await;
+                        next_tick = driver.run_due_ticks(&mut core, &ownership, next_tick, period).await;
                         ownership.set_tick(core.world().tick().0);
                         if let Some(frozen) = frozen_at.take() {
                             // From the old owner's freeze after tick T to the end of our tick T+1.
@@ -645,11 +681,18 @@ impl Driver {
     async fn run_due_ticks(
         &mut self,
         core: &mut ServerCore,
+        ownership: &Ownership,
         mut next_tick: Duration,
         period: Duration,
     ) -> Duration {
         let mut ran = 0;
         while self.clock.now() >= next_tick && ran < MAX_CATCH_UP_TICKS {
+            // Asked before every tick, not once per wake-up: a process paused between two
+            // catch-up ticks must not run the rest after its lease has gone.
+            if ownership.standing(self.clock.now()) != Standing::Owned {
+                // The loop's next wake-up deals with it (holds, or ends on a fence).
+                return next_tick;
+            }
             // Inputs that arrived since the last wake-up count for this tick.
             self.drain(core);
             let start = self.clock.now();

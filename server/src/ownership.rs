@@ -46,6 +46,8 @@ pub fn renew_every(lease: Duration) -> Duration {
 /// Where ownership stands, as the writer and renewer last learned it.
 #[derive(Debug, Default)]
 struct LeaseState {
+    /// Who we are in the lease (a fence by our own newer epoch is a handoff's outcome).
+    owner: String,
     /// Our clock's ms until which the loop may tick (renewal start + lease - margin).
     tick_until_ms: AtomicU64,
     /// Set once a successor fenced us.
@@ -131,7 +133,10 @@ pub struct OwnershipConfig {
 impl Ownership {
     /// Starts the writer and renewer threads for an acquired lease.
     pub fn start(config: OwnershipConfig) -> std::io::Result<Self> {
-        let state = Arc::new(LeaseState::default());
+        let state = Arc::new(LeaseState {
+            owner: config.owner.clone(),
+            ..LeaseState::default()
+        });
         let margin = safety_margin(config.lease);
         state.tick_until_ms.store(
             (config.acquired_at_ms + config.lease.as_millis() as u64)
@@ -271,13 +276,15 @@ impl Ownership {
     /// successor holds the next epoch) or when fenced. Queued snapshots are still written.
     /// Blocks until both threads have ended.
     pub fn stop(&mut self) {
+        // The writer first: the lease is renewed until the last snapshot is on disk, so a
+        // slow final write cannot let it lapse.
+        if let Some((writer, thread)) = self.writer.take() {
+            drop(writer);
+            let _ = thread.join();
+        }
         if let Some((stop, thread)) = self.renewer.take() {
             let _ = stop.try_send(());
             drop(stop);
-            let _ = thread.join();
-        }
-        if let Some((writer, thread)) = self.writer.take() {
-            drop(writer);
             let _ = thread.join();
         }
     }
@@ -374,22 +381,36 @@ impl Renewer<'_> {
         let every = renew_every(self.lease);
         let margin = safety_margin(self.lease);
         let mut failing = false;
+        // After a lapse, one renewal is not enough to tick again: a standby may have read
+        // the lapsed lease just before it and be creating the next epoch. The renewal
+        // after it (a quarter lease later) sees that epoch and is fenced; only a second
+        // success in a row lets the loop tick again.
+        let mut confirming = false;
         loop {
             match stop.recv_timeout(every) {
                 Err(RecvTimeoutError::Timeout) => {}
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
             }
+            // Our own deadline on our monotonic clock; the store's on the wall clock
+            // that every process on the machine reads afresh.
             let started = self.clock.now();
             let renewal = Lease {
                 owner: self.owner.to_owned(),
                 epoch: self.epoch,
-                expires_unix_ms: (started + self.lease).as_millis() as u64,
+                expires_unix_ms: crate::net::wall_ms() + self.lease.as_millis() as u64,
                 tick: self.state.tick.load(Ordering::SeqCst),
                 released: false,
             };
             match self.store.renew(self.match_id, &renewal) {
                 Ok(()) => {
                     let until = (started + self.lease).saturating_sub(margin).as_millis() as u64;
+                    let lapsed = started.as_millis() as u64
+                        > self.state.tick_until_ms.load(Ordering::SeqCst);
+                    if lapsed && !confirming {
+                        confirming = true;
+                        continue;
+                    }
+                    confirming = false;
                     self.state.tick_until_ms.fetch_max(until, Ordering::SeqCst);
                     if std::mem::take(&mut failing) {
                         tracing::info!(
@@ -401,6 +422,7 @@ impl Renewer<'_> {
                 }
                 Err(error) => {
                     failing = true;
+                    confirming = false;
                     let fenced = matches!(error, StoreError::Fenced { .. });
                     record_failure(
                         self.state,
@@ -433,8 +455,18 @@ fn record_failure(
     what: Failure,
     tick: u64,
 ) {
-    if let StoreError::Fenced { .. } = &error {
-        tracing::error!(match_id, epoch, %error, ?what, "refused: a newer owner holds the match");
+    if let StoreError::Fenced { owner, .. } = &error {
+        if *owner == state.owner {
+            // This process took the next epoch itself (a handoff that did not happen).
+            tracing::debug!(
+                match_id,
+                epoch,
+                ?what,
+                "superseded by this process's own newer epoch"
+            );
+        } else {
+            tracing::error!(match_id, epoch, %error, ?what, "refused: a newer owner holds the match");
+        }
         if let Ok(mut fenced) = state.fenced.lock() {
             *fenced = Some(error.to_string());
         }

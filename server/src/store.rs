@@ -615,7 +615,7 @@ impl SnapshotStore for FileStore {
             }
             // A handoff moves the epoch handed over to the next one, nothing else: a sealed
             // snapshot replayed after the match moved on is refused.
-            Some(held) if handoff && held.epoch != lease.epoch - 1 => {
+            Some(held) if handoff && Some(held.epoch) != lease.epoch.checked_sub(1) => {
                 return Err(self.fence(&held, lease.epoch));
             }
             Some(held) if !handoff && !held.lapsed(now_unix_ms) => {

@@ -20,6 +20,7 @@
 //! prepare tokens; the match never stopped.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arena_shared::snapshot;
@@ -27,7 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::handoff::{self, Accepted, Commit, PrepareRequest, Prepared};
 use crate::host::Host;
-use crate::net::{Frozen, LoopCommand, RETIRED_LIMIT};
+use crate::net::{Frozen, LoopCommand, RETIRED_LIMIT, wall_ms};
 use crate::ownership::{Ownership, renew_every};
 use crate::store::StoreError;
 
@@ -35,8 +36,10 @@ use crate::store::StoreError;
 enum Outcome {
     /// The standby owns epoch e+1.
     GivenAway,
-    /// Nobody took e+1; we did: the match resumes here.
-    Kept(Box<Ownership>),
+    /// Nobody took e+1; we did: the match resumes here at e+1 (`Some`), or, when the
+    /// store cannot take a new epoch (a full disk) but still holds ours and the commit's
+    /// deadline has passed, at e (`None`).
+    Kept(Option<Box<Ownership>>),
     /// Someone else owns the match.
     Lost(String),
 }
@@ -93,7 +96,7 @@ pub async fn hand_off(
         match_id: match_id.clone(),
         epoch: frozen.epoch,
         handoff_id: prepared.handoff_id,
-        deadline_unix_ms: host.now_ms() + handoff::COMMIT_TIMEOUT.as_millis() as u64,
+        deadline_unix_ms: wall_ms() + handoff::COMMIT_TIMEOUT.as_millis() as u64,
         from_udp: host.config.core.tokens.own_address,
     };
     let sealed = handoff::seal(&host.config.private_key, &commit, &frozen.bytes);
@@ -113,6 +116,7 @@ pub async fn hand_off(
         Outcome::GivenAway => {
             tracing::info!(%match_id, epoch = frozen.epoch + 1, standby = %prepared.udp,
                 "the store says the standby owns the match; redirecting players");
+            host.set_role("retired");
             let _ = host.commands.send(LoopCommand::Commit { to: prepared.udp });
             tokio::spawn(watch_successor(
                 Arc::clone(host),
@@ -126,7 +130,7 @@ pub async fn hand_off(
             })
         }
         Outcome::Kept(ownership) => {
-            let epoch = ownership.epoch;
+            let epoch = ownership.as_ref().map_or(frozen.epoch, |o| o.epoch);
             let _ = host.commands.send(LoopCommand::Resume { ownership });
             let why = answer.err().map_or_else(
                 || "it answered, but the store shows no new owner".to_owned(),
@@ -162,29 +166,32 @@ async fn ask<T>(
 /// Polls the standby until `told` clients connected ahead, at most
 /// [`handoff::PREPARE_WAIT`]. Returns how many did; stragglers follow the redirect.
 async fn wait_for_clients(to: &str, token: Option<&str>, handoff_id: u64, told: usize) -> usize {
-    let step = Duration::from_millis(20);
-    let polls = (handoff::PREPARE_WAIT.as_millis() / step.as_millis()) as usize;
-    let mut connected = 0;
-    for _ in 0..polls {
-        match handoff::progress(to, token, handoff_id).await {
-            Ok(progress) => connected = progress.connected,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the prepare's progress");
-                break;
+    let connected = std::sync::atomic::AtomicUsize::new(0);
+    let poll = async {
+        loop {
+            match handoff::progress(to, token, handoff_id).await {
+                Ok(progress) => connected.store(progress.connected, Ordering::Relaxed),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the prepare's progress");
+                    return;
+                }
             }
+            if connected.load(Ordering::Relaxed) >= told {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if connected >= told {
-            break;
-        }
-        tokio::time::sleep(step).await;
-    }
-    connected
+    };
+    // Bounded by time, however slowly the standby answers.
+    let _ = tokio::time::timeout(handoff::PREPARE_WAIT, poll).await;
+    connected.load(Ordering::Relaxed)
 }
 
 /// Reads the outcome of a commit from the store (and settles it, if nobody had).
 fn decide(host: &Host, commit: &Commit, prepared: &Prepared, tick: u64) -> Outcome {
     let next = commit.epoch + 1;
     // A store that fails is asked again: the frozen match waits, it is not lost.
+    let mut still_ours = false;
     for attempt in 0..20 {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(100));
@@ -203,13 +210,14 @@ fn decide(host: &Host, commit: &Commit, prepared: &Prepared, tick: u64) -> Outco
         if lease.epoch != commit.epoch {
             return Outcome::Lost(format!("epoch {} is owned by {}", lease.epoch, lease.owner));
         }
+        still_ours = lease.owner == host.config.owner_id;
         // Nobody took e+1: take it, so that nobody can any more.
         let now_ms = host.now_ms();
-        let ours = host.lease(next, now_ms, tick);
-        match host.store.acquire(&commit.match_id, &ours, now_ms, true) {
+        let ours = host.lease(next, tick);
+        match host.store.acquire(&commit.match_id, &ours, wall_ms(), true) {
             Ok(()) => {
                 return match host.ownership(&commit.match_id, next, now_ms, tick) {
-                    Ok(ownership) => Outcome::Kept(Box::new(ownership)),
+                    Ok(ownership) => Outcome::Kept(Some(Box::new(ownership))),
                     Err(error) => {
                         Outcome::Lost(format!("cannot start the snapshot writer: {error}"))
                     }
@@ -219,6 +227,13 @@ fn decide(host: &Host, commit: &Commit, prepared: &Prepared, tick: u64) -> Outco
             Err(StoreError::Fenced { .. }) => continue,
             Err(error) => tracing::warn!(%error, "cannot take epoch {next} back; trying again"),
         }
+    }
+    // Epoch e+1 cannot be written (a full disk), but e is still ours, renewed in place,
+    // and past the deadline the standby refuses the commit: resume at e.
+    if still_ours && wall_ms() > commit.deadline_unix_ms {
+        tracing::warn!(match_id = %commit.match_id, epoch = commit.epoch,
+            "the store cannot take a new epoch; resuming at the one we hold");
+        return Outcome::Kept(None);
     }
     Outcome::Lost("the store did not answer after the commit".into())
 }
@@ -239,6 +254,9 @@ async fn watch_successor(host: Arc<Host>, frozen: Frozen, successor: String) {
             tokio::task::spawn_blocking(move || check_successor(&host, &frozen, &successor)).await
         };
         if let Ok(Some(command)) = check {
+            if let LoopCommand::Resume { .. } = command {
+                host.set_role("owner");
+            }
             let _ = host.commands.send(command);
             return;
         }
@@ -267,16 +285,17 @@ fn check_successor(host: &Host, frozen: &Frozen, successor: &str) -> Option<Loop
         return Some(LoopCommand::Leave);
     }
     let now_ms = host.now_ms();
-    if !(lease.released || lease.expires_unix_ms <= now_ms) {
+    let wall = wall_ms();
+    if !lease.lapsed(wall) {
         return None;
     }
     let epoch = successor_epoch + 1;
-    let ours = host.lease(epoch, now_ms, frozen.tick);
-    host.store.acquire(match_id, &ours, now_ms, false).ok()?;
+    let ours = host.lease(epoch, frozen.tick);
+    host.store.acquire(match_id, &ours, wall, false).ok()?;
     tracing::warn!(%match_id, %successor, epoch, tick = frozen.tick,
         "the successor died before its first snapshot: took the match back from the frozen world");
     let ownership = host.ownership(match_id, epoch, now_ms, frozen.tick).ok()?;
     Some(LoopCommand::Resume {
-        ownership: Box::new(ownership),
+        ownership: Some(Box::new(ownership)),
     })
 }
