@@ -290,6 +290,48 @@ fn a_standby_paused_during_the_commit_never_acts_on_the_stale_request() {
     standby.terminate();
 }
 
+/// A caller that hangs up on `POST /handoff` after the freeze (an HTTP client's timeout)
+/// does not leave the match frozen: the handoff runs to its outcome, and the match
+/// resumes here when the standby never takes it.
+#[test]
+fn a_handoff_whose_caller_hangs_up_still_comes_to_an_end() {
+    use std::io::Write;
+    let _one = serial();
+    let dir = temp_dir("hang-up");
+    let (standby, faults) = standby_with_hook(&dir, "standby-pauses-on-commit");
+    let owner = ServerProcess::start(&dir, &[]);
+    wait_status(&owner, "ticking", |s| s["tick"].as_u64() > Some(30));
+    let body = format!("{{\"to\": \"{}\"}}", standby.admin);
+    let mut stream = std::net::TcpStream::connect(owner.admin).unwrap();
+    write!(
+        stream,
+        "POST /handoff HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        owner.admin,
+        body.len()
+    )
+    .unwrap();
+    // Hang up once the commit is stuck on the paused standby (it is stopped: "T").
+    let paused = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::read_to_string(format!("/proc/{}/stat", standby.pid()))
+            .is_ok_and(|stat| stat.split_whitespace().nth(2) == Some("T"))
+    });
+    assert!(paused, "the standby never paused on the commit");
+    drop(stream);
+    let resumed = wait_status_for(&owner, "the match resumed", Duration::from_secs(10), |s| {
+        s["epoch"] == 2 && s["role"] == "owner"
+    });
+    assert_eq!(resumed["handoffs_aborted"], 1, "{resumed}");
+    let tick = resumed["tick"].as_u64().unwrap();
+    wait_status(&owner, "ticking again", |s| {
+        s["tick"].as_u64() > Some(tick + 30)
+    });
+    disarm(&faults, "standby-pauses-on-commit");
+    signal(standby.pid(), "CONT");
+    owner.terminate();
+    standby.terminate();
+}
+
 /// Case 4: the newest snapshot is truncated, then the owner is killed: the watching
 /// standby refuses it (logged, counted) and restores the next older one.
 #[test]

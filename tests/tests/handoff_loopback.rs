@@ -38,6 +38,16 @@ fn a_handoff_by_post_moves_every_bot_and_loses_no_input() {
     );
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["udp"], standby.udp.to_string());
+    // A retired owner hands nothing off again (its match is the standby's).
+    let (code, answer) = post_json(
+        &format!("{}/handoff", owner.admin_url()),
+        &format!("{{\"to\": \"{}\"}}", standby.admin),
+    );
+    assert_eq!(code, 502, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("retired"),
+        "{answer}"
+    );
     let report = report(bots);
     assert_eq!(report["connected"], BOTS, "{report}");
     assert_eq!(report["disconnects"], 0, "{report}");
