@@ -180,7 +180,7 @@ impl Host {
     /// live), restores the newest snapshot that verifies if there is one, and starts
     /// ticking.
     pub fn own(&self, match_id: &str) -> anyhow::Result<()> {
-        let now_ms = self.now_ms();
+        let now_ms = self.clock_ms();
         let held = self.store.lease(match_id)?;
         let epoch = held.as_ref().map_or(1, |l| l.epoch + 1);
         let lease = self.lease(epoch, held.as_ref().map_or(0, |l| l.tick));
@@ -271,7 +271,7 @@ impl Host {
             match_id: request.match_id.clone(),
             handoff_id,
             epoch: request.epoch,
-            until_ms: self.now_ms() + handoff::PREPARE_TTL.as_millis() as u64,
+            until_ms: self.clock_ms() + handoff::PREPARE_TTL.as_millis() as u64,
             committed: false,
         });
         tracing::info!(match_id = %request.match_id, epoch = request.epoch, players = request.players,
@@ -307,7 +307,7 @@ impl Host {
                 commit.recipient, self.config.owner_id
             )));
         }
-        let now_ms = self.now_ms();
+        let now_ms = self.clock_ms();
         let wall = wall_ms();
         if wall > commit.deadline_unix_ms {
             self.prepare.clear();
@@ -412,7 +412,7 @@ impl Host {
         if self.role() == "owner" {
             return Ok(false);
         }
-        let now_ms = self.now_ms();
+        let now_ms = self.clock_ms();
         let Some(held) = self.store.lease(match_id)? else {
             // Nobody has owned the match yet: nothing to take over.
             return Ok(false);
@@ -601,7 +601,9 @@ impl Host {
         }
     }
 
-    pub(crate) fn now_ms(&self) -> u64 {
+    /// Now on this process's own clock, ms: for its own deadlines (a lease's tick-until,
+    /// a prepare's lapse). Stamps other processes compare use [`wall_ms`] instead.
+    pub(crate) fn clock_ms(&self) -> u64 {
         self.clock.now().as_millis() as u64
     }
 

@@ -212,7 +212,7 @@ fn decide(host: &Host, commit: &Commit, prepared: &Prepared, tick: u64) -> Outco
         }
         still_ours = lease.owner == host.config.owner_id;
         // Nobody took e+1: take it, so that nobody can any more.
-        let now_ms = host.now_ms();
+        let now_ms = host.clock_ms();
         let ours = host.lease(next, tick);
         match host.store.acquire(&commit.match_id, &ours, wall_ms(), true) {
             Ok(()) => {
@@ -284,7 +284,7 @@ fn check_successor(host: &Host, frozen: &Frozen, successor: &str) -> Option<Loop
     if durable {
         return Some(LoopCommand::Leave);
     }
-    let now_ms = host.now_ms();
+    let now_ms = host.clock_ms();
     let wall = wall_ms();
     if !lease.lapsed(wall) {
         return None;

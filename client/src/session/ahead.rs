@@ -9,7 +9,7 @@ use arena_shared::netcode::{self, ClientState};
 use arena_shared::protocol::{AckTracker, ServerMessage, TokenPurpose};
 
 use super::tokens::TokenInbox;
-use super::{Session, decode_message};
+use super::{Session, receive_message};
 
 /// A second connection, opened ahead of a handoff to the server the match is about to
 /// move to (make before break). Until it is promoted it carries netcode keep-alives only.
@@ -43,15 +43,16 @@ impl Session {
         let Some(next) = self.next.as_mut() else {
             return;
         };
-        let Some(payload) = next.netcode.handle_packet(now, from, datagram) else {
+        let Some(message) = receive_message(
+            &mut next.netcode,
+            &mut next.acks,
+            &mut self.stats,
+            now,
+            from,
+            datagram,
+        ) else {
             return;
         };
-        let Some((header, message)) = decode_message(&mut self.stats, payload) else {
-            return;
-        };
-        if !next.acks.on_receive(now, header, |_| {}) {
-            return;
-        }
         match message {
             ServerMessage::Snapshot(snapshot) => {
                 self.promote_prepared(now);

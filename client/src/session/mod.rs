@@ -46,8 +46,8 @@ use std::time::Duration;
 use arena_shared::netcode::{self, ClientState, Transmit};
 use arena_shared::protocol::messages::MAX_INPUT_FRAMES_PER_PACKET;
 use arena_shared::protocol::{
-    AckTracker, ClientMessage, PacketHeader, ScoreEntry, ServerMessage, Snapshot, TokenPart,
-    TokenPurpose, decode_server, encode,
+    AckTracker, ClientMessage, ScoreEntry, ServerMessage, Snapshot, TokenPart, TokenPurpose,
+    decode_server, encode,
 };
 use arena_shared::sim::{InputFrame, PlayerInput, Tick};
 
@@ -236,15 +236,16 @@ impl Session {
             self.handle_prepared_datagram(now, from, datagram);
             return;
         }
-        let Some(payload) = self.netcode.handle_packet(now, from, datagram) else {
+        let Some(message) = receive_message(
+            &mut self.netcode,
+            &mut self.acks,
+            &mut self.stats,
+            now,
+            from,
+            datagram,
+        ) else {
             return;
         };
-        let Some((header, message)) = decode_message(&mut self.stats, payload) else {
-            return;
-        };
-        if !self.acks.on_receive(now, header, |_| {}) {
-            return;
-        }
         match message {
             ServerMessage::Snapshot(snapshot) => self.receive_snapshot(now, snapshot),
             ServerMessage::TokenPart(part) => self.receive_token_part(now, part),
@@ -616,16 +617,25 @@ fn address_after(token: &[u8], server: SocketAddr) -> usize {
     at.map_or(0, |i| (i + 1) % addresses.len().max(1))
 }
 
-fn decode_message(
+/// One datagram through a connection's layers: netcode (decrypt, replay), the game
+/// codec (a bad message is counted), the ack header (a stale packet is dropped). The
+/// current connection and the one opened ahead share it.
+fn receive_message(
+    netcode: &mut netcode::Client,
+    acks: &mut AckTracker,
     stats: &mut SessionStats,
-    payload: &[u8],
-) -> Option<(PacketHeader, ServerMessage)> {
-    match decode_server(payload) {
-        Ok(decoded) => Some(decoded),
+    now: Duration,
+    from: SocketAddr,
+    datagram: &mut [u8],
+) -> Option<ServerMessage> {
+    let payload = netcode.handle_packet(now, from, datagram)?;
+    let (header, message) = match decode_server(payload) {
+        Ok(decoded) => decoded,
         Err(error) => {
             stats.bad_messages += 1;
             tracing::trace!(%error, "bad message from server");
-            None
+            return None;
         }
-    }
+    };
+    acks.on_receive(now, header, |_| {}).then_some(message)
 }
