@@ -5,7 +5,8 @@
 # the servers counted them), rolled back (applied by the dead owner after its last
 # snapshot), lost (sent and not applied, for any reason) and unaccounted (expected 0);
 # max_snapshot_gap_ms is the worst time a bot went without a snapshot, so it bounds every
-# bot's recovery. Usage: [KILL_AT=seconds] scripts/crash-bench.sh [BOTS] [KILL|STOP]
+# bot's recovery. STORE=redis: owner and standby share only a Redis and the key (see
+# scripts/lib.sh). Usage: [STORE=redis] [KILL_AT=seconds] scripts/crash-bench.sh [BOTS] [KILL|STOP]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bots=${1:-200}

@@ -151,7 +151,7 @@ async fn handoff(
         Ok(request) => request,
         Err(error) => {
             return bad_request(format!(
-                "expected {{\"to\": \"host:port\", \"prepare\": true}}: {error}"
+                "expected {{\"to\": \"host:port\" or \"auto\", \"prepare\": true}}: {error}"
             ));
         }
     };
@@ -159,8 +159,8 @@ async fn handoff(
         Ok(to) => to,
         Err(reason) => return bad_request(reason),
     };
-    match state.host.hand_off(to.clone(), request.prepare).await {
-        Ok(accepted) => axum::Json(serde_json::json!({
+    match state.host.hand_off(to, request.prepare).await {
+        Ok((to, accepted)) => axum::Json(serde_json::json!({
             "to": to,
             "udp": accepted.udp,
             "epoch": accepted.epoch,

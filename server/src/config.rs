@@ -83,9 +83,28 @@ pub struct Args {
     pub peers: Vec<SocketAddr>,
 
     /// On SIGTERM, hand the match to the standby whose admin API is at this host:port
-    /// instead of stopping it.
+    /// instead of stopping it; `auto`: to a free standby registered in the store (tried
+    /// in turn, at most two). With --agones the default is `auto`.
     #[arg(long, value_parser = crate::host::parse_admin_target)]
     pub handoff_to: Option<String>,
+
+    /// Where snapshots, leases, the match directory and the standby registry live:
+    /// `file` (the default: under --data-dir, shared by processes on one machine) or
+    /// `redis://[user:password@]HOST:PORT[/DB]` (shared by processes on any machines;
+    /// --data-dir then holds only local files such as the key).
+    #[arg(long, default_value = "file", value_parser = clap::value_parser!(crate::store::StoreSpec))]
+    pub store: crate::store::StoreSpec,
+
+    /// Key prefix in a Redis store: fleets that share one Redis keep apart by it.
+    #[arg(long, default_value = "arena")]
+    pub store_namespace: String,
+
+    /// Speak to the Agones SDK sidecar (its HTTP gateway on 127.0.0.1:$AGONES_SDK_HTTP_PORT,
+    /// default 9358): Ready once serving, Health every second from the tick loop, Allocate
+    /// when the match has players, Shutdown on exit; SIGTERM hands the match off
+    /// (--handoff-to, default auto) before it.
+    #[arg(long)]
+    pub agones: bool,
 
     /// Require `Authorization: Bearer <TOKEN>` on the admin API's mutating endpoints
     /// (/token, /handoff, /match); needed to bind --admin beyond loopback. Servers of one

@@ -27,10 +27,7 @@ use arena_shared::netcode::token::fill_random;
 use bytes::Bytes;
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 
 const CONTEXT: &str = "arena 2026-12-02 match handoff transit key v2";
@@ -254,7 +251,8 @@ fn expect_json<T: for<'de> Deserialize<'de>>(
 }
 
 /// One HTTP/1.1 request to a loopback or fleet admin API, bounded by [`PREPARE_TIMEOUT`]
-/// for everything but a commit (which has its own bound).
+/// for everything but a commit (which has its own bound). Failures are worded for the
+/// standby (a thin wrapper over [`crate::http::request`]).
 async fn call(
     to: &str,
     method: &str,
@@ -263,39 +261,34 @@ async fn call(
     body: Vec<u8>,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Option<(hyper::StatusCode, Bytes)>> {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(to)
-            .await
-            .with_context(|| format!("cannot reach the standby's admin API at {to}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake with the standby failed")?;
-        tokio::spawn(connection);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, to)
-            .header(CONTENT_TYPE, "application/octet-stream");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(token) = admin_token {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let response = sender
-            .send_request(request.body(Full::new(Bytes::from(body)))?)
-            .await
-            .context("the request to the standby failed")?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok(Some((status, body)))
-    };
-    if path == "/match" {
-        return exchange.await;
+    use crate::http::RequestError;
+    let bearer = admin_token.map(|token| format!("Bearer {token}"));
+    let mut all = vec![(CONTENT_TYPE.as_str(), "application/octet-stream")];
+    all.extend_from_slice(headers);
+    if let Some(bearer) = &bearer {
+        all.push((AUTHORIZATION.as_str(), bearer.as_str()));
     }
-    tokio::time::timeout(PREPARE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| anyhow!("standby {to} did not answer within {PREPARE_TIMEOUT:?}"))?
+    let timeout = (path != "/match").then_some(PREPARE_TIMEOUT);
+    let error = match crate::http::request(to, method, path, &all, body, timeout).await {
+        Ok(answer) => return Ok(Some(answer)),
+        Err(error) => error,
+    };
+    Err(match error.downcast::<RequestError>() {
+        Ok(RequestError::Connect { source, .. }) => anyhow::Error::new(source)
+            .context(format!("cannot reach the standby's admin API at {to}")),
+        Ok(RequestError::Handshake { source, .. }) => {
+            anyhow::Error::new(source).context("HTTP handshake with the standby failed")
+        }
+        Ok(RequestError::Send { source, .. }) => {
+            anyhow::Error::new(source).context("the request to the standby failed")
+        }
+        Ok(RequestError::Build { source, .. }) => source.into(),
+        Ok(RequestError::Body { source, .. }) => source.into(),
+        Ok(RequestError::Timeout { .. }) => {
+            anyhow!("standby {to} did not answer within {PREPARE_TIMEOUT:?}")
+        }
+        Err(other) => other,
+    })
 }
 
 #[cfg(test)]

@@ -23,8 +23,10 @@ use crate::handoff::{self, Accepted, PrepareRequest, Prepared};
 use crate::lobby::{self, Preparation, PrepareSlot};
 use crate::net::{Clock, History, LoopCommand, LoopExit, MatchRun, run_match, wall_ms};
 use crate::ownership::{Ownership, OwnershipConfig, renew_every};
-use crate::status::Status;
-use crate::store::{FileStore, Lease, SnapshotStore, StoreError};
+use crate::status::{Heartbeat, Status};
+use crate::store::{
+    FileStore, Lease, Me, RedisStore, SnapshotStore, StandbyEntry, StoreError, StoreSpec,
+};
 
 /// What a process needs to own or take over matches.
 #[derive(Clone)]
@@ -45,6 +47,46 @@ pub struct HostConfig {
     pub watch: Option<String>,
     /// Test-only fault hooks (off unless `ARENA_TEST_FAULT_DIR` is set).
     pub faults: Faults,
+    /// Which store (`--store`).
+    pub store: StoreSpec,
+    /// Key prefix in a Redis store (`--store-namespace`).
+    pub store_namespace: String,
+    /// This process's admin API address (for the directory and the standby registry).
+    pub admin: SocketAddr,
+}
+
+impl HostConfig {
+    /// This process, as the store's directory and registry list it.
+    pub fn me(&self) -> Me {
+        Me {
+            instance: self.owner_id.clone(),
+            admin: self.admin.to_string(),
+            udp: self.core.tokens.own_address,
+        }
+    }
+
+    /// Opens the store `--store` names.
+    pub fn open_store(&self, data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn SnapshotStore>> {
+        Ok(match &self.store {
+            StoreSpec::File => Arc::new(
+                FileStore::new(data_dir)
+                    .with_fault_dir(self.faults.dir())
+                    .with_me(self.me()),
+            ),
+            StoreSpec::Redis(url) => {
+                let store = RedisStore::connect(url, &self.store_namespace, self.me())?;
+                match store.ping() {
+                    Ok(()) => {
+                        tracing::info!(store = %crate::store::redis::redacted(url), namespace = %self.store_namespace, "using the Redis store")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the Redis store does not answer yet: no match is taken or renewed until it does")
+                    }
+                }
+                Arc::new(store)
+            }
+        })
+    }
 }
 
 /// A match for the tick loop to run.
@@ -78,6 +120,8 @@ pub struct Host {
     snapshots_refused: Mutex<u64>,
     /// Set while this process hands its match off (one handoff at a time).
     handing_off: std::sync::atomic::AtomicBool,
+    /// Beaten by the loop serving the socket (see [`Host::loop_alive`]).
+    heartbeat: Arc<Heartbeat>,
 }
 
 /// The tick loop's thread and how main learns that it ended.
@@ -96,8 +140,7 @@ impl Host {
         socket: std::net::UdpSocket,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<(Arc<Self>, LoopThread)> {
-        let store: Arc<dyn SnapshotStore> =
-            Arc::new(FileStore::new(data_dir).with_fault_dir(config.faults.dir()));
+        let store = config.open_store(data_dir)?;
         let (status_tx, status_rx) = watch::channel(Status {
             role: "standby",
             match_id: config.watch.clone().unwrap_or_default(),
@@ -110,6 +153,7 @@ impl Host {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let clock = Clock::start();
         let prepare = Arc::new(PrepareSlot::default());
+        let heartbeat = Arc::new(Heartbeat::default());
         let host = Arc::new(Self {
             config: config.clone(),
             store: Arc::clone(&store),
@@ -122,11 +166,13 @@ impl Host {
             refused: Mutex::new(HashSet::new()),
             snapshots_refused: Mutex::new(0),
             handing_off: std::sync::atomic::AtomicBool::new(false),
+            heartbeat: Arc::clone(&heartbeat),
         });
         let thread = LoopParts {
             config,
             store,
             clock,
+            heartbeat,
             prepare,
             start: start_rx,
             commands: commands_rx,
@@ -168,7 +214,23 @@ impl Host {
             status.drops = self.prepare.drops();
             status.snapshots_refused = self.snapshots_refused.lock().map_or(0, |n| *n);
         }
+        let store = self.store.info();
+        status.store = store.kind;
+        status.store_address = store.address;
+        status.store_error = self.store.unavailable();
         status
+    }
+
+    /// Whether the loop serving the socket (the lobby, or the tick loop) came round
+    /// within the last second: what Agones' health pings report.
+    pub fn loop_alive(&self) -> bool {
+        self.heartbeat
+            .alive(self.clock.now(), std::time::Duration::from_secs(1))
+    }
+
+    /// The store this process uses.
+    pub fn store(&self) -> &Arc<dyn SnapshotStore> {
+        &self.store
     }
 
     /// Bearer token the admin API requires, if any.
@@ -515,15 +577,16 @@ impl Host {
         history
     }
 
-    /// Asks the running match to move to the standby whose admin API is at `to`: the
-    /// two-phase handoff of [`crate::transfer`].
+    /// Asks the running match to move to the standby whose admin API is at `to` (or, for
+    /// [`AUTO`], to a free standby from the store): the two-phase handoff of
+    /// [`crate::transfer`]. Returns the admin address of the standby that took it.
     /// `make_before_break`: clients connect to the standby before the freeze (the
     /// default everywhere; `false` only to measure the difference).
     pub async fn hand_off(
         self: &Arc<Self>,
         to: String,
         make_before_break: bool,
-    ) -> Result<Accepted, String> {
+    ) -> Result<(String, Accepted), String> {
         use std::sync::atomic::Ordering;
         if self.handing_off.swap(true, Ordering::SeqCst) {
             return Err("a handoff of this match is already under way".into());
@@ -532,12 +595,115 @@ impl Host {
         // cancel a handoff half-way, with the match frozen.
         let host = Arc::clone(self);
         let result = tokio::spawn(async move {
-            let result = crate::transfer::hand_off(&host, &to, make_before_break).await;
+            let result = if to == AUTO {
+                host.hand_off_auto(make_before_break).await
+            } else {
+                crate::transfer::hand_off(&host, &to, make_before_break)
+                    .await
+                    .map(|accepted| (to, accepted))
+            };
             host.handing_off.store(false, Ordering::SeqCst);
             result
         })
         .await;
         result.unwrap_or_else(|_| Err("the handoff task failed".into()))
+    }
+
+    /// `--handoff-to auto`: to the free standbys the store lists (freshest first, at most
+    /// [`AUTO_CANDIDATES`]), in turn, until one takes the match. Returns the admin address
+    /// of the one that did.
+    async fn hand_off_auto(
+        self: &Arc<Self>,
+        make_before_break: bool,
+    ) -> Result<(String, Accepted), String> {
+        let match_id = self.status().match_id;
+        let store = Arc::clone(&self.store);
+        let listed = tokio::task::spawn_blocking(move || store.free_standbys())
+            .await
+            .map_err(|_| "listing the standbys failed".to_owned())?
+            .map_err(|e| format!("cannot list the free standbys: {e}; the match stays here"))?;
+        let candidates: Vec<StandbyEntry> = listed
+            .into_iter()
+            .filter(|s| s.instance != self.config.owner_id && s.takes(&match_id))
+            .take(AUTO_CANDIDATES)
+            .collect();
+        if candidates.is_empty() {
+            return Err(format!(
+                "no free standby is registered in the store ({}) for match {match_id:?}; the match stays here",
+                self.store.info().address
+            ));
+        }
+        let mut failures = Vec::new();
+        for standby in candidates {
+            tracing::info!(%match_id, standby = %standby.instance, admin = %standby.admin, "handing off to a free standby from the store");
+            match crate::transfer::hand_off(self, &standby.admin, make_before_break).await {
+                Ok(accepted) => return Ok((standby.admin, accepted)),
+                Err(reason) => {
+                    tracing::warn!(%match_id, standby = %standby.instance, %reason, "that standby did not take the match");
+                    failures.push(format!("{}: {reason}", standby.admin));
+                    // Only a match still running here may be offered to the next one.
+                    if self.role() != "owner" {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// While this process is a free standby, keeps it in the store's standby registry
+    /// (renewed three times per [`crate::store::STANDBY_TTL_MS`]), so that an owner's
+    /// `--handoff-to auto` finds it; out of it while it prepares, and for good once it
+    /// owns a match or stops.
+    pub async fn advertise(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let entry = StandbyEntry {
+            instance: self.config.owner_id.clone(),
+            admin: self.config.admin.to_string(),
+            udp: self.config.core.tokens.own_address,
+            watch: self.config.watch.clone(),
+        };
+        let every = Duration::from_millis(crate::store::STANDBY_TTL_MS / 3);
+        let mut last_error = String::new();
+        let mut listed = false;
+        while !*shutdown.borrow() {
+            let role = self.role();
+            if role != "standby" && role != "preparing" {
+                break;
+            }
+            let free = role == "standby";
+            let (store, standby) = (Arc::clone(&self.store), entry.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                if free {
+                    store.register_standby(&standby)
+                } else {
+                    store.remove_standby(&standby.instance)
+                }
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {
+                    if free && !listed {
+                        tracing::info!(store = %self.store.info().address, "registered as a free standby in the store");
+                    }
+                    listed = free;
+                    last_error.clear();
+                }
+                Ok(Err(error)) => {
+                    let text = error.to_string();
+                    if text != last_error {
+                        tracing::warn!(error = %text, "cannot update this standby's entry in the store");
+                        last_error = text;
+                    }
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        let (store, instance) = (Arc::clone(&self.store), entry.instance);
+        let _ = tokio::task::spawn_blocking(move || store.remove_standby(&instance)).await;
     }
 
     /// Stops waiting for a match (a standby shutting down).
@@ -631,6 +797,7 @@ struct LoopParts {
     config: HostConfig,
     store: Arc<dyn SnapshotStore>,
     clock: Clock,
+    heartbeat: Arc<Heartbeat>,
     prepare: Arc<PrepareSlot>,
     start: mpsc::UnboundedReceiver<Start>,
     commands: mpsc::UnboundedReceiver<LoopCommand>,
@@ -669,6 +836,7 @@ impl LoopParts {
             self.clock,
             &mut self.start,
             &mut self.shutdown,
+            &self.heartbeat,
         )
         .await
         else {
@@ -717,14 +885,26 @@ impl LoopParts {
                 resumed_from_frozen_at_us: start.frozen_at_us,
                 history: start.history,
                 clock: self.clock,
+                heartbeat: self.heartbeat,
             },
         )
         .await
     }
 }
 
-/// The address a standby's admin API is reached at, for `--handoff-to` and `/handoff`.
+/// `--handoff-to auto` / `{"to": "auto"}`: a free standby from the store.
+pub const AUTO: &str = "auto";
+
+/// Standbys `auto` offers the match to, at most, before it stays here (each attempt is
+/// bounded: see the README's stop bound).
+pub const AUTO_CANDIDATES: usize = 2;
+
+/// The address a standby's admin API is reached at, for `--handoff-to` and `/handoff`,
+/// or [`AUTO`].
 pub fn parse_admin_target(text: &str) -> Result<String, String> {
+    if text.trim() == AUTO {
+        return Ok(AUTO.to_owned());
+    }
     let trimmed = text
         .trim()
         .trim_start_matches("http://")
@@ -732,5 +912,7 @@ pub fn parse_admin_target(text: &str) -> Result<String, String> {
     trimmed
         .parse::<SocketAddr>()
         .map(|a| a.to_string())
-        .map_err(|e| format!("expected host:port of a standby's admin API, got {text:?}: {e}"))
+        .map_err(|e| {
+            format!("expected host:port of a standby's admin API, or \"auto\", got {text:?}: {e}")
+        })
 }

@@ -12,6 +12,8 @@
 //! - [`host`]: the process's role (owner, standby), takeover, a handoff's standby side.
 //! - [`transfer`]: a handoff's owner side, and the rule that reads its outcome from the store.
 //! - [`handoff`]: the wire of a handoff: prepare, progress, the sealed commit.
+//! - `http`: a small HTTP/1.1 client (one request per connection) for the handoff and Agones.
+//! - [`agones`]: the Agones SDK sidecar's client (ready, health, allocate, shutdown).
 //! - [`lobby`]: a standby's transport before it has a match (denies, or admits a prepare's clients).
 //! - [`faults`]: test-only fault hooks (`ARENA_TEST_FAULT_DIR`).
 //! - [`admin`]: the HTTP admin API (`/status`, `/metrics`, `/token`).
@@ -20,11 +22,13 @@
 //! - [`status`]: the figures the tick loop publishes for the admin API.
 
 pub mod admin;
+pub mod agones;
 pub mod config;
 pub mod core;
 pub mod faults;
 pub mod handoff;
 pub mod host;
+pub(crate) mod http;
 pub mod lobby;
 pub mod net;
 pub mod ownership;

@@ -106,6 +106,7 @@ pub async fn serve<T>(
     clock: Clock,
     start: &mut mpsc::UnboundedReceiver<T>,
     shutdown: &mut watch::Receiver<bool>,
+    heartbeat: &crate::status::Heartbeat,
 ) -> Option<(T, netcode::Server)> {
     let period = Duration::from_millis(50);
     let mut lobby = Lobby {
@@ -127,6 +128,7 @@ pub async fn serve<T>(
             arrived = start.recv() => return arrived.map(|s| (s, lobby.transport)),
             ready = socket.readable() => {
                 if ready.is_ok() {
+                    heartbeat.beat(clock.now());
                     // A prepare opened a moment ago admits its clients' first requests.
                     lobby.follow_prepare(socket, clock.now()).await;
                     // Bounded: a flood cannot keep the lobby from its upkeep.
@@ -146,6 +148,7 @@ pub async fn serve<T>(
             }
             () = tokio::time::sleep(period) => {
                 let now = clock.now();
+                heartbeat.beat(now);
                 lobby.follow_prepare(socket, now).await;
                 lobby.transport.update(now);
                 slot.connected.store(lobby.transport.num_connected(), Ordering::SeqCst);

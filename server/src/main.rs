@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arena_server::admin::{self, AdminState, TokenMinter};
+use arena_server::agones::{self as agones_sdk, Agones, Probe};
 use arena_server::config::{Args, load_or_create_key};
 use arena_server::core::{CoreConfig, TokenConfig};
 use arena_server::faults::Faults;
+use arena_server::host::Host as ArenaHost;
 use arena_server::host::{Host, HostConfig};
 use arena_server::net::{LoopExit, bind_udp};
 use arena_shared::netcode;
@@ -53,11 +55,35 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.snapshot_every
         );
     }
+    let agones = if args.agones {
+        Some(Agones::from_env().map_err(|e| anyhow::anyhow!("--agones: {e}"))?)
+    } else {
+        None
+    };
+    // Under Agones, SIGTERM means "this pod is going away": hand the match to the standby
+    // fleet unless told where.
+    let handoff_to = args
+        .handoff_to
+        .clone()
+        .or_else(|| args.agones.then(|| arena_server::host::AUTO.to_owned()));
     let private_key = load_or_create_key(&args)?;
     let max_players = args.max_players as usize;
     let udp = bind_udp(args.listen, max_players)?;
     let bound = udp.local_addr()?;
-    let public_addr = args.public_addr.unwrap_or(bound);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let public_addr = match (args.public_addr, &agones) {
+        (Some(public), _) => public,
+        // Under Agones, listening on a wildcard: the address players reach is the one
+        // Agones gave the game server (node address and host port).
+        (None, Some(sdk)) if bound.ip().is_unspecified() => {
+            runtime.block_on(public_address_from_agones(sdk, bound.port()))?
+        }
+        (None, _) => bound,
+    };
     if public_addr.ip().is_unspecified() {
         bail!(
             "--listen {bound} is a wildcard address: give --public-addr, the address clients reach"
@@ -88,11 +114,6 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let admin_listener = tokio::net::TcpListener::bind(args.admin)
             .await
@@ -109,6 +130,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 admin_token: args.admin_token.clone(),
                 watch: args.watch.clone(),
                 faults: Faults::from_env(),
+                store: args.store.clone(),
+                store_namespace: args.store_namespace.clone(),
+                admin: admin_addr,
             },
             &args.data_dir,
             udp,
@@ -120,8 +144,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(move || owner.own(&match_id))
                 .await
                 .context("starting the match failed")??;
-        } else if let Some(match_id) = args.watch.clone() {
-            tokio::spawn(Arc::clone(&host).watch(match_id, shutdown_rx.clone()));
+        } else {
+            if let Some(match_id) = args.watch.clone() {
+                tokio::spawn(Arc::clone(&host).watch(match_id, shutdown_rx.clone()));
+            }
+            tokio::spawn(Arc::clone(&host).advertise(shutdown_rx.clone()));
         }
 
         let state = Arc::new(AdminState {
@@ -151,8 +178,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_players,
             tick_hz = args.tick_hz,
             seed,
+            store = %host.store().info().address,
             "serving"
         );
+        let sidecar = agones.inspect(|sdk| {
+            tokio::spawn(start_agones(sdk.clone(), Arc::clone(&host), shutdown_rx.clone()));
+        });
 
         let exit = tokio::select! {
             () = wait_for_signal() => {
@@ -163,10 +194,19 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     std::process::exit(130);
                 });
                 let mut handed_off = false;
-                if let (Some(to), "owner") = (&args.handoff_to, host.role()) {
+                // Agones' own choice of `auto` skips a match nobody plays (a fleet scaling
+                // down its Ready servers): its final snapshot is kept, a standby is not
+                // used up. An operator's --handoff-to always hands off.
+                let empty = host.status().players == 0;
+                let implied = args.handoff_to.is_none();
+                if implied && empty && handoff_to.is_some() {
+                    tracing::info!("SIGTERM with no players: stopping here instead of handing the match off");
+                }
+                let handoff_to = handoff_to.clone().filter(|_| !(implied && empty));
+                if let (Some(to), "owner") = (&handoff_to, host.role()) {
                     match host.hand_off(to.clone(), true).await {
-                        Ok(accepted) => {
-                            tracing::info!(udp = %accepted.udp, "handed the match off on SIGTERM");
+                        Ok((to, accepted)) => {
+                            tracing::info!(%to, udp = %accepted.udp, "handed the match off on SIGTERM");
                             handed_off = true;
                         }
                         Err(reason) => tracing::error!(%reason, "handoff on SIGTERM failed; stopping the match here"),
@@ -185,6 +225,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let _ = shutdown_tx.send(true);
         let _ = admin.await;
+        if let Some(sdk) = sidecar {
+            // The match is handed off or stopped (final snapshot, lease released).
+            match sdk.shutdown().await {
+                Ok(()) => tracing::info!("told Agones: Shutdown"),
+                Err(error) => tracing::error!(%error, "could not tell Agones: Shutdown"),
+            }
+        }
         Ok(match exit {
             LoopExit::Shutdown | LoopExit::HandedOff => ExitCode::SUCCESS,
             LoopExit::LostOwnership(reason) => {
@@ -193,6 +240,58 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         })
     })
+}
+
+/// Tells Agones `Ready` (the process serves), then keeps `Health` going from the loop's
+/// heartbeat and says `Allocate` once the match has players. A standby stays `Ready`
+/// until it receives a match with players.
+async fn start_agones(sdk: Agones, host: Arc<ArenaHost>, mut stop: watch::Receiver<bool>) {
+    // The sidecar may start after us: Ready is retried every second until it is heard.
+    for attempt in 1u64.. {
+        match sdk.ready().await {
+            Ok(()) => {
+                tracing::info!(sidecar = %sdk.address(), role = host.role(), "told Agones: Ready");
+                break;
+            }
+            Err(error) if attempt <= 3 || attempt.is_multiple_of(60) => {
+                tracing::error!(%error, attempt, "could not tell Agones: Ready; retrying every second");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+    let probe = move || Probe {
+        loop_alive: host.loop_alive(),
+        has_players: host.role() == "owner" && host.status().players > 0,
+    };
+    agones_sdk::keep_healthy(sdk, probe, stop).await;
+}
+
+/// The address Agones gave this game server, asked for every second for at most a
+/// minute (Agones fills it in once the pod has a node).
+async fn public_address_from_agones(
+    sdk: &Agones,
+    container_port: u16,
+) -> anyhow::Result<std::net::SocketAddr> {
+    const ATTEMPTS: u32 = 60;
+    let mut last = String::from("no address yet");
+    for _ in 0..ATTEMPTS {
+        match sdk.public_address("default").await {
+            Ok(Some(address)) => {
+                tracing::info!(%address, container_port, "players reach this server at the address Agones gave it");
+                return Ok(address);
+            }
+            Ok(None) => last = "the game server has no address yet".into(),
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!(
+        "--agones with a wildcard --listen and no --public-addr: Agones gave no address within {ATTEMPTS} s ({last})"
+    )
 }
 
 /// Ctrl-C or SIGTERM.

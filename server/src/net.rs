@@ -197,6 +197,8 @@ pub struct MatchRun {
     pub history: History,
     /// The process's clock (shared with the ownership's renewer).
     pub clock: Clock,
+    /// Beaten each time the loop's timer comes round.
+    pub heartbeat: std::sync::Arc<crate::status::Heartbeat>,
 }
 
 /// Counters that outlive one loop (shown in the status).
@@ -246,6 +248,7 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
         resumed_from_frozen_at_us,
         history,
         clock,
+        heartbeat,
     } = run;
     let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz));
     let mut driver = Driver {
@@ -375,6 +378,7 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
             }
             () = tokio::time::sleep_until(clock.instant_at(next_tick).into()) => {
                 let now = driver.clock.now();
+                heartbeat.beat(now);
                 match phase {
                     Phase::Retired { since, leave } => {
                         core.serve_redirects(now);

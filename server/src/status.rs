@@ -18,6 +18,13 @@ pub struct Status {
     /// its loop has not reported yet), "retired" (handed its match over), "fenced" (a
     /// successor took its match), "stopped".
     pub role: &'static str,
+    /// Which store holds the match: `"file"` or `"redis"`.
+    pub store: &'static str,
+    /// The store's address: the data dir, or `redis://host:port/db` (never a password).
+    pub store_address: String,
+    /// Why the store's latest call failed (Redis down or unreachable), if it did: an owner
+    /// holds its clients without ticking until the store answers again.
+    pub store_error: Option<String>,
     /// The match this process owns (or watches).
     pub match_id: String,
     /// Ownership epoch (0 for a standby).
@@ -214,6 +221,12 @@ pub fn prometheus(status: &Status) -> String {
         "lease_lapsed",
         "1 while the loop holds its ticks: the lease could not be renewed.",
         flag(status.lease_lapsed),
+    );
+    metric(
+        "gauge",
+        "store_unavailable",
+        "1 while the store's latest call failed (Redis down or unreachable).",
+        flag(status.store_error.is_some()),
     );
     metric(
         "gauge",
@@ -446,5 +459,32 @@ mod tests {
             ..Status::default()
         });
         assert!(standby.contains("arena_owner{match_id=\"\"} 0"));
+    }
+}
+
+/// When the loop serving the socket (the lobby, then the tick loop) last came round, on
+/// the process's clock: what Agones' health pings and `/healthz` read, so that a stuck
+/// loop stops them.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    last_ms: std::sync::atomic::AtomicU64,
+    beats: std::sync::atomic::AtomicU64,
+}
+
+impl Heartbeat {
+    /// The loop came round at `now`.
+    pub fn beat(&self, now: Duration) {
+        use std::sync::atomic::Ordering;
+        self.last_ms
+            .store(now.as_millis() as u64, Ordering::Relaxed);
+        self.beats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the loop came round within `within` of `now` (false before its first beat).
+    pub fn alive(&self, now: Duration, within: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        self.beats.load(Ordering::Relaxed) > 0
+            && now.as_millis() as u64
+                <= self.last_ms.load(Ordering::Relaxed) + within.as_millis() as u64
     }
 }

@@ -1,6 +1,4 @@
-//! The snapshot store: where a match's snapshots and its ownership lease live.
-//!
-//! The default is a directory (`--data-dir`), which processes on one machine share:
+//! The file store: a directory that processes on one machine share (`--data-dir`).
 //!
 //! ```text
 //! <data-dir>/matches/<match-id>/
@@ -8,6 +6,8 @@
 //!                                        the highest epoch is the lease in force
 //!     snapshot-<epoch>-<tick>.bin        the newest few MatchSnapshots
 //!     <one of the above>.tmp-<pid>-<n>   a write in progress (or left by a crash)
+//! <data-dir>/standbys/<instance>.json    standbys free to receive a match, until their
+//!                                        expiry (unix ms)
 //! ```
 //!
 //! Every change of ownership bumps the epoch, and a new epoch's lease file is created
@@ -27,8 +27,6 @@
 //! file, no new blocks on a file system that overwrites in place, such as ext4 or XFS), so
 //! renewal still works on a full disk and never waits behind a snapshot write. Readers
 //! read a record until two reads agree, which masks a read torn by a rewrite.
-//!
-//! Across machines the same trait would sit on Redis; only the file store exists so far.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -36,10 +34,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
-
-/// Snapshots kept per match.
-pub const KEEP_SNAPSHOTS: usize = 5;
+use super::{
+    DirectoryEntry, KEEP_SNAPSHOTS, Lease, MAX_SNAPSHOT_BYTES, Me, STANDBY_TTL_MS, SnapshotStore,
+    StandbyEntry, StoreError, StoreInfo, StoredSnapshot,
+};
 
 /// Size of a lease file, bytes: its JSON padded with spaces, so that a renewal rewrites
 /// the same blocks in place.
@@ -57,125 +55,6 @@ pub const SNAPSHOT_WRITE_FAILS: &str = "snapshot-write-fails";
 /// In a fault dir ([`FileStore::with_fault_dir`]): while it exists, lease writes fail.
 pub const LEASE_WRITE_FAILS: &str = "lease-write-fails";
 
-/// Who owns a match, at which epoch, until when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// The owning process (`pid@admin-address`).
-    pub owner: String,
-    /// Bumped on every change of owner.
-    pub epoch: u64,
-    /// Unix milliseconds after which a standby may take the match.
-    pub expires_unix_ms: u64,
-    /// The match's tick at the last renewal: a successor's rollback is measured from it.
-    #[serde(default)]
-    pub tick: u64,
-    /// The holder gave the match up ([`SnapshotStore::release`]): the lease counts as
-    /// expired whatever `expires_unix_ms` says, and `tick` is the final tick.
-    #[serde(default)]
-    pub released: bool,
-}
-
-impl Lease {
-    /// Whether a standby may take the match over at `now_unix_ms` (without a handoff).
-    pub fn lapsed(&self, now_unix_ms: u64) -> bool {
-        self.released || self.expires_unix_ms <= now_unix_ms
-    }
-}
-
-/// One stored snapshot, as listed by [`SnapshotStore::snapshots_newest_first`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSnapshot {
-    /// Its file name, for logs.
-    pub name: String,
-    /// The epoch it was written at.
-    pub epoch: u64,
-    /// The match's tick it holds.
-    pub tick: u64,
-    /// Its bytes (not decoded nor verified: the caller does that), or why they could not
-    /// be read.
-    pub bytes: Result<Vec<u8>, String>,
-}
-
-/// Why the store refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Our epoch is not the lease's: someone else owns the match now (or, for a handoff,
-    /// the lease is not at the epoch being handed over; for a renewal, we released it).
-    #[error("fenced: the match is owned at epoch {held} by {owner}, ours is {ours}")]
-    Fenced {
-        /// The lease's epoch.
-        held: u64,
-        /// The lease's owner.
-        owner: String,
-        /// The epoch we presented.
-        ours: u64,
-    },
-    /// Another owner holds an unexpired lease.
-    #[error("lease held by {owner} at epoch {epoch} for {remaining_ms} ms more")]
-    Held {
-        /// Its owner.
-        owner: String,
-        /// Its epoch.
-        epoch: u64,
-        /// Time left.
-        remaining_ms: u64,
-    },
-    /// There is no lease to renew, release or take over by handoff.
-    #[error("match has no lease in the store (we presented epoch {ours})")]
-    NoLease {
-        /// The epoch we presented.
-        ours: u64,
-    },
-    /// The lease file exists but does not parse.
-    #[error("lease file {0} is corrupt: {1}")]
-    CorruptLease(PathBuf, String),
-    /// The file system failed.
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
-}
-
-/// Snapshots and leases of matches.
-pub trait SnapshotStore: Send + Sync {
-    /// Writes a snapshot, unless `epoch` is older than the lease's (fencing).
-    fn write_snapshot(
-        &self,
-        match_id: &str,
-        epoch: u64,
-        tick: u64,
-        bytes: &[u8],
-    ) -> Result<(), StoreError>;
-    /// Every stored snapshot of the match (at most [`KEEP_SNAPSHOTS`] once a write has
-    /// pruned them), newest (epoch, tick) first; empty if none. Not decoded: the caller
-    /// restores the first one that verifies and falls back to the next.
-    fn snapshots_newest_first(&self, match_id: &str) -> Result<Vec<StoredSnapshot>, StoreError>;
-    /// The (epoch, tick) of the newest snapshot, if any, without reading it (an old owner
-    /// waiting for its successor's first snapshot asks this a few times a second).
-    fn newest_snapshot_id(&self, match_id: &str) -> Result<Option<(u64, u64)>, StoreError>;
-    /// The current lease, if any.
-    fn lease(&self, match_id: &str) -> Result<Option<Lease>, StoreError>;
-    /// Takes the match at `lease.epoch`, which must be newer than the lease in force.
-    /// Without `handoff`: allowed when there is no lease, or it lapsed (expired before
-    /// `now_unix_ms`, or released). With `handoff` (the owner handed the match over, or
-    /// the owner takes it back to abort a handoff): allowed only when the lease in force
-    /// is at `lease.epoch - 1`, the epoch handed over, live or not. Of two processes taking
-    /// the same epoch, exactly one succeeds; the other is fenced.
-    fn acquire(
-        &self,
-        match_id: &str,
-        lease: &Lease,
-        now_unix_ms: u64,
-        handoff: bool,
-    ) -> Result<(), StoreError>;
-    /// Extends our lease (same epoch and owner); refused (fenced) if the lease moved to a
-    /// newer epoch or owner, or we released it.
-    fn renew(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError>;
-    /// Gives our lease (same epoch and owner) up now, with `lease.tick` as the final tick:
-    /// a watching standby may take over at once. Fenced if the lease moved on.
-    fn release(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError>;
-    /// Writes and renewals refused by fencing so far.
-    fn fenced_count(&self) -> u64;
-}
-
 /// The file-system store.
 #[derive(Debug)]
 pub struct FileStore {
@@ -183,6 +62,8 @@ pub struct FileStore {
     fenced: AtomicU64,
     /// Test-only fault injection: see [`FileStore::with_fault_dir`].
     fault_dir: Option<PathBuf>,
+    /// This process, for the directory entry an acquire writes.
+    me: Option<Me>,
     /// Orders this process's in-place lease rewrites (a renewal racing our own release
     /// must not revive the lease). Never held across a snapshot write.
     lease_writes: Mutex<()>,
@@ -195,8 +76,16 @@ impl FileStore {
             root: data_dir.join("matches"),
             fenced: AtomicU64::new(0),
             fault_dir: None,
+            me: None,
             lease_writes: Mutex::new(()),
         }
+    }
+
+    /// The store as this process uses it: what it acquires, it lists in the directory
+    /// under `me`'s addresses.
+    pub fn with_me(mut self, me: Me) -> Self {
+        self.me = Some(me);
+        self
     }
 
     /// For tests only (the binary sets it from `ARENA_TEST_FAULT_DIR`): a full disk on
@@ -316,6 +205,15 @@ impl FileStore {
         }
         Ok(())
     }
+}
+
+/// A snapshot file's bytes, refused past [`MAX_SNAPSHOT_BYTES`] without reading them.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size > MAX_SNAPSHOT_BYTES as u64 {
+        return Err(format!("{size} bytes, more than {MAX_SNAPSHOT_BYTES}"));
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
 }
 
 fn io(path: &Path, error: std::io::Error) -> StoreError {
@@ -533,6 +431,12 @@ impl SnapshotStore for FileStore {
         tick: u64,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
+        if bytes.len() > MAX_SNAPSHOT_BYTES {
+            return Err(StoreError::Corrupt(
+                format!("snapshot at tick {tick}"),
+                format!("{} bytes, more than {MAX_SNAPSHOT_BYTES}", bytes.len()),
+            ));
+        }
         let dir = self.dir(match_id)?;
         if let Some(lease) = read_lease(&dir)?
             && lease.epoch > epoch
@@ -591,7 +495,7 @@ impl SnapshotStore for FileStore {
                     .unwrap_or_default(),
                 epoch,
                 tick,
-                bytes: std::fs::read(&path).map_err(|e| e.to_string()),
+                bytes: read_bounded(&path),
             });
         }
         Ok(found)
@@ -640,6 +544,7 @@ impl SnapshotStore for FileStore {
             return Err(self.fence(&held, lease.epoch));
         }
         self.sweep_temp_files(match_id, &dir, lease.epoch)?;
+        self.write_directory(&dir, match_id, lease, false);
         // Old leases are history; keep the last few for operators.
         let leases = numbered(&dir, "lease-", ".json")?;
         for (_, old) in leases.iter().take(leases.len().saturating_sub(KEEP_LEASES)) {
@@ -662,11 +567,139 @@ impl SnapshotStore for FileStore {
             released: true,
             ..lease.clone()
         };
-        self.rewrite_lease(match_id, lease, &record)
+        self.rewrite_lease(match_id, lease, &record)?;
+        self.write_directory(&self.dir(match_id)?, match_id, lease, true);
+        Ok(())
     }
 
     fn fenced_count(&self) -> u64 {
         self.fenced.load(Ordering::Relaxed)
+    }
+
+    fn directory(&self, match_id: &str) -> Result<Option<DirectoryEntry>, StoreError> {
+        let path = self.dir(match_id)?.join(DIRECTORY_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(path.display().to_string(), e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    fn register_standby(&self, standby: &StandbyEntry) -> Result<(), StoreError> {
+        let dir = self.standbys_dir()?;
+        let record = StandbyRecord {
+            entry: standby.clone(),
+            expires_unix_ms: wall_ms() + STANDBY_TTL_MS,
+        };
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| StoreError::Corrupt("standby entry".into(), e.to_string()))?;
+        write_atomic(&dir.join(standby_file(&standby.instance)), &bytes, None)
+    }
+
+    fn remove_standby(&self, instance: &str) -> Result<(), StoreError> {
+        let path = self.standbys_dir()?.join(standby_file(instance));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    fn free_standbys(&self) -> Result<Vec<StandbyEntry>, StoreError> {
+        let dir = self.standbys_dir()?;
+        let now = wall_ms();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let path = entry.map_err(|e| io(&dir, e))?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            // A file being replaced or written by hand may not parse: not a standby.
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            match serde_json::from_slice::<StandbyRecord>(&bytes) {
+                Ok(record) if record.expires_unix_ms > now => found.push(record),
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(_) => {}
+            }
+        }
+        found.sort_by_key(|r| std::cmp::Reverse(r.expires_unix_ms));
+        Ok(found.into_iter().map(|r| r.entry).collect())
+    }
+
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            kind: "file",
+            address: self.root.display().to_string(),
+        }
+    }
+}
+
+/// The directory entry's file in a match's directory.
+const DIRECTORY_FILE: &str = "directory.json";
+
+/// A standby's registration on disk.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StandbyRecord {
+    entry: StandbyEntry,
+    expires_unix_ms: u64,
+}
+
+/// A standby's file name: its instance name with only safe characters.
+fn standby_file(instance: &str) -> String {
+    let safe: String = instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.json")
+}
+
+/// Unix time, ms (the machine's clock: every process on it reads the same one).
+fn wall_ms() -> u64 {
+    crate::net::wall_ms()
+}
+
+impl FileStore {
+    fn standbys_dir(&self) -> Result<PathBuf, StoreError> {
+        let dir = self
+            .root
+            .parent()
+            .map_or_else(|| PathBuf::from("standbys"), |p| p.join("standbys"));
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        Ok(dir)
+    }
+
+    /// Writes the match's directory entry for our `lease` (best effort: the lease, not
+    /// the directory, decides who owns the match; a failure is logged).
+    fn write_directory(&self, dir: &Path, match_id: &str, lease: &Lease, released: bool) {
+        let Some(me) = &self.me else {
+            return;
+        };
+        let entry = DirectoryEntry {
+            match_id: match_id.to_owned(),
+            owner: lease.owner.clone(),
+            epoch: lease.epoch,
+            udp: me.udp,
+            admin: me.admin.clone(),
+            released,
+        };
+        let written = serde_json::to_vec(&entry)
+            .map_err(|e| StoreError::Corrupt("directory entry".into(), e.to_string()))
+            .and_then(|bytes| write_atomic(&dir.join(DIRECTORY_FILE), &bytes, None));
+        if let Err(error) = written {
+            tracing::warn!(match_id, %error, "could not update the match directory");
+        }
     }
 }
 
