@@ -412,3 +412,25 @@ pub fn bots_report(run: BotsRun) -> serde_json::Value {
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
 }
+
+/// Every input the bots sent is applied, rolled back, given up or still unacknowledged, and the sum
+/// says so.
+pub fn assert_accounted(report: &serde_json::Value) {
+    let n = |k: &str| {
+        report[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} missing: {report}"))
+    };
+    assert_eq!(report["inputs_unaccounted"], 0, "{report}");
+    assert!(n("inputs_sent") > 0, "{report}");
+    assert_eq!(
+        n("inputs_lost"),
+        n("inputs_sent") - n("inputs_applied"),
+        "{report}"
+    );
+    assert_eq!(
+        n("inputs_lost"),
+        n("inputs_rolled_back") + n("inputs_given_up") + n("inputs_unacknowledged"),
+        "{report}"
+    );
+}

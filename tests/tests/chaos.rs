@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use arena_tests::procs::{
-    ServerProcess, bots_against, bots_report, post_json, signal, status, temp_dir, wait_status,
-    wait_status_for,
+    ServerProcess, assert_accounted, bots_against, bots_report, post_json, signal, status,
+    temp_dir, wait_status, wait_status_for,
 };
 use serde_json::Value;
 
@@ -68,23 +68,6 @@ fn temp_files(dir: &Path) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".tmp"))
         .collect()
-}
-
-/// Every input the bots sent is applied, rolled back, given up or still unacknowledged,
-/// and the report's own sum says so.
-fn assert_accounted(report: &Value) {
-    let n = |k: &str| {
-        report[k]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{k} missing: {report}"))
-    };
-    assert_eq!(report["inputs_unaccounted"], 0, "{report}");
-    assert_eq!(
-        n("inputs_lost"),
-        n("inputs_sent") - n("inputs_applied"),
-        "{report}"
-    );
-    assert!(n("inputs_sent") > 0, "{report}");
 }
 
 /// Waits (at most 10 s) until one of `candidates` owns the match with every bot on it.

@@ -431,12 +431,7 @@ impl SnapshotStore for FileStore {
         tick: u64,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        if bytes.len() > MAX_SNAPSHOT_BYTES {
-            return Err(StoreError::Corrupt(
-                format!("snapshot at tick {tick}"),
-                format!("{} bytes, more than {MAX_SNAPSHOT_BYTES}", bytes.len()),
-            ));
-        }
+        super::check_size(tick, bytes)?;
         let dir = self.dir(match_id)?;
         if let Some(lease) = read_lease(&dir)?
             && lease.epoch > epoch

@@ -187,6 +187,17 @@ pub trait SnapshotStore: Send + Sync {
     }
 }
 
+/// Refuses a snapshot bigger than [`MAX_SNAPSHOT_BYTES`] before any store is asked.
+fn check_size(tick: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    if bytes.len() > MAX_SNAPSHOT_BYTES {
+        return Err(StoreError::Corrupt(
+            format!("snapshot at tick {tick}"),
+            format!("{} bytes, more than {MAX_SNAPSHOT_BYTES}", bytes.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// A standby free to receive a match, as it registers itself for `--handoff-to auto`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StandbyEntry {

@@ -342,6 +342,52 @@ impl RedisStore {
         ]
     }
 
+    /// Renews our lease, or releases it (with `lease.tick` as the final tick), through
+    /// the [`RENEW`] script.
+    fn rewrite_lease(
+        &self,
+        match_id: &str,
+        lease: &Lease,
+        release: bool,
+    ) -> Result<(), StoreError> {
+        let record = Lease {
+            expires_unix_ms: if release { 0 } else { lease.expires_unix_ms },
+            released: release,
+            ..lease.clone()
+        };
+        let answer = self.script(
+            &self.scripts.renew,
+            &self.match_keys(match_id),
+            vec![
+                text(lease.epoch),
+                json(&record),
+                ttl_ms(lease),
+                text(u8::from(release)),
+                text(&lease.owner),
+                text(match_id),
+                self.directory_entry(match_id, lease, release),
+            ],
+            CALL_TIMEOUT,
+        )?;
+        match status(&answer) {
+            b"ok" => Ok(()),
+            b"reseeded" => {
+                tracing::warn!(
+                    match_id,
+                    epoch = lease.epoch,
+                    "Redis had no record of the match (restarted without persistence?): recorded it again at our epoch; its snapshots are gone until the next one is written"
+                );
+                Ok(())
+            }
+            b"nolease" => Err(StoreError::NoLease { ours: lease.epoch }),
+            b"fenced" => Err(self.fenced(&answer, lease.epoch)),
+            _ => Err(unexpected(
+                if release { "release" } else { "renewal" },
+                &answer,
+            )),
+        }
+    }
+
     fn standby_keys(&self) -> Vec<String> {
         vec![
             format!("{}:standbys", self.namespace),
@@ -404,12 +450,7 @@ impl SnapshotStore for RedisStore {
         tick: u64,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        if bytes.len() > MAX_SNAPSHOT_BYTES {
-            return Err(StoreError::Corrupt(
-                format!("snapshot at tick {tick}"),
-                format!("{} bytes, more than {MAX_SNAPSHOT_BYTES}", bytes.len()),
-            ));
-        }
+        super::check_size(tick, bytes)?;
         let keys = [
             self.key(match_id, "epoch"),
             self.key(match_id, "snapshots"),
@@ -564,65 +605,11 @@ impl SnapshotStore for RedisStore {
     }
 
     fn renew(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError> {
-        let record = Lease {
-            released: false,
-            ..lease.clone()
-        };
-        let answer = self.script(
-            &self.scripts.renew,
-            &self.match_keys(match_id),
-            vec![
-                text(lease.epoch),
-                json(&record),
-                ttl_ms(lease),
-                text(0),
-                text(&lease.owner),
-                text(match_id),
-                self.directory_entry(match_id, lease, false),
-            ],
-            CALL_TIMEOUT,
-        )?;
-        match status(&answer) {
-            b"ok" => Ok(()),
-            b"reseeded" => {
-                tracing::warn!(
-                    match_id,
-                    epoch = lease.epoch,
-                    "Redis had no record of the match (restarted without persistence?): recorded it again at our epoch; its snapshots are gone until the next one is written"
-                );
-                Ok(())
-            }
-            b"fenced" => Err(self.fenced(&answer, lease.epoch)),
-            _ => Err(unexpected("renewal", &answer)),
-        }
+        self.rewrite_lease(match_id, lease, false)
     }
 
     fn release(&self, match_id: &str, lease: &Lease) -> Result<(), StoreError> {
-        let record = Lease {
-            expires_unix_ms: 0,
-            released: true,
-            ..lease.clone()
-        };
-        let answer = self.script(
-            &self.scripts.renew,
-            &self.match_keys(match_id),
-            vec![
-                text(lease.epoch),
-                json(&record),
-                text(1),
-                text(1),
-                text(&lease.owner),
-                text(match_id),
-                self.directory_entry(match_id, lease, true),
-            ],
-            CALL_TIMEOUT,
-        )?;
-        match status(&answer) {
-            b"ok" => Ok(()),
-            b"nolease" => Err(StoreError::NoLease { ours: lease.epoch }),
-            b"fenced" => Err(self.fenced(&answer, lease.epoch)),
-            _ => Err(unexpected("release", &answer)),
-        }
+        self.rewrite_lease(match_id, lease, true)
     }
 
     fn fenced_count(&self) -> u64 {
