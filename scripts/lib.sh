@@ -3,7 +3,18 @@
 # shellcheck shell=bash
 
 dir=$(mktemp -d)
-trap 'for p in "$dir"/*.pid; do kill "$(cat "$p")" 2>/dev/null || true; done; rm -rf "$dir"' EXIT
+# Stops every process it started (by pid), waits (at most 2 s each) until they are gone,
+# so that none writes into $dir while it is removed, then removes it.
+stop_all() {
+    local p pid
+    for p in "$dir"/*.pid; do kill "$(cat "$p")" 2>/dev/null || true; done
+    for p in "$dir"/*.pid; do
+        pid=$(cat "$p")
+        for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    done
+    rm -rf "$dir"
+}
+trap stop_all EXIT
 
 # STORE=redis: the servers share only a Redis (started here, no persistence, a free
 # loopback port, stopped by the trap) and a key file; each has a data dir of its own, as
