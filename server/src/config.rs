@@ -73,7 +73,8 @@ pub struct Args {
     #[arg(long)]
     pub standby: bool,
 
-    /// As a standby: take over this match when its owner's lease lapses (crash recovery).
+    /// As a standby: take over this match when its owner's lease lapses (crash recovery);
+    /// `any`: whichever match of the store's directory has an owner that crashed.
     #[arg(long, requires = "standby")]
     pub watch: Option<String>,
 
@@ -99,6 +100,12 @@ pub struct Args {
     #[arg(long, default_value = "arena")]
     pub store_namespace: String,
 
+    /// Start a fresh match even if the store holds one of this --match-id (its snapshots
+    /// are superseded). Without it a start resumes the stored match with the match's own
+    /// settings (players, tick rate, seed), and refuses flags that conflict with them.
+    #[arg(long)]
+    pub new_match: bool,
+
     /// Speak to the Agones SDK sidecar (its HTTP gateway on 127.0.0.1:$AGONES_SDK_HTTP_PORT,
     /// default 9358): Ready once serving, Health every second from the tick loop, Allocate
     /// when the match has players, Shutdown on exit; SIGTERM hands the match off
@@ -120,6 +127,69 @@ pub struct Args {
     /// last renewal (renewed four times per lease).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub lease_ms: u64,
+}
+
+impl Args {
+    /// Parses the command line, and notes which of the match-shaping flags were given on
+    /// it (not left at their defaults): see [`MatchFlags`].
+    pub fn parse_with_sources() -> (Self, MatchFlags) {
+        use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+        let matches = Self::command().get_matches();
+        let args = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let given = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let flags = MatchFlags {
+            max_players: given("max_players").then_some(args.max_players),
+            tick_hz: given("tick_hz").then_some(args.tick_hz),
+            seed: args.seed,
+            new_match: args.new_match,
+        };
+        (args, flags)
+    }
+}
+
+/// The flags that shape a match, as given on the command line (`None`: left at the
+/// default). A stored match keeps its own settings; a given flag that conflicts with them
+/// is refused, unless `--new-match` starts a fresh match.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MatchFlags {
+    /// `--max-players`.
+    pub max_players: Option<u32>,
+    /// `--tick-hz`.
+    pub tick_hz: Option<u32>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+    /// `--new-match`.
+    pub new_match: bool,
+}
+
+impl MatchFlags {
+    /// The given flags that conflict with a stored match's settings, as
+    /// `(flag, given, the match's)`.
+    pub fn conflicts(
+        &self,
+        stored: &arena_shared::sim::WorldConfig,
+    ) -> Vec<(&'static str, String, String)> {
+        let mut found = Vec::new();
+        if let Some(given) = self.max_players.filter(|n| *n != stored.max_players) {
+            found.push((
+                "--max-players",
+                given.to_string(),
+                stored.max_players.to_string(),
+            ));
+        }
+        if let Some(given) = self.tick_hz.filter(|n| *n != stored.tick_hz) {
+            found.push(("--tick-hz", given.to_string(), stored.tick_hz.to_string()));
+        }
+        if let Some(given) = self.seed.filter(|n| *n != stored.seed) {
+            found.push(("--seed", given.to_string(), stored.seed.to_string()));
+        }
+        found
+    }
 }
 
 /// Reads a private key file: 64 hex characters (surrounding whitespace allowed).

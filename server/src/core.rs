@@ -275,7 +275,10 @@ impl ServerCore {
         mut transport: netcode::Server,
     ) -> Self {
         transport.set_admitting(true);
-        let slots = config.netcode.max_clients;
+        // The match's capacity, not the process's: a standby with more slots than the
+        // match it received admits only as many players as the match was made for.
+        transport.set_capacity(state.world.config().max_players as usize);
+        let slots = config.netcode.max_clients.max(transport.num_slots());
         let tick = state.world.tick();
         let roster: BTreeMap<u64, RosterEntry> = state
             .roster
@@ -492,6 +495,25 @@ impl ServerCore {
     /// snapshot, the old owner takes the match back and its clients find it there.
     pub fn add_fallback_peer(&mut self, address: SocketAddr) {
         self.fallback_peer = Some(address);
+    }
+
+    /// Replaces the standbys listed in reconnect tokens after this server (`--peer`, and
+    /// the free standbys the store lists): every client gets a fresh reconnect token
+    /// with them over the next few ticks, so it finds whichever standby takes the match
+    /// over if this server dies.
+    pub fn set_peers(&mut self, peers: Vec<SocketAddr>) {
+        if peers == self.config.tokens.peers {
+            return;
+        }
+        self.config.tokens.peers = peers;
+        for slot in self.clients.iter_mut().flatten() {
+            slot.tokens.reconnect = None;
+        }
+    }
+
+    /// The standbys listed in reconnect tokens after this server.
+    pub fn peers(&self) -> &[SocketAddr] {
+        &self.config.tokens.peers
     }
 
     /// Whether this server knows standbys (`--peer`) to send its clients to.
@@ -757,9 +779,10 @@ impl ServerCore {
         &self.world
     }
 
-    /// Player slots.
+    /// Players the match admits (its own capacity, which a process with more slots
+    /// keeps to).
     pub fn max_players(&self) -> usize {
-        self.clients.len()
+        self.netcode.capacity()
     }
 
     /// Connected players.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arena_shared::netcode::Key;
+use arena_shared::sim::WorldConfig;
 use arena_shared::snapshot::{self, MatchState, SnapshotHeader};
 use tokio::sync::{mpsc, watch};
 
@@ -53,6 +54,8 @@ pub struct HostConfig {
     pub store_namespace: String,
     /// This process's admin API address (for the directory and the standby registry).
     pub admin: SocketAddr,
+    /// The match-shaping flags given on the command line, and `--new-match`.
+    pub match_flags: crate::config::MatchFlags,
 }
 
 impl HostConfig {
@@ -143,7 +146,11 @@ impl Host {
         let store = config.open_store(data_dir)?;
         let (status_tx, status_rx) = watch::channel(Status {
             role: "standby",
-            match_id: config.watch.clone().unwrap_or_default(),
+            match_id: config
+                .watch
+                .clone()
+                .filter(|w| w != WATCH_ANY)
+                .unwrap_or_default(),
             tick_hz: config.core.world.tick_hz,
             max_players: config.core.netcode.max_clients,
             ..Status::default()
@@ -239,10 +246,34 @@ impl Host {
     }
 
     /// Becomes the owner of `match_id`: takes the lease (refused while another owner's is
-    /// live), restores the newest snapshot that verifies if there is one, and starts
-    /// ticking.
-    pub fn own(&self, match_id: &str) -> anyhow::Result<()> {
+    /// live), restores the newest snapshot that verifies if there is one (unless
+    /// `--new-match`), and starts ticking. A restored match keeps its own settings; flags
+    /// given on the command line that conflict with them are refused before anything is
+    /// taken. Returns the settings the match runs with.
+    pub fn own(&self, match_id: &str) -> anyhow::Result<WorldConfig> {
         let now_ms = self.clock_ms();
+        let flags = self.config.match_flags;
+        let stored = if flags.new_match {
+            None
+        } else {
+            self.newest_valid_snapshot(match_id)?
+        };
+        if let Some((header, state)) = &stored {
+            let conflicts = flags.conflicts(state.world.config());
+            if !conflicts.is_empty() {
+                let listed: Vec<String> = conflicts
+                    .iter()
+                    .map(|(flag, given, theirs)| format!("{flag} {given} (the match has {theirs})"))
+                    .collect();
+                bail!(
+                    "match {match_id:?} is stored (tick {}, epoch {}) with other settings: {}; \
+                     drop the flag to resume it as it is, or give --new-match to start a fresh match",
+                    header.tick.0,
+                    header.epoch,
+                    listed.join(", ")
+                );
+            }
+        }
         let held = self.store.lease(match_id)?;
         let epoch = held.as_ref().map_or(1, |l| l.epoch + 1);
         let lease = self.lease(epoch, held.as_ref().map_or(0, |l| l.tick));
@@ -258,23 +289,46 @@ impl Host {
             ),
             Err(error) => return Err(error.into()),
         }
-        let (state, history, restored) = match self.newest_valid_snapshot(match_id)? {
+        // Read again under our lease: a snapshot written between the first read and the
+        // acquire (by an owner whose lease then lapsed) is the one to resume.
+        let stored = if flags.new_match {
+            None
+        } else {
+            self.newest_valid_snapshot(match_id)?
+        };
+        let (state, history, restored) = match stored {
             Some((header, state)) => {
                 let history = self.restore_history(held.as_ref(), &header);
+                let settings = state.world.config();
                 tracing::info!(
                     match_id,
                     tick = header.tick.0,
                     epoch,
                     rollback_ticks = ?history.rollback_ticks,
-                    "restored the match from its newest snapshot that verifies"
+                    max_players = settings.max_players,
+                    tick_hz = settings.tick_hz,
+                    seed = settings.seed,
+                    "restored the match from its newest snapshot that verifies, with its own settings"
                 );
                 (state, history, true)
             }
             None => {
+                if flags.new_match
+                    && let Ok(Some((old_epoch, old_tick))) = self.store.newest_snapshot_id(match_id)
+                {
+                    tracing::warn!(
+                        match_id,
+                        epoch,
+                        old_epoch,
+                        old_tick,
+                        "--new-match: starting a fresh match; the stored one's snapshots are superseded"
+                    );
+                }
                 let core = ServerCore::new(self.core_config(match_id));
                 (core.match_state(), History::default(), false)
             }
         };
+        let settings = *state.world.config();
         self.begin(Start {
             config: self.core_config(match_id),
             state,
@@ -284,7 +338,8 @@ impl Host {
             history,
             restored,
             fallback_peer: None,
-        })
+        })?;
+        Ok(settings)
     }
 
     /// Phase one of a handoff, on the standby: whether it can take this match; if so it
@@ -306,6 +361,7 @@ impl Host {
         }
         if let Some(watched) = &self.config.watch
             && *watched != request.match_id
+            && watched != WATCH_ANY
         {
             return Err(ReceiveError::Busy(format!(
                 "this standby watches {watched:?}, not {:?}",
@@ -448,7 +504,14 @@ impl Host {
         while self.role() != "owner" && !*shutdown.borrow() {
             let host = Arc::clone(&self);
             let id = match_id.clone();
-            let taken = tokio::task::spawn_blocking(move || host.try_take_over(&id)).await;
+            let taken = tokio::task::spawn_blocking(move || {
+                if id == WATCH_ANY {
+                    host.take_over_any_crashed()
+                } else {
+                    host.try_take_over(&id, false)
+                }
+            })
+            .await;
             match taken {
                 Ok(Ok(true)) => return,
                 Ok(Ok(false)) => {}
@@ -469,8 +532,28 @@ impl Host {
         }
     }
 
-    /// One look at the lease: takes the match if it lapsed. `Ok(true)`: we own it now.
-    fn try_take_over(&self, match_id: &str) -> anyhow::Result<bool> {
+    /// `--watch any`: one look at every match in the store's directory; takes over the
+    /// first whose owner crashed (its lease lapsed without a release: a stopped match is
+    /// left stopped). `Ok(true)`: we own it now.
+    fn take_over_any_crashed(&self) -> anyhow::Result<bool> {
+        for entry in self.store.matches()? {
+            if entry.released || entry.owner == self.config.owner_id {
+                continue;
+            }
+            match self.try_take_over(&entry.match_id, true) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(match_id = %entry.match_id, %error, "cannot take this match over")
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// One look at the lease: takes the match if it lapsed (with `crashed_only`, only if
+    /// its owner did not release it). `Ok(true)`: we own it now.
+    fn try_take_over(&self, match_id: &str, crashed_only: bool) -> anyhow::Result<bool> {
         if self.role() == "owner" {
             return Ok(false);
         }
@@ -479,7 +562,7 @@ impl Host {
             // Nobody has owned the match yet: nothing to take over.
             return Ok(false);
         };
-        if !held.lapsed(wall_ms()) {
+        if !held.lapsed(wall_ms()) || (crashed_only && held.released) {
             return Ok(false);
         }
         let held = Some(held);
@@ -649,6 +732,45 @@ impl Host {
             }
         }
         Err(failures.join("; "))
+    }
+
+    /// While this process owns a match: every second, lists the free standbys that would
+    /// take it (the store's registry) after the `--peer` ones in its clients' reconnect
+    /// tokens (at most [`PEERS_FROM_STORE`] of them), so that after a crash the clients
+    /// find whichever standby took the match over, with no `--peer` list to keep.
+    pub async fn follow_standbys(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let fixed = self.config.core.tokens.peers.clone();
+        let mut last: Option<Vec<SocketAddr>> = None;
+        while !*shutdown.borrow() {
+            if self.role() == "owner" {
+                let match_id = self.status().match_id;
+                let store = Arc::clone(&self.store);
+                let listed = tokio::task::spawn_blocking(move || store.free_standbys()).await;
+                if let Ok(Ok(standbys)) = listed {
+                    let mut peers = fixed.clone();
+                    for standby in standbys
+                        .iter()
+                        .filter(|s| s.instance != self.config.owner_id && s.takes(&match_id))
+                        .take(PEERS_FROM_STORE)
+                    {
+                        if !peers.contains(&standby.udp) {
+                            peers.push(standby.udp);
+                        }
+                    }
+                    if last.as_ref() != Some(&peers) {
+                        tracing::info!(%match_id, peers = ?peers, "standbys listed in reconnect tokens");
+                        let _ = self.commands.send(LoopCommand::Peers {
+                            peers: peers.clone(),
+                        });
+                        last = Some(peers);
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 
     /// While this process is a free standby, keeps it in the store's standby registry
@@ -892,8 +1014,15 @@ impl LoopParts {
     }
 }
 
+/// `--watch any`: a standby that takes over any match of the store's directory whose
+/// owner crashed (and receives any handed-over match).
+pub const WATCH_ANY: &str = "any";
+
 /// `--handoff-to auto` / `{"to": "auto"}`: a free standby from the store.
 pub const AUTO: &str = "auto";
+
+/// Free standbys from the store listed in reconnect tokens, at most (after `--peer`).
+pub const PEERS_FROM_STORE: usize = 3;
 
 /// Standbys `auto` offers the match to, at most, before it stays here (each attempt is
 /// bounded: see the README's stop bound).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use arena_server::admin::{self, AdminState, TokenMinter};
 use arena_server::agones::{self as agones_sdk, Agones, Probe};
-use arena_server::config::{Args, load_or_create_key};
+use arena_server::config::{Args, MatchFlags, load_or_create_key};
 use arena_server::core::{CoreConfig, TokenConfig};
 use arena_server::faults::Faults;
 use arena_server::host::Host as ArenaHost;
@@ -16,13 +16,12 @@ use arena_server::host::{Host, HostConfig};
 use arena_server::net::{LoopExit, bind_udp};
 use arena_shared::netcode;
 use arena_shared::sim::WorldConfig;
-use clap::Parser;
 use tokio::sync::watch;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let (args, match_flags) = Args::parse_with_sources();
     init_logging();
-    match run(args) {
+    match run(args, match_flags) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("arena-server: {error:#}");
@@ -42,7 +41,7 @@ fn init_logging() {
         .init();
 }
 
-fn run(args: Args) -> anyhow::Result<ExitCode> {
+fn run(args: Args, match_flags: MatchFlags) -> anyhow::Result<ExitCode> {
     if !args.admin.ip().is_loopback() && args.admin_token.is_none() {
         bail!(
             "--admin {} is not a loopback address: set --admin-token so strangers cannot mint tokens or move the match",
@@ -92,6 +91,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let seed = args
         .seed
         .unwrap_or_else(arena_shared::identity::random_client_id);
+    let world = WorldConfig {
+        max_players: args.max_players,
+        tick_hz: args.tick_hz,
+        seed,
+    };
     let core = CoreConfig {
         match_id: args.match_id.clone(),
         netcode: netcode::ServerConfig {
@@ -100,11 +104,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_clients: max_players,
             addresses: vec![bound, public_addr],
         },
-        world: WorldConfig {
-            max_players: args.max_players,
-            tick_hz: args.tick_hz,
-            seed,
-        },
+        world,
         view_radius_m: args.view_radius,
         tokens: TokenConfig {
             own_address: public_addr,
@@ -133,15 +133,18 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 store: args.store.clone(),
                 store_namespace: args.store_namespace.clone(),
                 admin: admin_addr,
+                match_flags,
             },
             &args.data_dir,
             udp,
             shutdown_rx.clone(),
         )?;
+        // The settings the match runs with: a resumed match keeps its own.
+        let mut settings = world;
         if !args.standby {
             let owner = Arc::clone(&host);
             let match_id = args.match_id.clone();
-            tokio::task::spawn_blocking(move || owner.own(&match_id))
+            settings = tokio::task::spawn_blocking(move || owner.own(&match_id))
                 .await
                 .context("starting the match failed")??;
         } else {
@@ -150,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             tokio::spawn(Arc::clone(&host).advertise(shutdown_rx.clone()));
         }
+        tokio::spawn(Arc::clone(&host).follow_standbys(shutdown_rx.clone()));
 
         let state = Arc::new(AdminState {
             host: Arc::clone(&host),
@@ -175,9 +179,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             udp = %bound,
             public = %public_addr,
             admin = %admin_addr,
-            max_players,
-            tick_hz = args.tick_hz,
-            seed,
+            max_players = settings.max_players,
+            tick_hz = settings.tick_hz,
+            seed = settings.seed,
             store = %host.store().info().address,
             "serving"
         );

@@ -151,6 +151,11 @@ pub enum LoopCommand {
         /// What the store says.
         reason: String,
     },
+    /// The standbys to list in reconnect tokens after this server.
+    Peers {
+        /// Their UDP addresses, in order.
+        peers: Vec<SocketAddr>,
+    },
 }
 
 /// A match frozen for a handoff.
@@ -352,6 +357,7 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                         }
                     }
                     LoopCommand::Lost { reason } => break LoopExit::LostOwnership(reason),
+                    LoopCommand::Peers { peers } => core.set_peers(peers),
                 }
                 if stop_requested {
                     match phase {

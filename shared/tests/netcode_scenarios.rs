@@ -280,6 +280,34 @@ fn a_full_server_denies() {
 }
 
 #[test]
+fn a_capacity_below_the_slots_denies_like_a_full_server_and_frees_on_leave() {
+    let mut net = Net::new(8);
+    net.server.set_capacity(2);
+    assert_eq!(net.server.capacity(), 2);
+    let a = net.add_new_client(1);
+    let b = net.add_new_client(2);
+    assert!(net.run_until(Duration::from_secs(1), |n| {
+        n.state(a) == ClientState::Connected && n.state(b) == ClientState::Connected
+    }));
+    let c = net.add_new_client(3);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.state(c)
+        == ClientState::Denied));
+    assert!(net.server.stats().drops(DropReason::ServerFull) >= 1);
+    assert_eq!(net.server.num_connected(), 2);
+    // One leaves: the next one gets in.
+    let now = net.now;
+    net.clients[a].1.disconnect(now);
+    net.deliver();
+    let d = net.add_new_client(4);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.state(d)
+        == ClientState::Connected));
+    assert_eq!(net.server.num_connected(), 2);
+    // Never above the slots.
+    net.server.set_capacity(100);
+    assert_eq!(net.server.capacity(), 8);
+}
+
+#[test]
 fn an_expired_token_is_refused() {
     let mut net = Net::new(4);
     let params = TokenParams {

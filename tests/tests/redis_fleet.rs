@@ -459,3 +459,45 @@ fn auto_with_no_free_standby_says_so_and_keeps_the_match() {
     wait_status(&owner, "the match stays here", |s| s["role"] == "owner");
     owner.terminate();
 }
+
+/// `--watch any`: a standby of the fleet, told no match, takes over whichever match's
+/// owner crashed (found in Redis's directory), and leaves a match that was stopped on
+/// purpose stopped.
+#[test]
+fn a_standby_watching_any_takes_over_a_crashed_match_and_leaves_a_stopped_one() {
+    let _one = serial();
+    let redis = test_redis("any");
+    let (machine_a, machine_b) = two_machines("redis-any");
+    let machine_c = machine_a.with_file_name("c");
+    std::fs::create_dir_all(&machine_c).unwrap();
+    let stopped = start(&redis, &machine_c, &["--match-id", "stopped"]);
+    let crashed = start(&redis, &machine_a, &["--match-id", "crashed"]);
+    wait_status(&stopped, "a snapshot written", |s| {
+        s["last_snapshot_tick"].is_u64()
+    });
+    assert!(stopped.terminate().success());
+    let standby = start(&redis, &machine_b, &["--standby", "--watch", "any"]);
+    let bots = bots_against(&crashed, 10, 6.0, &[]);
+    wait_status(&crashed, "all bots playing", |s| s["players"] == 10);
+    wait_status(&crashed, "a snapshot written", |s| {
+        s["last_snapshot_tick"].is_u64()
+    });
+    crashed.kill();
+    let took = wait_status_for(
+        &standby,
+        "took the crashed match",
+        Duration::from_secs(10),
+        |s| s["role"] == "owner",
+    );
+    assert_eq!(took["match_id"], "crashed", "{took}");
+    assert_eq!(took["restores"], 1, "{took}");
+    let directory = format!("{}:directory", redis.namespace);
+    let entry: String = redis.connection().hget(&directory, "stopped").unwrap();
+    let entry: Value = serde_json::from_str(&entry).unwrap();
+    assert_eq!(entry["released"], true, "{entry}");
+    let report = bots_report(bots);
+    assert_eq!(report["connected"], 10, "{report}");
+    assert_eq!(report["disconnects"], 0, "{report}");
+    assert_accounted(&report);
+    standby.terminate();
+}

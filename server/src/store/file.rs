@@ -582,6 +582,25 @@ impl SnapshotStore for FileStore {
         }
     }
 
+    fn matches(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.root, e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path().join(DIRECTORY_FILE);
+            // A match dir without an entry (never acquired by this build) is not listed.
+            if let Ok(bytes) = std::fs::read(&path)
+                && let Ok(entry) = serde_json::from_slice(&bytes)
+            {
+                found.push(entry);
+            }
+        }
+        Ok(found)
+    }
+
     fn register_standby(&self, standby: &StandbyEntry) -> Result<(), StoreError> {
         let dir = self.standbys_dir()?;
         let record = StandbyRecord {

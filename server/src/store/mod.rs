@@ -171,6 +171,8 @@ pub trait SnapshotStore: Send + Sync {
     /// Where a match lives: its owner's addresses and epoch (kept by the owner on every
     /// acquire and release), if it has ever been owned.
     fn directory(&self, match_id: &str) -> Result<Option<DirectoryEntry>, StoreError>;
+    /// Every match of the directory (for `--watch any`), in no particular order.
+    fn matches(&self) -> Result<Vec<DirectoryEntry>, StoreError>;
     /// Registers (or renews) a standby free to receive a match, for
     /// [`STANDBY_TTL_MS`].
     fn register_standby(&self, standby: &StandbyEntry) -> Result<(), StoreError>;
@@ -215,7 +217,9 @@ pub struct StandbyEntry {
 impl StandbyEntry {
     /// Whether this standby would take `match_id`.
     pub fn takes(&self, match_id: &str) -> bool {
-        self.watch.as_deref().is_none_or(|w| w == match_id)
+        self.watch
+            .as_deref()
+            .is_none_or(|w| w == match_id || w == crate::host::WATCH_ANY)
     }
 }
 

@@ -634,6 +634,18 @@ impl SnapshotStore for RedisStore {
             .transpose()
     }
 
+    fn matches(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        let key = format!("{}:directory", self.namespace);
+        let mut connection = self.connection.clone();
+        let entries: Vec<Vec<u8>> =
+            self.call(CALL_TIMEOUT, async move { connection.hvals(&key).await })?;
+        // An entry this build cannot read is not a match it can take over.
+        Ok(entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice(e).ok())
+            .collect())
+    }
+
     fn register_standby(&self, standby: &StandbyEntry) -> Result<(), StoreError> {
         self.script(
             &self.scripts.register_standby,

@@ -288,6 +288,8 @@ pub struct Server {
     /// Whether new connections are accepted. A process that neither owns the match nor
     /// is about to receive it denies every request (valid ones get a denied packet).
     admitting: bool,
+    /// Connections admitted at most ([`Server::set_capacity`]); at most the slots.
+    capacity: usize,
 }
 
 impl Server {
@@ -312,6 +314,7 @@ impl Server {
             events: VecDeque::new(),
             stats: ServerStats::default(),
             admitting: true,
+            capacity: max_clients,
             challenge_key,
             challenge_sequence: 0,
             global_sequence: SERVER_GLOBAL_SEQUENCE_START,
@@ -334,6 +337,28 @@ impl Server {
     /// Whether new connections are admitted.
     pub fn is_admitting(&self) -> bool {
         self.admitting
+    }
+
+    /// Admits at most `capacity` connections (clamped to the slots this server was made
+    /// with): a match with fewer players than the process's slots, received by a
+    /// standby. Connections beyond it are not touched; new ones are denied as when full.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.clamp(1, self.slots.len());
+    }
+
+    /// Connections admitted at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The slots this server was made with (client indices are below it).
+    pub fn num_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// No slot, or the capacity reached.
+    fn full(&self) -> bool {
+        self.free_slots.is_empty() || self.by_client_id.len() >= self.capacity
     }
 
     /// Takes one datagram. Returns the payload if it was one, decrypted in `packet`.
@@ -548,7 +573,7 @@ impl Server {
             self.send_global(now, from, &send_key, &Packet::ConnectionDenied);
             return Err(DropReason::NotAdmitting);
         }
-        if self.free_slots.is_empty() {
+        if self.full() {
             self.send_global(now, from, &send_key, &Packet::ConnectionDenied);
             return Err(DropReason::ServerFull);
         }
@@ -629,7 +654,12 @@ impl Server {
             self.send_global(now, from, &pending.send_key, &Packet::ConnectionDenied);
             return Err(DropReason::NotAdmitting);
         }
-        let Some(index) = self.free_slots.pop_first() else {
+        let index = if self.full() {
+            None
+        } else {
+            self.free_slots.pop_first()
+        };
+        let Some(index) = index else {
             self.send_global(now, from, &pending.send_key, &Packet::ConnectionDenied);
             return Err(DropReason::ServerFull);
         };
