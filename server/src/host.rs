@@ -984,6 +984,11 @@ impl LoopParts {
                 return LoopExit::Shutdown;
             }
         };
+        let capacity = start.state.world.config().max_players as usize;
+        if capacity > transport.num_slots() {
+            tracing::warn!(match_id = %start.config.match_id, match_capacity = capacity, slots = transport.num_slots(),
+                "this process has fewer slots (--max-players) than the match it runs: it admits only as many players as it has slots");
+        }
         let mut core = ServerCore::with_transport(start.config, start.state, transport);
         if start.restored {
             core.mark_restored();
