@@ -470,13 +470,16 @@ fn a_standby_watching_any_takes_over_a_crashed_match_and_leaves_a_stopped_one() 
     let (machine_a, machine_b) = two_machines("redis-any");
     let machine_c = machine_a.with_file_name("c");
     std::fs::create_dir_all(&machine_c).unwrap();
+    // The standby first: it watches while one match stops on purpose, and the owner of
+    // the other finds it in the registry at its start, before any client connects, so
+    // every reconnect token lists it.
+    let standby = start(&redis, &machine_b, &["--standby", "--watch", "any"]);
     let stopped = start(&redis, &machine_c, &["--match-id", "stopped"]);
-    let crashed = start(&redis, &machine_a, &["--match-id", "crashed"]);
     wait_status(&stopped, "a snapshot written", |s| {
         s["last_snapshot_tick"].is_u64()
     });
     assert!(stopped.terminate().success());
-    let standby = start(&redis, &machine_b, &["--standby", "--watch", "any"]);
+    let crashed = start(&redis, &machine_a, &["--match-id", "crashed"]);
     let bots = bots_against(&crashed, 10, 6.0, &[]);
     wait_status(&crashed, "all bots playing", |s| s["players"] == 10);
     wait_status(&crashed, "a snapshot written", |s| {
