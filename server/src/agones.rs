@@ -170,6 +170,31 @@ impl Agones {
         Ok(found.next())
     }
 
+    /// [`Agones::public_address`], asked every second for at most a minute (Agones fills
+    /// the address in once the pod has a node); why not, after that.
+    pub async fn wait_for_public_address(
+        &self,
+        port_name: &str,
+        container_port: u16,
+    ) -> Result<SocketAddr, String> {
+        const ATTEMPTS: u32 = 60;
+        let mut last = String::from("no address yet");
+        for _ in 0..ATTEMPTS {
+            match self.public_address(port_name).await {
+                Ok(Some(address)) => {
+                    tracing::info!(%address, container_port, "players reach this server at the address Agones gave it");
+                    return Ok(address);
+                }
+                Ok(None) => last = "the game server has no address yet".into(),
+                Err(error) => last = error.to_string(),
+            }
+            tokio::time::sleep(HEALTH_INTERVAL).await;
+        }
+        Err(format!(
+            "Agones gave no address within {ATTEMPTS} s ({last})"
+        ))
+    }
+
     /// [`Agones::from_env`] without reading the environment: `None` when unset.
     fn from_port_setting(value: Option<&str>) -> Result<Self, String> {
         let port = match value {
@@ -213,6 +238,34 @@ impl Agones {
                 .collect(),
         })
     }
+}
+
+/// The whole lifecycle for a process that serves: `Ready` (retried every second until the
+/// sidecar hears it: it may start after us), then [`keep_healthy`]. `role` is for the log.
+/// Returns when `stop` becomes true.
+pub async fn lifecycle(
+    sdk: Agones,
+    role: &'static str,
+    probe: impl Fn() -> Probe + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+) {
+    for attempt in 1u64.. {
+        match sdk.ready().await {
+            Ok(()) => {
+                tracing::info!(sidecar = %sdk.address(), role, "told Agones: Ready");
+                break;
+            }
+            Err(error) if attempt <= 3 || attempt.is_multiple_of(60) => {
+                tracing::error!(%error, attempt, "could not tell Agones: Ready; retrying every second");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+    keep_healthy(sdk, probe, stop).await;
 }
 
 /// Every [`HEALTH_INTERVAL`]: a health ping if `probe().loop_alive` (so a stuck tick loop

@@ -511,11 +511,6 @@ impl ServerCore {
         }
     }
 
-    /// The standbys listed in reconnect tokens after this server.
-    pub fn peers(&self) -> &[SocketAddr] {
-        &self.config.tokens.peers
-    }
-
     /// Whether this server knows standbys (`--peer`) to send its clients to.
     pub fn has_peers(&self) -> bool {
         !self.config.tokens.peers.is_empty()

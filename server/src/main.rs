@@ -78,9 +78,11 @@ fn run(args: Args, match_flags: MatchFlags) -> anyhow::Result<ExitCode> {
         (Some(public), _) => public,
         // Under Agones, listening on a wildcard: the address players reach is the one
         // Agones gave the game server (node address and host port).
-        (None, Some(sdk)) if bound.ip().is_unspecified() => {
-            runtime.block_on(public_address_from_agones(sdk, bound.port()))?
-        }
+        (None, Some(sdk)) if bound.ip().is_unspecified() => runtime
+            .block_on(sdk.wait_for_public_address("default", bound.port()))
+            .map_err(|e| {
+                anyhow::anyhow!("--agones with a wildcard --listen and no --public-addr: {e}")
+            })?,
         (None, _) => bound,
     };
     if public_addr.ip().is_unspecified() {
@@ -246,56 +248,16 @@ fn run(args: Args, match_flags: MatchFlags) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Tells Agones `Ready` (the process serves), then keeps `Health` going from the loop's
-/// heartbeat and says `Allocate` once the match has players. A standby stays `Ready`
-/// until it receives a match with players.
-async fn start_agones(sdk: Agones, host: Arc<ArenaHost>, mut stop: watch::Receiver<bool>) {
-    // The sidecar may start after us: Ready is retried every second until it is heard.
-    for attempt in 1u64.. {
-        match sdk.ready().await {
-            Ok(()) => {
-                tracing::info!(sidecar = %sdk.address(), role = host.role(), "told Agones: Ready");
-                break;
-            }
-            Err(error) if attempt <= 3 || attempt.is_multiple_of(60) => {
-                tracing::error!(%error, attempt, "could not tell Agones: Ready; retrying every second");
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => return,
-        }
-    }
+/// The Agones lifecycle ([`agones_sdk::lifecycle`]) with this process's probe: the loop's
+/// heartbeat, and whether it owns a match with players. A standby stays `Ready` until it
+/// receives a match with players.
+async fn start_agones(sdk: Agones, host: Arc<ArenaHost>, stop: watch::Receiver<bool>) {
+    let role = host.role();
     let probe = move || Probe {
         loop_alive: host.loop_alive(),
         has_players: host.role() == "owner" && host.status().players > 0,
     };
-    agones_sdk::keep_healthy(sdk, probe, stop).await;
-}
-
-/// The address Agones gave this game server, asked for every second for at most a
-/// minute (Agones fills it in once the pod has a node).
-async fn public_address_from_agones(
-    sdk: &Agones,
-    container_port: u16,
-) -> anyhow::Result<std::net::SocketAddr> {
-    const ATTEMPTS: u32 = 60;
-    let mut last = String::from("no address yet");
-    for _ in 0..ATTEMPTS {
-        match sdk.public_address("default").await {
-            Ok(Some(address)) => {
-                tracing::info!(%address, container_port, "players reach this server at the address Agones gave it");
-                return Ok(address);
-            }
-            Ok(None) => last = "the game server has no address yet".into(),
-            Err(error) => last = error.to_string(),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    bail!(
-        "--agones with a wildcard --listen and no --public-addr: Agones gave no address within {ATTEMPTS} s ({last})"
-    )
+    agones_sdk::lifecycle(sdk, role, probe, stop).await;
 }
 
 /// Ctrl-C or SIGTERM.

@@ -434,3 +434,11 @@ pub fn assert_accounted(report: &serde_json::Value) {
         "{report}"
     );
 }
+
+/// Serializes the tests of one test binary that each start servers and bots (they share
+/// two cores): hold the guard for the test's length. A test that panicked does not
+/// poison it for the next.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -10,20 +10,13 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use arena_tests::procs::{
-    ServerProcess, assert_accounted, bots_against, bots_report, post_json, signal, status,
-    temp_dir, wait_status, wait_status_for,
+    ServerProcess, assert_accounted, bots_against, bots_report, one_at_a_time, post_json, signal,
+    status, temp_dir, wait_status, wait_status_for,
 };
 use serde_json::Value;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const BOTS: u32 = 20;
 
@@ -95,7 +88,7 @@ fn max_gap_ms(report: &Value) -> f64 {
 /// match at once with nothing rolled back.
 #[test]
 fn sigterm_with_a_dead_standby_stops_and_a_restart_rolls_back_nothing() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("dead-standby");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -130,7 +123,7 @@ fn sigterm_with_a_dead_standby_stops_and_a_restart_rolls_back_nothing() {
 /// short by a second SIGTERM.
 #[test]
 fn a_second_sigterm_exits_at_once() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("second-sigterm");
     let faults = fault_dir(&dir, "standby");
     let standby =
@@ -166,7 +159,7 @@ fn a_second_sigterm_exits_at_once() {
 /// of its own, and takes the match back at e+2 from the frozen world.
 #[test]
 fn a_standby_that_dies_after_taking_the_lease_does_not_lose_the_match() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("dies-after-lease");
     let (standby, _faults) = standby_with_hook(&dir, "standby-dies-after-lease");
     let owner = ServerProcess::start(&dir, &[]);
@@ -197,7 +190,7 @@ fn a_standby_that_dies_after_taking_the_lease_does_not_lose_the_match() {
 /// is back within 2 s of the takeover.
 #[test]
 fn a_standby_that_dies_before_serving_is_replaced_and_the_bots_find_the_match() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("dies-before-tick");
     let (standby, _faults) = standby_with_hook(&dir, "standby-dies-before-first-tick");
     let watcher = ServerProcess::start(&dir, &["--standby", "--watch", "default"]);
@@ -227,7 +220,7 @@ fn a_standby_that_dies_before_serving_is_replaced_and_the_bots_find_the_match() 
 /// the woken standby refuses the stale request. Nobody is fenced, no input lost.
 #[test]
 fn a_standby_paused_during_the_commit_never_acts_on_the_stale_request() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("paused-standby");
     let (standby, faults) = standby_with_hook(&dir, "standby-pauses-on-commit");
     let owner = ServerProcess::start(&dir, &[]);
@@ -279,7 +272,7 @@ fn a_standby_paused_during_the_commit_never_acts_on_the_stale_request() {
 #[test]
 fn a_handoff_whose_caller_hangs_up_still_comes_to_an_end() {
     use std::io::Write;
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("hang-up");
     let (standby, faults) = standby_with_hook(&dir, "standby-pauses-on-commit");
     let owner = ServerProcess::start(&dir, &[]);
@@ -319,7 +312,7 @@ fn a_handoff_whose_caller_hangs_up_still_comes_to_an_end() {
 /// standby refuses it (logged, counted) and restores the next older one.
 #[test]
 fn a_truncated_newest_snapshot_falls_back_to_an_older_one() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("truncated");
     let watcher = ServerProcess::start(
         &dir,
@@ -359,7 +352,7 @@ fn a_truncated_newest_snapshot_falls_back_to_an_older_one() {
 /// the takeover, and none is dropped.
 #[test]
 fn two_watchers_one_wins_and_clients_skip_a_denying_standby() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("two-watchers");
     let idle = ServerProcess::start(&dir, &["--standby"]);
     let first = ServerProcess::start(&dir, &["--standby", "--watch", "default"]);
@@ -411,7 +404,7 @@ fn two_watchers_one_wins_and_clients_skip_a_denying_standby() {
 /// clients to the watching standby, which takes over at once, rolling back nothing.
 #[test]
 fn sigterm_without_handoff_hands_the_final_tick_to_the_watcher() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("plain-stop");
     let watcher = ServerProcess::start(&dir, &["--standby", "--watch", "default"]);
     let peer = watcher.udp.to_string();
@@ -446,7 +439,7 @@ fn sigterm_without_handoff_hands_the_final_tick_to_the_watcher() {
 /// create one key between them (a handoff between them works, so they share it).
 #[test]
 fn an_owner_and_a_standby_started_together_share_one_generated_key() {
-    let _one = serial();
+    let _one = one_at_a_time();
     for round in 0..3 {
         let dir = temp_dir(&format!("key-race-{round}"));
         let standby = ServerProcess::spawn(&dir, &["--standby".into()], &[]);
@@ -475,7 +468,7 @@ fn an_owner_and_a_standby_started_together_share_one_generated_key() {
 /// lease could lapse: the watcher takes over, never two owners.
 #[test]
 fn a_full_disk_keeps_the_match_ticking_and_never_makes_two_owners() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("full-disk");
     let faults = fault_dir(&dir, "owner");
     let watcher = ServerProcess::start(&dir, &["--standby", "--watch", "default"]);
@@ -524,7 +517,7 @@ fn a_full_disk_keeps_the_match_ticking_and_never_makes_two_owners() {
 /// worst gap any bot saw stays near the pause plus one trip plus one snapshot interval.
 #[test]
 fn a_handoff_under_latency_loses_nothing_and_switches_over_open_connections() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("mbb");
     let standby = ServerProcess::start(&dir, &["--standby"]);
     let owner = ServerProcess::start(&dir, &[]);
@@ -559,7 +552,7 @@ fn a_handoff_under_latency_loses_nothing_and_switches_over_open_connections() {
 #[test]
 fn replayed_stale_and_misdirected_sealed_snapshots_are_refused() {
     use arena_server::handoff::{Commit, PrepareRequest, seal};
-    let _one = serial();
+    let _one = one_at_a_time();
     let dir = temp_dir("replay");
     let standby = ServerProcess::start(&dir, &["--standby"]);
     let owner = ServerProcess::start(&dir, &[]);

@@ -14,23 +14,16 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use arena_tests::agones_fake::FakeSidecar;
 use arena_tests::procs::{
-    ServerProcess, assert_accounted, bots_against, bots_report, post_json, signal, status,
-    temp_dir, wait_status, wait_status_for,
+    ServerProcess, assert_accounted, bots_against, bots_report, one_at_a_time, post_json, signal,
+    status, temp_dir, wait_status, wait_status_for,
 };
 use arena_tests::redis::{TestRedis, test_redis};
 use redis::Commands;
 use serde_json::Value;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const BOTS: u32 = 100;
 
@@ -75,6 +68,23 @@ fn key(redis: &TestRedis, what: &str) -> String {
     format!("{}:match:default:{what}", redis.namespace)
 }
 
+/// The match's entry in Redis's directory.
+fn directory_entry(redis: &TestRedis, match_id: &str) -> Value {
+    let entry: String = redis
+        .connection()
+        .hget(format!("{}:directory", redis.namespace), match_id)
+        .unwrap();
+    serde_json::from_str(&entry).unwrap()
+}
+
+/// The standbys registered as free in Redis.
+fn registered_standbys(redis: &TestRedis) -> Vec<String> {
+    redis
+        .connection()
+        .zrange(format!("{}:standbys", redis.namespace), 0, -1)
+        .unwrap()
+}
+
 /// The snapshot names Redis holds for the match, oldest first.
 fn snapshot_names(redis: &TestRedis) -> Vec<String> {
     redis
@@ -107,7 +117,7 @@ fn time_until(
 /// unacknowledged).
 #[test]
 fn a_crash_across_machines_is_taken_over_through_redis() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let redis = test_redis("crash");
     let (machine_a, machine_b) = two_machines("redis-crash");
     let standby = start(&redis, &machine_b, &["--standby", "--watch", "default"]);
@@ -126,11 +136,7 @@ fn a_crash_across_machines_is_taken_over_through_redis() {
         s["last_snapshot_tick"].is_u64()
     });
     // The directory says where the match lives.
-    let entry: String = redis
-        .connection()
-        .hget(format!("{}:directory", redis.namespace), "default")
-        .unwrap();
-    let entry: Value = serde_json::from_str(&entry).unwrap();
+    let entry = directory_entry(&redis, "default");
     assert_eq!(entry["udp"], owner.udp.to_string(), "{entry}");
     assert_eq!(entry["admin"], owner.admin.to_string(), "{entry}");
 
@@ -146,11 +152,8 @@ fn a_crash_across_machines_is_taken_over_through_redis() {
     assert_eq!(took["epoch"], 2, "{took}");
     assert_eq!(took["restores"], 1, "{took}");
     assert!(back < Duration::from_secs(2), "bots back after {back:?}");
-    let entry: String = redis
-        .connection()
-        .hget(format!("{}:directory", redis.namespace), "default")
-        .unwrap();
-    assert!(entry.contains(&standby.udp.to_string()), "{entry}");
+    let entry = directory_entry(&redis, "default");
+    assert_eq!(entry["udp"], standby.udp.to_string(), "{entry}");
 
     let report = bots_report(bots);
     assert_eq!(report["connected"], BOTS, "{report}");
@@ -167,7 +170,7 @@ fn a_crash_across_machines_is_taken_over_through_redis() {
 /// match over (two phases), and 100 bots follow with no input lost.
 #[test]
 fn a_planned_handoff_to_auto_finds_the_standby_in_redis_and_loses_nothing() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let redis = test_redis("auto");
     let (machine_a, machine_b) = two_machines("redis-auto");
     let standby = start(&redis, &machine_b, &["--standby"]);
@@ -177,10 +180,7 @@ fn a_planned_handoff_to_auto_finds_the_standby_in_redis_and_loses_nothing() {
         &["--handoff-to", "auto", "--max-players", &BOTS.to_string()],
     );
     // The standby is registered as free.
-    let registered: Vec<String> = redis
-        .connection()
-        .zrange(format!("{}:standbys", redis.namespace), 0, -1)
-        .unwrap();
+    let registered = registered_standbys(&redis);
     assert_eq!(registered.len(), 1, "{registered:?}");
     let bots = bots_against(&owner, BOTS, 8.0, &[]);
     wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
@@ -198,10 +198,7 @@ fn a_planned_handoff_to_auto_finds_the_standby_in_redis_and_loses_nothing() {
     assert_eq!(report["handoffs_followed"], u64::from(BOTS), "{report}");
     assert_accounted(&report);
     // It owns a match now: no longer offered as free.
-    let registered: Vec<String> = redis
-        .connection()
-        .zrange(format!("{}:standbys", redis.namespace), 0, -1)
-        .unwrap();
+    let registered = registered_standbys(&redis);
     assert!(registered.is_empty(), "{registered:?}");
     standby.terminate();
 }
@@ -211,7 +208,7 @@ fn a_planned_handoff_to_auto_finds_the_standby_in_redis_and_loses_nothing() {
 /// writes it refused) and exits 3.
 #[test]
 fn a_paused_owner_is_fenced_in_redis_itself() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let redis = test_redis("fence");
     let (machine_a, machine_b) = two_machines("redis-fence");
     let standby = start(&redis, &machine_b, &["--standby", "--watch", "default"]);
@@ -277,7 +274,7 @@ fn a_paused_owner_is_fenced_in_redis_itself() {
 /// resumes when Redis is back; the watching standby takes nothing over at any moment.
 #[test]
 fn redis_down_for_3_s_never_makes_a_second_owner_and_the_match_resumes() {
-    let _one = serial();
+    let _one = one_at_a_time();
     // This test kills Redis: always a server of its own.
     let mut redis = arena_tests::redis::own_redis("outage");
     let (machine_a, machine_b) = two_machines("redis-outage");
@@ -336,7 +333,7 @@ fn redis_down_for_3_s_never_makes_a_second_owner_and_the_match_resumes() {
 /// stop, then Shutdown); a standby says Ready and stays so.
 #[test]
 fn agones_hears_ready_health_allocate_and_shutdown_in_order() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let redis = test_redis("agones");
     let (machine_a, machine_b) = two_machines("redis-agones");
     let owner_sdk = FakeSidecar::start();
@@ -439,7 +436,7 @@ fn agones_hears_ready_health_allocate_and_shutdown_in_order() {
 /// the match stays.
 #[test]
 fn auto_with_no_free_standby_says_so_and_keeps_the_match() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let redis = test_redis("nostandby");
     let dir = temp_dir("redis-nostandby");
     let owner = start(&redis, &dir, &[]);
@@ -465,7 +462,7 @@ fn auto_with_no_free_standby_says_so_and_keeps_the_match() {
 /// purpose stopped.
 #[test]
 fn a_standby_watching_any_takes_over_a_crashed_match_and_leaves_a_stopped_one() {
-    let _one = serial();
+    let _one = one_at_a_time();
     let redis = test_redis("any");
     let (machine_a, machine_b) = two_machines("redis-any");
     let machine_c = machine_a.with_file_name("c");
@@ -494,9 +491,7 @@ fn a_standby_watching_any_takes_over_a_crashed_match_and_leaves_a_stopped_one() 
     );
     assert_eq!(took["match_id"], "crashed", "{took}");
     assert_eq!(took["restores"], 1, "{took}");
-    let directory = format!("{}:directory", redis.namespace);
-    let entry: String = redis.connection().hget(&directory, "stopped").unwrap();
-    let entry: Value = serde_json::from_str(&entry).unwrap();
+    let entry = directory_entry(&redis, "stopped");
     assert_eq!(entry["released"], true, "{entry}");
     let report = bots_report(bots);
     assert_eq!(report["connected"], 10, "{report}");
