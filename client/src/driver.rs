@@ -1,11 +1,12 @@
 //! What every client driver does with its socket: receive, send, and optionally pass both
 //! directions through a link conditioner (`--simulate`). The bots and the terminal client
-//! share it; each adds its own loop around it.
+//! share it, whatever the game; each adds its own loop around it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
+use arena_shared::game::Game;
 use tokio::net::UdpSocket;
 
 use crate::conditioner::{Conditioner, LinkSpec};
@@ -43,7 +44,7 @@ impl SessionSocket {
     }
 
     /// Reads every waiting datagram into the session (or into the conditioned link).
-    pub fn receive(&mut self, session: &mut Session, now: impl Fn() -> Duration) {
+    pub fn receive<G: Game>(&mut self, session: &mut Session<G>, now: impl Fn() -> Duration) {
         while let Ok((len, from)) = self.socket.try_recv_from(&mut self.buf) {
             match &mut self.down {
                 Some(link) => link.push(now(), from, self.buf[..len].to_vec()),
@@ -53,7 +54,7 @@ impl SessionSocket {
     }
 
     /// Hands the session what the conditioned link lets through by `now`.
-    pub fn deliver_due(&mut self, session: &mut Session, now: Duration) {
+    pub fn deliver_due<G: Game>(&mut self, session: &mut Session<G>, now: Duration) {
         if let Some(link) = &mut self.down {
             while let Some((from, mut bytes)) = link.pop(now) {
                 session.handle_datagram(now, from, &mut bytes);
@@ -62,7 +63,7 @@ impl SessionSocket {
     }
 
     /// Sends what the session queued (through the conditioned link, if any).
-    pub async fn flush(&mut self, session: &mut Session, now: Duration) {
+    pub async fn flush<G: Game>(&mut self, session: &mut Session<G>, now: Duration) {
         while let Some(transmit) = session.poll_transmit() {
             match &mut self.up {
                 Some(link) => link.push(now, transmit.destination, transmit.contents),
@@ -82,7 +83,7 @@ impl SessionSocket {
     }
 
     /// Sends what the session queued straight out (goodbyes do not wait on a simulation).
-    pub async fn flush_direct(&mut self, session: &mut Session) {
+    pub async fn flush_direct<G: Game>(&mut self, session: &mut Session<G>) {
         while let Some(transmit) = session.poll_transmit() {
             let _ = self
                 .socket

@@ -1,16 +1,20 @@
-//! The terminal client's game state and drawing, independent of the terminal itself: the
-//! binary feeds it keys and time, and draws it into any ratatui backend (the real terminal,
-//! or a `TestBackend` in tests and `--headless` runs).
+//! The terminal client of the built-in shooter: its game state and drawing, independent
+//! of the terminal itself. The binary feeds it keys and time, and draws it into any ratatui
+//! backend (the real terminal, or a `TestBackend` in tests and `--headless` runs).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use arena_shared::game::PlayerId;
 use arena_shared::netcode::ClientState;
-use arena_shared::protocol::{NetEntityKind, ScoreEntry, Snapshot};
-use arena_shared::sim::{Buttons, PlayerInput, Wall};
+use arena_shared::protocol::{ScoreEntry, Snapshot};
+use arena_shared::sim::{
+    Buttons, EntityState, GameEvent, NetEntityKind, PlayerInput, Shooter, Wall,
+};
 use glam::Vec2;
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
@@ -22,6 +26,8 @@ use crate::session::Session;
 /// How long a key press holds its direction when the terminal reports no releases
 /// (auto-repeat refreshes it).
 const HOLD_WITHOUT_RELEASE: Duration = Duration::from_millis(180);
+/// Kills the kill feed shows, newest last.
+pub const KILL_FEED_LINES: usize = 4;
 
 /// A direction or action key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +47,11 @@ pub enum Key {
 /// The game as the terminal client sees it.
 pub struct Game {
     /// The connection.
-    pub session: Session,
+    pub session: Session<Shooter>,
     /// The own player, predicted.
-    pub predictor: Predictor,
+    pub predictor: Predictor<Shooter>,
     /// Everyone else, interpolated.
-    pub interpolator: Interpolator,
+    pub interpolator: Interpolator<Shooter>,
     /// Watching rather than playing.
     pub spectating: bool,
     /// Whether the scoreboard is open (Tab).
@@ -57,13 +63,15 @@ pub struct Game {
     /// The last direction moved in: space fires this way.
     facing: Vec2,
     /// Snapshot arrival times in the last second (for the status line).
-    recent_snapshots: std::collections::VecDeque<Duration>,
+    recent_snapshots: VecDeque<Duration>,
+    /// The newest kills heard, for the kill feed.
+    kill_feed: KillFeed,
     last_frame: Option<Duration>,
 }
 
 impl Game {
     /// A game over `session`.
-    pub fn new(session: Session, spectating: bool) -> Self {
+    pub fn new(session: Session<Shooter>, spectating: bool) -> Self {
         Self {
             session,
             predictor: Predictor::default(),
@@ -73,7 +81,8 @@ impl Game {
             held_until: [Duration::ZERO; 5],
             releases_reported: false,
             facing: Vec2::X,
-            recent_snapshots: std::collections::VecDeque::new(),
+            recent_snapshots: VecDeque::new(),
+            kill_feed: KillFeed::default(),
             last_frame: None,
         }
     }
@@ -101,7 +110,7 @@ impl Game {
     /// Takes the snapshots that arrived: interpolation, then reconciliation.
     pub fn absorb_snapshots(&mut self, now: Duration) {
         let mut fresh = false;
-        let snapshots: Vec<Snapshot> = self.session.take_snapshots().collect();
+        let snapshots: Vec<Snapshot<Shooter>> = self.session.take_snapshots().collect();
         for snapshot in &snapshots {
             self.interpolator.on_snapshot(now, snapshot);
             self.recent_snapshots.push_back(now);
@@ -115,8 +124,18 @@ impl Game {
             self.recent_snapshots.pop_front();
         }
         if fresh && let Some(latest) = self.session.latest_snapshot() {
-            self.predictor
-                .on_snapshot(latest, self.session.unapplied_frames());
+            self.predictor.on_snapshot(
+                latest,
+                self.session.shared(),
+                self.session.unapplied_frames(),
+            );
+        }
+    }
+
+    /// Takes the game's events that arrived: kills go to the kill feed.
+    pub fn absorb_events(&mut self) {
+        for event in self.session.take_events() {
+            self.kill_feed.hear(&event);
         }
     }
 
@@ -190,19 +209,24 @@ impl Game {
         let view = ArenaView {
             own,
             others: &others,
-            walls: self.predictor.walls(),
-            arena_size: self.predictor.config().map_or(40.0, |c| c.arena_size()),
+            walls: self.session.shared().map_or(&[], |s| s.walls.as_slice()),
+            arena_size: self
+                .session
+                .latest_snapshot()
+                .map_or(40.0, |s| s.config.arena_size()),
             spectating: self.spectating,
             message: self.message(),
         };
         frame.render_widget(view, arena);
+        let kills = self.kill_feed.lines(|player| self.session.name(player));
+        draw_kill_feed(frame, arena, &kills);
 
         if self.show_scores {
             draw_scores(frame, arena, self.session.scoreboard());
         }
     }
 
-    /// "moved to <address> in N ms", for a few seconds after a handoff or reconnect.
+    /// `moved to <address> in N ms`, for a few seconds after a handoff or reconnect.
     pub fn moved_notice(&self, now: Duration) -> Option<String> {
         let moved = self.session.moved()?;
         let done = moved.done_at?;
@@ -290,7 +314,7 @@ pub fn describe_failure(state: ClientState) -> &'static str {
 /// The arena drawn into a rectangle of cells.
 struct ArenaView<'a> {
     own: Option<Vec2>,
-    others: &'a [Drawn],
+    others: &'a [Drawn<EntityState>],
     walls: &'a [Wall],
     arena_size: f32,
     spectating: bool,
@@ -346,15 +370,15 @@ impl Widget for ArenaView<'_> {
             }
         }
         for drawn in self.others {
-            let Some(at) = cell_of(drawn.position) else {
+            let Some(at) = cell_of(drawn.state.position()) else {
                 continue;
             };
-            let (symbol, style) = match drawn.kind {
+            let (symbol, style) = match drawn.state.kind {
                 NetEntityKind::Projectile => ("•", Style::default().fg(Color::LightYellow)),
-                NetEntityKind::Player if drawn.health == 0 => {
+                NetEntityKind::Player if drawn.state.health == 0 => {
                     ("x", Style::default().fg(Color::DarkGray))
                 }
-                NetEntityKind::Player if drawn.health <= 25 => {
+                NetEntityKind::Player if drawn.state.health <= 25 => {
                     ("o", Style::default().fg(Color::Red))
                 }
                 NetEntityKind::Player => ("o", Style::default().fg(Color::LightCyan)),
@@ -390,7 +414,7 @@ impl Widget for ArenaView<'_> {
     }
 }
 
-fn draw_scores(frame: &mut Frame<'_>, area: Rect, entries: &[ScoreEntry]) {
+fn draw_scores(frame: &mut Frame<'_>, area: Rect, entries: &[ScoreEntry<Shooter>]) {
     let height = (entries.len() as u16 + 3).min(area.height);
     let width = 40.min(area.width);
     let popup = Rect {
@@ -406,7 +430,7 @@ fn draw_scores(frame: &mut Frame<'_>, area: Rect, entries: &[ScoreEntry]) {
     for entry in entries {
         let line = Line::from(format!(
             "{:<22} {:>6} {:>6}",
-            entry.name, entry.score, entry.deaths
+            entry.name, entry.standing.score, entry.standing.deaths
         ));
         lines.push(if entry.you {
             line.style(
@@ -423,4 +447,115 @@ fn draw_scores(frame: &mut Frame<'_>, area: Rect, entries: &[ScoreEntry]) {
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" scores ")),
         popup,
     );
+}
+
+/// The newest kills heard, oldest first, at most [`KILL_FEED_LINES`]. Kept as who killed
+/// whom rather than as text: a name told later than the kill still shows.
+#[derive(Debug, Default)]
+struct KillFeed(VecDeque<(PlayerId, PlayerId)>);
+
+impl KillFeed {
+    /// Keeps a kill; other events are not for the feed.
+    fn hear(&mut self, event: &GameEvent) {
+        if let GameEvent::Killed { victim, by } = *event {
+            if self.0.len() == KILL_FEED_LINES {
+                self.0.pop_front();
+            }
+            self.0.push_back((by, victim));
+        }
+    }
+
+    /// "ann shot bob", a line per kill; a player whose name is not known is `#<id>`.
+    fn lines<'a>(&self, name: impl Fn(PlayerId) -> Option<&'a str>) -> Vec<String> {
+        let called =
+            |player: PlayerId| name(player).map_or_else(|| format!("#{}", player.0), str::to_owned);
+        self.0
+            .iter()
+            .map(|&(by, victim)| format!("{} shot {}", called(by), called(victim)))
+            .collect()
+    }
+}
+
+/// The kill feed in the arena's top right corner, over the arena.
+fn draw_kill_feed(frame: &mut Frame<'_>, arena: Rect, lines: &[String]) {
+    if lines.is_empty() {
+        return;
+    }
+    let longest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let width = (longest as u16).saturating_add(2).min(arena.width);
+    let height = (lines.len() as u16).min(arena.height);
+    let area = Rect {
+        x: arena.x + arena.width - width,
+        y: arena.y,
+        width,
+        height,
+    };
+    let text: Vec<Line<'_>> = lines.iter().map(|l| Line::from(l.as_str())).collect();
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(text)
+            .alignment(Alignment::Right)
+            .style(Style::default().fg(Color::LightRed)),
+        area,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    use super::*;
+
+    fn killed(victim: u32, by: u32) -> GameEvent {
+        GameEvent::Killed {
+            victim: PlayerId(victim),
+            by: PlayerId(by),
+        }
+    }
+
+    fn screen(terminal: &Terminal<TestBackend>) -> String {
+        let buffer = terminal.backend().buffer();
+        let width = usize::from(buffer.area.width);
+        let symbols: Vec<&str> = buffer.content.iter().map(|c| c.symbol()).collect();
+        symbols
+            .chunks(width)
+            .map(|row| row.concat())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_kill_feed_keeps_the_last_four_kills_with_names() {
+        let mut feed = KillFeed::default();
+        feed.hear(&GameEvent::Hit {
+            victim: PlayerId(1),
+            by: PlayerId(2),
+        });
+        for i in 0..6 {
+            feed.hear(&killed(i, i + 1));
+        }
+        let names = |player: PlayerId| (player == PlayerId(3)).then_some("ann");
+        assert_eq!(
+            feed.lines(names),
+            ["ann shot #2", "#4 shot ann", "#5 shot #4", "#6 shot #5"]
+        );
+    }
+
+    #[test]
+    fn a_frame_shows_the_kill_feed_and_the_status_line() {
+        // No server: the session fails at once, and the frame says so.
+        let session = Session::new(Duration::from_secs(1), &[], 60);
+        let mut game = Game::new(session, false);
+        game.kill_feed.hear(&killed(1, 2));
+        let mut terminal = Terminal::new(TestBackend::new(80, 20)).unwrap();
+        terminal
+            .draw(|frame| game.draw(frame, Duration::from_secs(1)))
+            .unwrap();
+        let text = screen(&terminal);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("arena - │ tick 0 │ rtt -"), "{text}");
+        assert!(lines[1].trim_end().ends_with("#2 shot #1"), "{text}");
+        assert!(text.contains("q/Esc quit"), "{text}");
+    }
 }

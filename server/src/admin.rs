@@ -20,6 +20,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arena_shared::game::Game;
+
 use crate::handoff::{FROZEN_AT_HEADER, PrepareProgress, PrepareRequest};
 use crate::host::{Host, ReceiveError, parse_admin_target};
 use crate::status::prometheus;
@@ -35,9 +37,9 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 /// What the API needs: the process and what minting a token takes.
-pub struct AdminState {
+pub struct AdminState<G: Game> {
     /// The process: status, role, handoffs.
-    pub host: Arc<Host>,
+    pub host: Arc<Host<G>>,
     /// Token minting.
     pub tokens: TokenMinter,
 }
@@ -79,15 +81,15 @@ pub struct TokenResponse {
 }
 
 /// The admin router.
-pub fn router(state: Arc<AdminState>) -> Router {
+pub fn router<G: Game>(state: Arc<AdminState<G>>) -> Router {
     Router::new()
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/token", post(token))
-        .route("/handoff", post(handoff))
-        .route("/handoff/prepare", post(prepare))
-        .route("/handoff/prepared", get(prepared))
-        .route("/match", post(receive_match))
+        .route("/status", get(status::<G>))
+        .route("/metrics", get(metrics::<G>))
+        .route("/token", post(token::<G>))
+        .route("/handoff", post(handoff::<G>))
+        .route("/handoff/prepare", post(prepare::<G>))
+        .route("/handoff/prepared", get(prepared::<G>))
+        .route("/match", post(receive_match::<G>))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MATCH_BYTES))
         .with_state(state)
 }
@@ -96,7 +98,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 const MAX_MATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// Refuses a request without the bearer token, when one is configured.
-fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
+fn unauthorized<G: Game>(state: &AdminState<G>, headers: &HeaderMap) -> Option<Response> {
     let expected = state.host.admin_token()?;
     let given = headers
         .get(header::AUTHORIZATION)
@@ -121,7 +123,7 @@ fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-async fn status(State(state): State<Arc<AdminState>>) -> Response {
+async fn status<G: Game>(State(state): State<Arc<AdminState<G>>>) -> Response {
     axum::Json(state.host.status()).into_response()
 }
 
@@ -139,8 +141,8 @@ fn yes() -> bool {
     true
 }
 
-async fn handoff(
-    State(state): State<Arc<AdminState>>,
+async fn handoff<G: Game>(
+    State(state): State<Arc<AdminState<G>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -175,8 +177,8 @@ async fn handoff(
     }
 }
 
-async fn prepare(
-    State(state): State<Arc<AdminState>>,
+async fn prepare<G: Game>(
+    State(state): State<Arc<AdminState<G>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -201,8 +203,8 @@ struct ProgressQuery {
     handoff_id: u64,
 }
 
-async fn prepared(
-    State(state): State<Arc<AdminState>>,
+async fn prepared<G: Game>(
+    State(state): State<Arc<AdminState<G>>>,
     headers: HeaderMap,
     query: Result<axum::extract::Query<ProgressQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -238,8 +240,8 @@ fn refusal(error: &ReceiveError) -> Response {
         .into_response()
 }
 
-async fn receive_match(
-    State(state): State<Arc<AdminState>>,
+async fn receive_match<G: Game>(
+    State(state): State<Arc<AdminState<G>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -266,12 +268,16 @@ async fn receive_match(
     }
 }
 
-async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+async fn metrics<G: Game>(State(state): State<Arc<AdminState<G>>>) -> Response {
     let text = prometheus(&state.host.status());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn token(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token<G: Game>(
+    State(state): State<Arc<AdminState<G>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Some(refusal) = unauthorized(&state, &headers) {
         return refusal;
     }

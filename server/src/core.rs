@@ -14,22 +14,20 @@
 //! at the next one (merged, fire kept) and counted as late. Nothing is skipped unless the
 //! client itself gave up on it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use arena_shared::game::{Game, InputFrame, MatchConfig, PlayerId, Seen, Tick, Viewer};
 use arena_shared::identity::{TokenRequest, is_spectator, mint_token, name_from_user_data};
 use arena_shared::netcode::{self, ClientIndex, DisconnectReason, ServerEvent, Transmit};
 use arena_shared::protocol::messages::{
-    MAX_BODY_BYTES, TOKEN_PART_BYTES, TOKEN_PARTS, encoded_len,
+    MAX_BODY_BYTES, TOKEN_PART_BYTES, TOKEN_PARTS, encoded_len, net_id_len,
 };
+use arena_shared::protocol::reliable::Outbox;
 use arena_shared::protocol::{
-    AckTracker, ClientMessage, EntityState, NetEntityId, NetEntityKind, PlayerStatus, ScoreEntry,
-    ServerMessage, Snapshot, TokenPart, TokenPurpose, decode_client, encode,
-};
-use arena_shared::sim::{
-    Buttons, EntityId, EntityKind, GameEvent, InputFrame, PlayerId, PlayerInput, Tick, World,
-    WorldConfig,
+    AckTracker, ClientMessage, Replicated, ScoreEntry, ServerMessage, Snapshot, TokenPart,
+    TokenPurpose, decode_client, encode,
 };
 use arena_shared::snapshot::{MatchState, RosterEntry};
 
@@ -48,8 +46,8 @@ pub struct CoreConfig {
     pub match_id: String,
     /// The transport: protocol id, private key, slots, own addresses.
     pub netcode: netcode::ServerConfig,
-    /// The simulation.
-    pub world: WorldConfig,
+    /// The match's settings (a new match; a restored one keeps its own).
+    pub world: MatchConfig,
     /// How far a player sees, metres.
     pub view_radius_m: f32,
     /// The tokens this server hands its clients.
@@ -131,8 +129,12 @@ pub struct CoreStats {
     pub snapshots_sent: u64,
     /// Entities in view that did not fit their client's datagram.
     pub entities_deferred: u64,
-    /// Kills so far.
-    pub kills: u64,
+    /// Game events the steps produced.
+    pub game_events: u64,
+    /// Game events queued for clients to hear reliably.
+    pub events_queued: u64,
+    /// Game events a client did not get because it had too many unacknowledged.
+    pub events_dropped: u64,
 }
 
 /// How long a player whose connection timed out keeps its place, in seconds: enough to
@@ -140,30 +142,34 @@ pub struct CoreStats {
 pub const RECONNECT_GRACE_S: u64 = 10;
 
 /// What one step was fed, for replaying a match (see [`ServerCore::record_inputs`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TickRecord {
+#[derive(Debug, Clone, PartialEq)]
+pub struct TickRecord<G: Game> {
     /// The tick stepped to.
     pub tick: Tick,
     /// The players in the world before the step.
     pub players: Vec<PlayerId>,
     /// The inputs given to the step.
-    pub inputs: BTreeMap<PlayerId, PlayerInput>,
+    pub inputs: BTreeMap<PlayerId, G::Input>,
 }
 
 /// One connected client's game-side state.
 #[derive(Debug)]
-struct ClientSlot {
+struct ClientSlot<G: Game> {
     client_id: u64,
     /// `None` for a spectator.
     player: Option<PlayerId>,
     acks: AckTracker,
     /// Frames received and not yet applied, by sequence.
-    pending: BTreeMap<u32, InputFrame>,
+    pending: BTreeMap<u32, InputFrame<G::Input>>,
     /// Newest sequence applied; all older ones were applied (or skipped by the client).
     last_applied: u32,
     /// Input frames of this player the match applied, ever (told to the client).
     inputs_applied: u64,
     tokens: SlotTokens,
+    /// The match's shared data, names and events, on their way reliably.
+    outbox: Outbox<G>,
+    /// Players whose names this client was told.
+    named: BTreeSet<PlayerId>,
 }
 
 /// The tokens on their way to one client.
@@ -189,15 +195,18 @@ impl SlotTokens {
     }
 }
 
-impl ClientSlot {
+impl<G: Game> ClientSlot<G> {
     /// A fresh connection for `player` (`None`: a spectator) whose inputs up to
-    /// `last_applied` are already in the world.
+    /// `last_applied` are already in the world. Its first notice is the match's shared
+    /// data.
     fn new(
         client_id: u64,
         player: Option<PlayerId>,
-        last_applied: u32,
-        inputs_applied: u64,
+        (last_applied, inputs_applied): (u32, u64),
+        shared: &G::Shared,
     ) -> Self {
+        let mut outbox = Outbox::default();
+        outbox.push_shared(shared);
         Self {
             client_id,
             player,
@@ -206,17 +215,20 @@ impl ClientSlot {
             last_applied,
             inputs_applied,
             tokens: SlotTokens::default(),
+            outbox,
+            named: BTreeSet::new(),
         }
     }
 }
 
-/// One match and its connections. See the module docs for the calling order.
-pub struct ServerCore {
+/// One match of the game `G` and its connections. See the module docs for the calling
+/// order.
+pub struct ServerCore<G: Game> {
     config: CoreConfig,
     netcode: netcode::Server,
-    world: World,
+    world: G::State,
     /// Indexed by netcode slot.
-    clients: Vec<Option<ClientSlot>>,
+    clients: Vec<Option<ClientSlot<G>>>,
     /// Every player in the match, by client id, connected or not.
     roster: BTreeMap<u64, RosterEntry>,
     /// Players with no connection, and the tick they lost it: removed after the grace.
@@ -225,12 +237,14 @@ pub struct ServerCore {
     /// Ids for tokens sent to clients (a newer id replaces an older token).
     next_token_id: u32,
     stats: CoreStats,
-    /// Reused each tick: entities in one client's view, with squared distance.
-    visible: Vec<(f32, EntityId)>,
+    /// Reused each tick: entities in one client's view.
+    seen: Vec<Seen<G::Entity>>,
     /// Reused each tick: the inputs for the step.
-    inputs: BTreeMap<PlayerId, PlayerInput>,
+    inputs: BTreeMap<PlayerId, G::Input>,
+    /// Reused each tick: the step's events.
+    events: Vec<G::Event>,
     /// When on (tests), what every step was fed: to replay a match and compare hashes.
-    input_log: Option<Vec<TickRecord>>,
+    input_log: Option<Vec<TickRecord<G>>>,
     /// Each client gets a snapshot every this many ticks (1 normally). Under load the
     /// driver raises it: clients are updated less often, the simulation keeps its rate.
     snapshot_every: u32,
@@ -244,10 +258,10 @@ pub struct ServerCore {
     fallback_peer: Option<SocketAddr>,
 }
 
-impl ServerCore {
+impl<G: Game> ServerCore<G> {
     /// A new match with no players.
     pub fn new(config: CoreConfig) -> Self {
-        let world = World::new(config.world);
+        let world = G::new_state(&config.world);
         Self::with_state(
             config,
             MatchState {
@@ -260,7 +274,7 @@ impl ServerCore {
 
     /// A match restored from a snapshot. Its players wait, detached, for their clients to
     /// reconnect; those that do not come back within the grace are removed.
-    pub fn with_state(config: CoreConfig, state: MatchState) -> Self {
+    pub fn with_state(config: CoreConfig, state: MatchState<G>) -> Self {
         let transport = netcode::Server::new(config.netcode.clone());
         Self::with_transport(config, state, transport)
     }
@@ -271,15 +285,15 @@ impl ServerCore {
     /// attaches them to their players.
     pub fn with_transport(
         config: CoreConfig,
-        state: MatchState,
+        state: MatchState<G>,
         mut transport: netcode::Server,
     ) -> Self {
         transport.set_admitting(true);
         // The match's capacity, not the process's: a standby with more slots than the
         // match it received admits only as many players as the match was made for.
-        transport.set_capacity(state.world.config().max_players as usize);
+        transport.set_capacity(G::config(&state.world).max_players as usize);
         let slots = config.netcode.max_clients.max(transport.num_slots());
-        let tick = state.world.tick();
+        let tick = G::tick(&state.world);
         let roster: BTreeMap<u64, RosterEntry> = state
             .roster
             .into_iter()
@@ -294,8 +308,9 @@ impl ServerCore {
             next_player_id: state.next_player_id,
             next_token_id: 0,
             stats: CoreStats::default(),
-            visible: Vec::new(),
+            seen: Vec::new(),
             inputs: BTreeMap::new(),
+            events: Vec::new(),
             snapshot_every: 1,
             restored_from_tick: None,
             moving: false,
@@ -308,11 +323,11 @@ impl ServerCore {
     /// Marks this match as restored from a snapshot after a crash: clients are told the
     /// tick, so each can count exactly what it lost.
     pub fn mark_restored(&mut self) {
-        self.restored_from_tick = Some(self.world.tick());
+        self.restored_from_tick = Some(G::tick(&self.world));
     }
 
     /// The whole match as it stands, for a snapshot (connections are not part of it).
-    pub fn match_state(&self) -> MatchState {
+    pub fn match_state(&self) -> MatchState<G> {
         let mut roster = self.roster.clone();
         for slot in self.clients.iter().flatten() {
             if let Some(entry) = roster.get_mut(&slot.client_id) {
@@ -339,7 +354,7 @@ impl ServerCore {
         else {
             return;
         };
-        let (header, message) = match decode_client(payload) {
+        let (header, message) = match decode_client::<G>(payload) {
             Ok(decoded) => decoded,
             Err(error) => {
                 self.stats.bad_messages += 1;
@@ -347,11 +362,17 @@ impl ServerCore {
                 return;
             }
         };
-        let ClientSlot { acks, tokens, .. } = slot;
+        let ClientSlot {
+            acks,
+            tokens,
+            outbox,
+            ..
+        } = slot;
         let fresh = acks.on_receive(now, header, |sequence| {
             for token in tokens.iter_mut() {
                 token.on_ack(sequence);
             }
+            outbox.on_ack(sequence);
         });
         if !fresh {
             return;
@@ -364,20 +385,18 @@ impl ServerCore {
     }
 
     /// Runs one tick: connection upkeep, inputs, the simulation step, and a snapshot for
-    /// every client. Returns the step's game events.
-    pub fn tick(&mut self, now: Duration) -> Vec<GameEvent> {
+    /// every client. Returns the step's game events (also queued, reliably, for the
+    /// clients that hear them).
+    pub fn tick(&mut self, now: Duration) -> &[G::Event] {
         self.netcode.update(now);
         self.handle_connection_events();
         self.remove_expired_detached();
-        let tick = self.world.tick().next();
+        let tick = G::tick(&self.world).next();
         self.gather_inputs(tick);
-        let events = self.world.step(&self.inputs);
-        for event in &events {
-            if let GameEvent::Killed { victim, by } = event {
-                self.stats.kills += 1;
-                tracing::debug!(tick = tick.0, victim = victim.0, by = by.0, "kill");
-            }
-        }
+        self.events.clear();
+        G::step(&mut self.world, &self.inputs, &mut self.events);
+        self.stats.game_events += self.events.len() as u64;
+        self.announce_events();
         // Clients are spread over the ticks of one period, so the work stays even.
         let every = u64::from(self.snapshot_every);
         for index in 0..self.clients.len() {
@@ -387,46 +406,104 @@ impl ServerCore {
         }
         self.send_tokens(now, true);
         self.send_scoreboards(now, tick);
-        events
+        self.send_notices(now);
+        &self.events
+    }
+
+    /// Queues this tick's events for every client that hears them, with the names of the
+    /// players they mention first (once per client).
+    fn announce_events(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let names: BTreeMap<PlayerId, &str> = self
+            .roster
+            .values()
+            .map(|e| (e.player, e.name.as_str()))
+            .collect();
+        let mut mentioned = Vec::new();
+        for slot in self.clients.iter_mut().flatten() {
+            for event in &self.events {
+                if !G::heard_by(&self.world, event, slot.player) {
+                    continue;
+                }
+                mentioned.clear();
+                G::mentions(event, &mut mentioned);
+                for &player in &mentioned {
+                    if let Some(name) = names.get(&player)
+                        && slot.named.insert(player)
+                    {
+                        slot.outbox.push_name(player, name);
+                    }
+                }
+                if slot.outbox.push_event(event.clone()) {
+                    self.stats.events_queued += 1;
+                } else {
+                    self.stats.events_dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends every client the reliable notices that are new or due again.
+    fn send_notices(&mut self, now: Duration) {
+        for index in 0..self.clients.len() {
+            let Some(slot) = self.clients[index].as_mut() else {
+                continue;
+            };
+            let Some(reliable) = slot.outbox.poll(now) else {
+                continue;
+            };
+            let header = slot.acks.next_header(now);
+            slot.outbox.sent(header.sequence, &reliable);
+            let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
+            match encode(header, &ServerMessage::<G>::Reliable(reliable), &mut out) {
+                Ok(len) => {
+                    let _ = self
+                        .netcode
+                        .send_payload(now, ClientIndex(index as u32), &out[..len]);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "notices did not fit; this is a bug in the budget");
+                }
+            }
+        }
     }
 
     /// Once a second per client (spread over the ticks): the top ten and the client's line.
     fn send_scoreboards(&mut self, now: Duration, tick: Tick) {
-        let hz = u64::from(self.world.config().tick_hz.max(1));
+        let hz = u64::from(G::config(&self.world).tick_hz.max(1));
         let due: Vec<usize> = (0..self.clients.len())
             .filter(|&i| self.clients[i].is_some() && (tick.0 + i as u64).is_multiple_of(hz))
             .collect();
         if due.is_empty() {
             return;
         }
-        // Standings of every player, without copying names: (kills, deaths, player, client).
-        let mut table: Vec<(u32, u32, PlayerId, u64)> = self
+        // Standings of every player, without copying names: (standing, player, client).
+        let mut table: Vec<(G::Standing, PlayerId, u64)> = self
             .roster
             .values()
-            .filter_map(|e| {
-                let p = self.world.player(e.player)?;
-                Some((p.score, p.deaths, e.player, e.client_id))
-            })
+            .filter_map(|e| Some((G::standing(&self.world, e.player)?, e.player, e.client_id)))
             .collect();
-        // Most kills first, then fewest deaths, then the older player.
-        table.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        // The game's best first, then the older player.
+        table.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let line =
-            |roster: &BTreeMap<u64, RosterEntry>, t: &(u32, u32, PlayerId, u64)| ScoreEntry {
-                name: roster.get(&t.3).map(|e| e.name.clone()).unwrap_or_default(),
-                score: t.0,
-                deaths: t.1,
+            |roster: &BTreeMap<u64, RosterEntry>, t: &(G::Standing, PlayerId, u64)| ScoreEntry {
+                player: t.1,
+                name: roster.get(&t.2).map(|e| e.name.clone()).unwrap_or_default(),
+                standing: t.0.clone(),
                 you: false,
             };
-        let top: Vec<(PlayerId, ScoreEntry)> = table
+        let top: Vec<(PlayerId, ScoreEntry<G>)> = table
             .iter()
             .take(10)
-            .map(|t| (t.2, line(&self.roster, t)))
+            .map(|t| (t.1, line(&self.roster, t)))
             .collect();
         for index in due {
             let Some(slot) = self.clients[index].as_mut() else {
                 continue;
             };
-            let mut entries: Vec<ScoreEntry> = top
+            let mut entries: Vec<ScoreEntry<G>> = top
                 .iter()
                 .map(|(player, entry)| ScoreEntry {
                     you: Some(*player) == slot.player,
@@ -435,7 +512,7 @@ impl ServerCore {
                 .collect();
             if let Some(own) = slot.player
                 && !entries.iter().any(|e| e.you)
-                && let Some(t) = table.iter().find(|t| t.2 == own)
+                && let Some(t) = table.iter().find(|t| t.1 == own)
             {
                 entries.push(ScoreEntry {
                     you: true,
@@ -444,7 +521,7 @@ impl ServerCore {
             }
             let header = slot.acks.next_header(now);
             let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
-            if let Ok(len) = encode(header, &ServerMessage::Scoreboard(entries), &mut out) {
+            if let Ok(len) = encode(header, &ServerMessage::<G>::Scoreboard(entries), &mut out) {
                 let _ = self
                     .netcode
                     .send_payload(now, ClientIndex(index as u32), &out[..len]);
@@ -540,7 +617,7 @@ impl ServerCore {
         }
         tracing::info!(
             match_id = %self.config.match_id,
-            tick = self.world.tick().0,
+            tick = G::tick(&self.world).0,
             to = ?addresses,
             players = self.num_players(),
             "redirecting every client"
@@ -569,7 +646,7 @@ impl ServerCore {
         }
         tracing::info!(
             match_id = %self.config.match_id,
-            tick = self.world.tick().0,
+            tick = G::tick(&self.world).0,
             %to,
             players = told,
             "clients told to connect ahead to the standby"
@@ -705,7 +782,7 @@ impl ServerCore {
             token.last_sent = Some(now);
             for part in parts {
                 let start = usize::from(part) * TOKEN_PART_BYTES;
-                let message = ServerMessage::TokenPart(TokenPart {
+                let message = ServerMessage::<G>::TokenPart(TokenPart {
                     purpose: token.purpose,
                     token_id: token.id,
                     part,
@@ -735,7 +812,7 @@ impl ServerCore {
     }
 
     /// The record kept since [`ServerCore::record_inputs`] (or the last take).
-    pub fn take_input_log(&mut self) -> Vec<TickRecord> {
+    pub fn take_input_log(&mut self) -> Vec<TickRecord<G>> {
         self.input_log
             .as_mut()
             .map(std::mem::take)
@@ -770,7 +847,7 @@ impl ServerCore {
     }
 
     /// The world (read-only: the core is its one owner).
-    pub fn world(&self) -> &World {
+    pub fn world(&self) -> &G::State {
         &self.world
     }
 
@@ -823,7 +900,7 @@ impl ServerCore {
     /// Gives a newly connected client its player: the one it had (after a reconnect, a
     /// handoff or a restore), or a new one.
     fn attach(&mut self, client: ClientIndex, client_id: u64, address: SocketAddr, name: &str) {
-        let tick = self.world.tick().0;
+        let tick = G::tick(&self.world).0;
         let returning = self.roster.contains_key(&client_id);
         let entry = self.roster.entry(client_id).or_insert_with(|| {
             let player = PlayerId(self.next_player_id);
@@ -839,7 +916,7 @@ impl ServerCore {
         let (player, last_applied, applied) =
             (entry.player, entry.last_applied_input, entry.inputs_applied);
         self.detached.remove(&client_id);
-        self.world.add_player(player);
+        G::join(&mut self.world, player);
         tracing::info!(
             match_id = %self.config.match_id,
             tick,
@@ -851,11 +928,12 @@ impl ServerCore {
             "player joined"
         );
         if let Some(slot) = self.clients.get_mut(client.0 as usize) {
+            let shared = G::shared(&self.world);
             *slot = Some(ClientSlot::new(
                 client_id,
                 Some(player),
-                last_applied,
-                applied,
+                (last_applied, applied),
+                &shared,
             ));
         }
     }
@@ -870,14 +948,15 @@ impl ServerCore {
     ) {
         tracing::info!(
             match_id = %self.config.match_id,
-            tick = self.world.tick().0,
+            tick = G::tick(&self.world).0,
             client_id,
             %address,
             name,
             "spectator joined"
         );
         if let Some(slot) = self.clients.get_mut(client.0 as usize) {
-            *slot = Some(ClientSlot::new(client_id, None, 0, 0));
+            let shared = G::shared(&self.world);
+            *slot = Some(ClientSlot::new(client_id, None, (0, 0), &shared));
         }
     }
 
@@ -891,7 +970,7 @@ impl ServerCore {
         else {
             return;
         };
-        let tick = self.world.tick();
+        let tick = G::tick(&self.world);
         let Some(player) = slot.player else {
             tracing::info!(match_id = %self.config.match_id, tick = tick.0, client_id, ?reason, "spectator left");
             return;
@@ -903,7 +982,7 @@ impl ServerCore {
         // A goodbye removes the player, unless the match is moving: then the client is
         // leaving for the successor, and the player waits here in case the match comes back.
         if reason == DisconnectReason::ClientDisconnected && !self.moving {
-            self.world.remove_player(player);
+            G::leave(&mut self.world, player);
             self.roster.remove(&client_id);
         } else {
             self.detached.insert(client_id, tick);
@@ -919,8 +998,8 @@ impl ServerCore {
     }
 
     fn remove_expired_detached(&mut self) {
-        let grace = RECONNECT_GRACE_S * u64::from(self.world.config().tick_hz);
-        let now = self.world.tick().0;
+        let grace = RECONNECT_GRACE_S * u64::from(G::config(&self.world).tick_hz);
+        let now = G::tick(&self.world).0;
         let expired: Vec<u64> = self
             .detached
             .iter()
@@ -930,7 +1009,7 @@ impl ServerCore {
         for client_id in expired {
             self.detached.remove(&client_id);
             if let Some(entry) = self.roster.remove(&client_id) {
-                self.world.remove_player(entry.player);
+                G::leave(&mut self.world, entry.player);
                 tracing::info!(
                     match_id = %self.config.match_id,
                     tick = now,
@@ -954,13 +1033,13 @@ impl ServerCore {
         // A player waiting for its client stands still rather than repeating its last move.
         for client_id in self.detached.keys() {
             if let Some(entry) = self.roster.get(client_id) {
-                self.inputs.insert(entry.player, PlayerInput::default());
+                self.inputs.insert(entry.player, G::Input::default());
             }
         }
         if let Some(log) = &mut self.input_log {
             log.push(TickRecord {
                 tick,
-                players: self.world.players().keys().copied().collect(),
+                players: G::players(&self.world),
                 inputs: self.inputs.clone(),
             });
         }
@@ -970,46 +1049,27 @@ impl ServerCore {
         let Some(slot) = self.clients[index].as_mut() else {
             return;
         };
-        // A player sees around its body; a spectator sees the arena from its centre.
-        let (own, center, radius, you) = match slot.player {
-            Some(id) => {
-                let Some(player) = self.world.player(id) else {
-                    return;
-                };
-                let Some(center) = self.world.entity(player.entity).map(|e| e.position) else {
-                    return;
-                };
-                let you = PlayerStatus {
-                    health: player.health,
-                    score: player.score,
-                    deaths: player.deaths,
-                };
-                (Some(player.entity), center, self.config.view_radius_m, you)
-            }
-            None => {
-                let half = self.world.config().arena_size() / 2.0;
-                (
-                    None,
-                    glam::Vec2::splat(half),
-                    half * 1.5,
-                    PlayerStatus::default(),
-                )
-            }
+        let viewer = Viewer {
+            player: slot.player,
+            radius: self.config.view_radius_m,
         };
-        self.visible.clear();
-        let visible = &mut self.visible;
-        self.world.visible_near(center, radius, |id, e| {
-            visible.push((e.position.distance_squared(center), id));
-        });
-        // Nearest first; the id breaks ties so the order is deterministic.
-        self.visible
-            .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-
-        let mut snapshot = Snapshot {
-            tick: self.world.tick(),
+        self.seen.clear();
+        G::view(&self.world, &viewer, &mut self.seen);
+        // Most important first; the id breaks ties so the order is deterministic.
+        self.seen
+            .sort_unstable_by(|a, b| a.priority.total_cmp(&b.priority).then(a.id.cmp(&b.id)));
+        let (own, you) = match slot.player {
+            Some(id) => (
+                G::body_of(&self.world, id),
+                G::status(&self.world, id).unwrap_or_default(),
+            ),
+            None => (None, G::Status::default()),
+        };
+        let mut snapshot = Snapshot::<G> {
+            tick: G::tick(&self.world),
             baseline_tick: None,
-            world: *self.world.config(),
-            your_entity: own.map(NetEntityId::from),
+            config: *G::config(&self.world),
+            your_entity: own,
             last_applied_input: slot.last_applied,
             inputs_applied: slot.inputs_applied,
             restored_from_tick: self.restored_from_tick,
@@ -1022,19 +1082,18 @@ impl ServerCore {
         let fixed =
             encoded_len(&ServerMessage::Snapshot(snapshot.clone())).unwrap_or(MAX_BODY_BYTES) + 2;
         let mut used = fixed;
-        for &(_, id) in &self.visible {
-            let Some(entity) = self.world.entity(id) else {
-                continue;
-            };
-            let state = entity_state(&self.world, id, entity);
-            let len = state.encoded_len();
+        for seen in &self.seen {
+            let len = net_id_len(seen.id) + G::entity_len(&seen.state);
             if used + len > MAX_BODY_BYTES {
                 break;
             }
             used += len;
-            snapshot.entities.push(state);
+            snapshot.entities.push(Replicated {
+                id: seen.id,
+                state: seen.state.clone(),
+            });
         }
-        let deferred = self.visible.len() - snapshot.entities.len();
+        let deferred = self.seen.len() - snapshot.entities.len();
         snapshot.deferred = deferred.min(usize::from(u16::MAX)) as u16;
         self.stats.entities_deferred += deferred as u64;
 
@@ -1058,7 +1117,11 @@ impl ServerCore {
 }
 
 /// Files received frames; notices when the client gave up on older ones.
-fn receive_inputs(slot: &mut ClientSlot, frames: &[InputFrame], stats: &mut CoreStats) {
+fn receive_inputs<G: Game>(
+    slot: &mut ClientSlot<G>,
+    frames: &[InputFrame<G::Input>],
+    stats: &mut CoreStats,
+) {
     // The client sends its oldest unapplied frames first. If even the oldest is past the
     // next one we expect, the client dropped the ones between from its bounded buffer.
     if let Some(first) = frames.first()
@@ -1080,11 +1143,15 @@ fn receive_inputs(slot: &mut ClientSlot, frames: &[InputFrame], stats: &mut Core
     }
 }
 
-/// The input to apply for `tick`: the next frame in sequence if it is due, merged with
-/// any further frames that are already late. `None`: repeat the last input.
-fn take_due_input(slot: &mut ClientSlot, tick: Tick, stats: &mut CoreStats) -> Option<PlayerInput> {
-    let mut merged: Option<PlayerInput> = None;
-    let mut fire = false;
+/// The input to apply for `tick`: the next frame in sequence if it is due, merged (by
+/// [`Game::merge_late`]) with any further frames that are already late. `None`: the
+/// player sent nothing for this tick.
+fn take_due_input<G: Game>(
+    slot: &mut ClientSlot<G>,
+    tick: Tick,
+    stats: &mut CoreStats,
+) -> Option<G::Input> {
+    let mut merged: Option<G::Input> = None;
     while let Some((&sequence, frame)) = slot.pending.first_key_value() {
         if sequence != slot.last_applied.wrapping_add(1) {
             // A gap: the missing frame is on its way (the client resends until applied).
@@ -1104,32 +1171,10 @@ fn take_due_input(slot: &mut ClientSlot, tick: Tick, stats: &mut CoreStats) -> O
         if late {
             stats.inputs_late += 1;
         }
-        fire |= frame.input.fire();
-        merged = Some(frame.input);
+        merged = Some(match merged {
+            Some(earlier) => G::merge_late(earlier, frame.input),
+            None => frame.input,
+        });
     }
-    merged.map(|mut input| {
-        if fire {
-            input.buttons |= Buttons::FIRE;
-        }
-        input
-    })
-}
-
-fn entity_state(world: &World, id: EntityId, entity: &arena_shared::sim::Entity) -> EntityState {
-    let (kind, health) = match entity.kind {
-        EntityKind::Player(p) => (
-            NetEntityKind::Player,
-            world.player(p).map_or(0, |pl| pl.health),
-        ),
-        EntityKind::Projectile { .. } => (NetEntityKind::Projectile, 0),
-    };
-    EntityState {
-        id: NetEntityId::from(id),
-        kind,
-        x: EntityState::quantize_position(entity.position.x),
-        y: EntityState::quantize_position(entity.position.y),
-        vx: EntityState::quantize_velocity(entity.velocity.x),
-        vy: EntityState::quantize_velocity(entity.velocity.y),
-        health,
-    }
+    merged
 }

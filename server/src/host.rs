@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use arena_shared::game::{Game, MatchConfig};
 use arena_shared::netcode::Key;
-use arena_shared::sim::WorldConfig;
 use arena_shared::snapshot::{self, MatchState, SnapshotHeader};
 use tokio::sync::{mpsc, watch};
 
@@ -93,9 +93,9 @@ impl HostConfig {
 }
 
 /// A match for the tick loop to run.
-pub(crate) struct Start {
+pub(crate) struct Start<G: Game> {
     pub(crate) config: CoreConfig,
-    pub(crate) state: MatchState,
+    pub(crate) state: MatchState<G>,
     pub(crate) epoch: u64,
     /// Our clock's ms when the lease was acquired.
     pub(crate) acquired_at_ms: u64,
@@ -108,12 +108,12 @@ pub(crate) struct Start {
 }
 
 /// Shared by the admin API, the watcher and main.
-pub struct Host {
+pub struct Host<G: Game> {
     pub(crate) config: HostConfig,
     pub(crate) store: Arc<dyn SnapshotStore>,
     pub(crate) clock: Clock,
     role: Mutex<&'static str>,
-    start_tx: Mutex<Option<mpsc::UnboundedSender<Start>>>,
+    start_tx: Mutex<Option<mpsc::UnboundedSender<Start<G>>>>,
     pub(crate) commands: mpsc::UnboundedSender<LoopCommand>,
     /// The latest status as the loop published it (see [`Host::status`]).
     status: watch::Receiver<Status>,
@@ -133,7 +133,7 @@ pub struct LoopThread {
     pub done: tokio::sync::oneshot::Receiver<LoopExit>,
 }
 
-impl Host {
+impl<G: Game> Host<G> {
     /// Binds nothing: `socket` is the bound game socket, handed to the loop thread, which
     /// serves it as a lobby (denying, or admitting a prepared handoff's clients) until it
     /// gets a match (at once for an owner, later for a standby).
@@ -146,6 +146,7 @@ impl Host {
         let store = config.open_store(data_dir)?;
         let (status_tx, status_rx) = watch::channel(Status {
             role: "standby",
+            game_name: G::NAME,
             match_id: config
                 .watch
                 .clone()
@@ -155,7 +156,7 @@ impl Host {
             max_players: config.core.netcode.max_clients,
             ..Status::default()
         });
-        let (start_tx, start_rx) = mpsc::unbounded_channel::<Start>();
+        let (start_tx, start_rx) = mpsc::unbounded_channel::<Start<G>>();
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let clock = Clock::start();
@@ -250,7 +251,7 @@ impl Host {
     /// `--new-match`), and starts ticking. A restored match keeps its own settings; flags
     /// given on the command line that conflict with them are refused before anything is
     /// taken. Returns the settings the match runs with.
-    pub fn own(&self, match_id: &str) -> anyhow::Result<WorldConfig> {
+    pub fn own(&self, match_id: &str) -> anyhow::Result<MatchConfig> {
         let now_ms = self.clock_ms();
         let flags = self.config.match_flags;
         let stored = if flags.new_match {
@@ -259,7 +260,7 @@ impl Host {
             self.newest_valid_snapshot(match_id)?
         };
         if let Some((header, state)) = &stored {
-            let conflicts = flags.conflicts(state.world.config());
+            let conflicts = flags.conflicts(G::config(&state.world));
             if !conflicts.is_empty() {
                 let listed: Vec<String> = conflicts
                     .iter()
@@ -299,7 +300,7 @@ impl Host {
         let (state, history, restored) = match stored {
             Some((header, state)) => {
                 let history = self.restore_history(held.as_ref(), &header);
-                let settings = state.world.config();
+                let settings = G::config(&state.world);
                 tracing::info!(
                     match_id,
                     tick = header.tick.0,
@@ -324,11 +325,11 @@ impl Host {
                         "--new-match: starting a fresh match; the stored one's snapshots are superseded"
                     );
                 }
-                let core = ServerCore::new(self.core_config(match_id));
+                let core = ServerCore::<G>::new(self.core_config(match_id));
                 (core.match_state(), History::default(), false)
             }
         };
-        let settings = *state.world.config();
+        let settings = *G::config(&state.world);
         self.begin(Start {
             config: self.core_config(match_id),
             state,
@@ -455,7 +456,7 @@ impl Host {
         now_ms: u64,
         frozen_at_us: Option<u64>,
     ) -> Result<Accepted, ReceiveError> {
-        let (header, state) = snapshot::decode(bytes, &commit.match_id)
+        let (header, state) = snapshot::decode::<G>(bytes, &commit.match_id)
             .map_err(|e| ReceiveError::Refused(e.to_string()))?;
         if header.epoch != commit.epoch
             || commit.match_id != preparation.match_id
@@ -608,11 +609,11 @@ impl Host {
     fn newest_valid_snapshot(
         &self,
         match_id: &str,
-    ) -> anyhow::Result<Option<(SnapshotHeader, MatchState)>> {
+    ) -> anyhow::Result<Option<(SnapshotHeader, MatchState<G>)>> {
         for stored in self.store.snapshots_newest_first(match_id)? {
-            let decoded = stored
-                .bytes
-                .and_then(|bytes| snapshot::decode(&bytes, match_id).map_err(|e| e.to_string()));
+            let decoded = stored.bytes.and_then(|bytes| {
+                snapshot::decode::<G>(&bytes, match_id).map_err(|e| e.to_string())
+            });
             match decoded {
                 Ok(found) => return Ok(Some(found)),
                 Err(reason) => {
@@ -835,7 +836,7 @@ impl Host {
         }
     }
 
-    fn begin(&self, start: Start) -> anyhow::Result<()> {
+    fn begin(&self, start: Start<G>) -> anyhow::Result<()> {
         let sender = self
             .start_tx
             .lock()
@@ -915,19 +916,19 @@ pub enum ReceiveError {
 }
 
 /// What the tick loop's thread owns.
-struct LoopParts {
+struct LoopParts<G: Game> {
     config: HostConfig,
     store: Arc<dyn SnapshotStore>,
     clock: Clock,
     heartbeat: Arc<Heartbeat>,
     prepare: Arc<PrepareSlot>,
-    start: mpsc::UnboundedReceiver<Start>,
+    start: mpsc::UnboundedReceiver<Start<G>>,
     commands: mpsc::UnboundedReceiver<LoopCommand>,
     status_tx: watch::Sender<Status>,
     shutdown: watch::Receiver<bool>,
 }
 
-impl LoopParts {
+impl<G: Game> LoopParts<G> {
     /// Serves the lobby until a match arrives, then runs it.
     fn run(self, socket: std::net::UdpSocket) -> LoopExit {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -965,8 +966,8 @@ impl LoopParts {
             return LoopExit::Shutdown;
         };
         let match_id = start.config.match_id.clone();
-        let tick_hz = start.state.world.config().tick_hz;
-        let tick = start.state.world.tick().0;
+        let tick_hz = G::config(&start.state.world).tick_hz;
+        let tick = G::tick(&start.state.world).0;
         let ownership = match Ownership::start(OwnershipConfig {
             store: self.store,
             match_id,
@@ -984,7 +985,7 @@ impl LoopParts {
                 return LoopExit::Shutdown;
             }
         };
-        let capacity = start.state.world.config().max_players as usize;
+        let capacity = G::config(&start.state.world).max_players as usize;
         if capacity > transport.num_slots() {
             tracing::warn!(match_id = %start.config.match_id, match_capacity = capacity, slots = transport.num_slots(),
                 "this process has fewer slots (--max-players) than the match it runs: it admits only as many players as it has slots");
@@ -993,6 +994,16 @@ impl LoopParts {
         if start.restored {
             core.mark_restored();
         }
+        // The hash the match starts from here: equal to the frozen one after a handoff (the
+        // old owner logs it), to the snapshot's after a takeover.
+        tracing::info!(
+            match_id = core.match_id(),
+            game = G::NAME,
+            tick,
+            world_hash = %format_args!("{:016x}", G::hash(core.world())),
+            restored = start.restored,
+            "match loaded"
+        );
         if let Some(peer) = start.fallback_peer {
             core.add_fallback_peer(peer);
             self.config

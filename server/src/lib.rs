@@ -1,5 +1,8 @@
 //! arena-server: the authoritative server for one match.
 //!
+//! Everything here is generic over the game ([`arena_shared::game::Game`]): `arena-server`
+//! is `runner::main::<Shooter>()`, `examples/tag-server.rs` is `runner::main::<Tag>()`.
+//!
 //! The match lives in memory and advances on a fixed tick. The core is sans-IO (bytes and
 //! `now` in, datagrams out); the tokio driver owns the socket, the timer and the clock; the
 //! admin API serves operators over HTTP.
@@ -17,6 +20,7 @@
 //! - [`lobby`]: a standby's transport before it has a match (denies, or admits a prepare's clients).
 //! - [`faults`]: test-only fault hooks (`ARENA_TEST_FAULT_DIR`).
 //! - [`admin`]: the HTTP admin API (`/status`, `/metrics`, `/token`).
+//! - [`runner`]: the whole process (flags, bind, admin API, signals), generic over the game.
 //! - [`config`]: command-line flags and the private key file.
 //! - [`store`]: snapshots and ownership leases on disk, with epoch fencing.
 //! - [`status`]: the figures the tick loop publishes for the admin API.
@@ -32,6 +36,7 @@ pub(crate) mod http;
 pub mod lobby;
 pub mod net;
 pub mod ownership;
+pub mod runner;
 pub mod status;
 pub mod store;
 pub mod transfer;

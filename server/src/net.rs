@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use arena_shared::game::Game;
 use arena_shared::snapshot;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -243,7 +244,11 @@ enum Phase {
 }
 
 /// Runs the match until shutdown, a handoff, or lost ownership.
-pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -> LoopExit {
+pub async fn run_match<G: Game>(
+    mut core: ServerCore<G>,
+    socket: UdpSocket,
+    run: MatchRun,
+) -> LoopExit {
     let MatchRun {
         tick_hz,
         status_tx,
@@ -284,7 +289,7 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
     let mut frozen_at = resumed_from_frozen_at_us;
     tracing::info!(
         match_id = core.match_id(),
-        tick = core.world().tick().0,
+        tick = G::tick(core.world()).0,
         epoch = ownership.epoch,
         tick_hz,
         listen = %driver.socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -301,7 +306,7 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                 match command {
                     LoopCommand::Describe { reply } => {
                         let _ = reply.send((core.match_id().to_owned(), ownership.epoch,
-                            core.world().tick().0, core.num_players()));
+                            G::tick(core.world()).0, core.num_players()));
                     }
                     LoopCommand::Prepare { to, reply } => {
                         let told = if phase == Phase::Running { core.prepare_all(now, to) } else { 0 };
@@ -331,7 +336,7 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                             // The old epoch's threads end here (joined); the new epoch's run.
                             drop(std::mem::replace(&mut ownership, *next));
                         }
-                        tracing::warn!(match_id = core.match_id(), tick = core.world().tick().0,
+                        tracing::warn!(match_id = core.match_id(), tick = G::tick(core.world()).0,
                             epoch = ownership.epoch, was = ?phase, "the match is ours again: resuming here");
                         core.cancel_prepare();
                         core.cancel_redirects();
@@ -434,14 +439,14 @@ pub async fn run_match(mut core: ServerCore, socket: UdpSocket, run: MatchRun) -
                         }
                         driver.lapsed = false;
                         next_tick = driver.run_due_ticks(&mut core, &ownership, next_tick, period).await;
-                        ownership.set_tick(core.world().tick().0);
+                        ownership.set_tick(G::tick(core.world()).0);
                         if let Some(frozen) = frozen_at.take() {
                             // From the old owner's freeze after tick T to the end of our tick T+1.
                             let pause_us = (driver.clock.now().as_micros() as u64).saturating_sub(frozen);
                             let pause = pause_us as f64 / 1000.0;
                             driver.history.handoff_pause_ms = Some(pause);
                             driver.history.handoffs += 1;
-                            tracing::info!(match_id = core.match_id(), tick = core.world().tick().0, pause_ms = pause,
+                            tracing::info!(match_id = core.match_id(), tick = G::tick(core.world()).0, pause_ms = pause,
                                 "resumed a handed-over match");
                         }
                         if driver.clock.now() >= next_snapshot {
@@ -515,21 +520,26 @@ struct Driver {
 impl Driver {
     /// Freezes the match at its current tick (the loop ticks no more until told) and
     /// returns it as snapshot bytes for the successor.
-    fn freeze(&mut self, core: &ServerCore, ownership: &Ownership) -> Result<Frozen, String> {
+    fn freeze<G: Game>(
+        &mut self,
+        core: &ServerCore<G>,
+        ownership: &Ownership,
+    ) -> Result<Frozen, String> {
         let frozen_at = self.clock.now();
         let bytes = snapshot::encode(core.match_id(), ownership.epoch, &core.match_state())
             .map_err(|e| format!("cannot encode the match: {e}"))?;
         tracing::info!(
             match_id = core.match_id(),
-            tick = core.world().tick().0,
+            tick = G::tick(core.world()).0,
             epoch = ownership.epoch,
             snapshot_bytes = bytes.len(),
+            world_hash = %format_args!("{:016x}", G::hash(core.world())),
             "frozen for a handoff"
         );
         Ok(Frozen {
             match_id: core.match_id().to_owned(),
             bytes,
-            tick: core.world().tick().0,
+            tick: G::tick(core.world()).0,
             epoch: ownership.epoch,
             frozen_at_us: frozen_at.as_micros() as u64,
         })
@@ -538,8 +548,13 @@ impl Driver {
     /// A stop: the final snapshot at the last tick, durable; the lease released; then
     /// the clients are sent to the standby that took the match over, if one did within
     /// [`STOP_SUCCESSOR_WAIT`], or disconnected.
-    async fn stop(&mut self, core: &mut ServerCore, ownership: Ownership, period: Duration) {
-        let tick = core.world().tick().0;
+    async fn stop<G: Game>(
+        &mut self,
+        core: &mut ServerCore<G>,
+        ownership: Ownership,
+        period: Duration,
+    ) {
+        let tick = G::tick(core.world()).0;
         tracing::info!(
             match_id = core.match_id(),
             tick,
@@ -613,14 +628,14 @@ impl Driver {
     }
 
     /// Serializes the match on the tick thread and hands the bytes to the writer thread.
-    fn snapshot(&mut self, core: &ServerCore, ownership: &Ownership) {
+    fn snapshot<G: Game>(&mut self, core: &ServerCore<G>, ownership: &Ownership) {
         let start = self.clock.now();
         match snapshot::encode(core.match_id(), ownership.epoch, &core.match_state()) {
             Ok(bytes) => {
                 self.snapshot_serialize_us =
                     self.clock.now().saturating_sub(start).as_micros() as u64;
                 self.snapshot_bytes = bytes.len();
-                if !ownership.submit(core.world().tick().0, bytes) {
+                if !ownership.submit(G::tick(core.world()).0, bytes) {
                     self.snapshots_dropped += 1;
                     tracing::warn!(
                         match_id = core.match_id(),
@@ -639,7 +654,7 @@ impl Driver {
     /// Snapshot building and sending is most of each tick's cost; the simulation itself
     /// is a small part. Shedding it keeps the tick rate, so the game never slows down;
     /// players see fewer updates instead (DESIGN: "under load").
-    fn shed_load(&mut self, core: &mut ServerCore, busy: Duration, period: Duration) {
+    fn shed_load<G: Game>(&mut self, core: &mut ServerCore<G>, busy: Duration, period: Duration) {
         let share = busy.as_secs_f64() / period.as_secs_f64();
         self.load += (share - self.load) * 0.05;
         let now = self.clock.now();
@@ -658,7 +673,7 @@ impl Driver {
         self.shed_changed_at = now;
         tracing::info!(
             match_id = core.match_id(),
-            tick = core.world().tick().0,
+            tick = G::tick(core.world()).0,
             load = format_args!("{:.2}", self.load),
             snapshot_every_ticks = next,
             "snapshot rate changed to keep the tick rate"
@@ -666,7 +681,7 @@ impl Driver {
     }
 
     /// Reads every datagram waiting on the socket.
-    fn drain(&mut self, core: &mut ServerCore) {
+    fn drain<G: Game>(&mut self, core: &mut ServerCore<G>) {
         let start = self.clock.now();
         // Bounded: a flood cannot keep the loop from ticking.
         for _ in 0..100_000 {
@@ -688,9 +703,9 @@ impl Driver {
 
     /// Runs the ticks that are due (at most MAX_CATCH_UP_TICKS) and returns when the next
     /// one is due.
-    async fn run_due_ticks(
+    async fn run_due_ticks<G: Game>(
         &mut self,
-        core: &mut ServerCore,
+        core: &mut ServerCore<G>,
         ownership: &Ownership,
         mut next_tick: Duration,
         period: Duration,
@@ -735,7 +750,7 @@ impl Driver {
             self.ticks_skipped += skipped;
             tracing::warn!(
                 match_id = core.match_id(),
-                tick = core.world().tick().0,
+                tick = G::tick(core.world()).0,
                 behind_ms = behind.as_millis() as u64,
                 skipped,
                 "tick loop overrun: dropping lost time instead of spiralling"
@@ -746,7 +761,7 @@ impl Driver {
     }
 
     /// Sends every queued datagram.
-    async fn flush(&mut self, core: &mut ServerCore) {
+    async fn flush<G: Game>(&mut self, core: &mut ServerCore<G>) {
         while let Some(transmit) = core.poll_transmit() {
             if let Err(e) = self
                 .socket
@@ -759,9 +774,10 @@ impl Driver {
         }
     }
 
-    fn status(&self, core: &ServerCore, tick_hz: u32, ownership: &Ownership) -> Status {
+    fn status<G: Game>(&self, core: &ServerCore<G>, tick_hz: u32, ownership: &Ownership) -> Status {
         let mut status = Status {
             role: self.role,
+            game_name: G::NAME,
             epoch: ownership.epoch,
             last_snapshot_tick: ownership.last_written_tick(),
             snapshot_bytes: self.snapshot_bytes,
@@ -771,8 +787,7 @@ impl Driver {
             lease_renewal_errors: ownership.renewal_failures(),
             lease_lapsed: self.lapsed,
             rollback_bound_ticks: Some(
-                core.world()
-                    .tick()
+                G::tick(core.world())
                     .0
                     .saturating_sub(ownership.last_written_tick().unwrap_or(0)),
             ),
@@ -786,7 +801,7 @@ impl Driver {
             rollback_ticks_reason: self.history.rollback_ticks_reason.clone(),
             rollback_ticks_at_least: self.history.rollback_ticks_at_least,
             match_id: core.match_id().to_owned(),
-            tick: core.world().tick().0,
+            tick: G::tick(core.world()).0,
             tick_hz,
             players: core.num_players(),
             max_players: core.max_players(),

@@ -18,6 +18,9 @@ pub struct Status {
     /// its loop has not reported yet), "retired" (handed its match over), "fenced" (a
     /// successor took its match), "stopped".
     pub role: &'static str,
+    /// The game this process serves (`Game::NAME`: `"arena"` for the shooter, `"tag"`...).
+    #[serde(rename = "game")]
+    pub game_name: &'static str,
     /// Which store holds the match: `"file"` or `"redis"`.
     pub store: &'static str,
     /// The store's address: the data dir, or `redis://host:port/db` (never a password).
@@ -97,9 +100,9 @@ pub struct Status {
     pub tick_overruns: u64,
     /// Ticks not simulated because of overruns (the simulation slows, never spirals).
     pub ticks_skipped: u64,
-    /// Inputs, snapshots and kills, as the core counts them (flattened into the JSON:
+    /// Inputs, snapshots and game events, as the core counts them (flattened into the JSON:
     /// `inputs_applied`, `inputs_late`, `inputs_dropped`, `inputs_skipped`, `bad_messages`,
-    /// `snapshots_sent`, `entities_deferred`, `kills`).
+    /// `snapshots_sent`, `entities_deferred`, `game_events`, `events_queued`, `events_dropped`).
     #[serde(flatten)]
     pub game: CoreStats,
     /// Socket errors on receive or send.

@@ -31,6 +31,7 @@ use crate::host::Host;
 use crate::net::{Frozen, LoopCommand, RETIRED_LIMIT, wall_ms};
 use crate::ownership::{Ownership, renew_every};
 use crate::store::StoreError;
+use arena_shared::game::Game;
 
 /// What the store says after a commit.
 enum Outcome {
@@ -46,8 +47,8 @@ enum Outcome {
 
 /// Hands the running match to the standby whose admin API is at `to`.
 /// With `make_before_break` off, clients are told nothing before the commit.
-pub async fn hand_off(
-    host: &Arc<Host>,
+pub async fn hand_off<G: Game>(
+    host: &Arc<Host<G>>,
     to: &str,
     make_before_break: bool,
 ) -> Result<Accepted, String> {
@@ -150,8 +151,8 @@ pub async fn hand_off(
 }
 
 /// Sends the loop a command that answers, and waits for the answer.
-async fn ask<T>(
-    host: &Host,
+async fn ask<G: Game, T>(
+    host: &Host<G>,
     command: impl FnOnce(oneshot::Sender<T>) -> LoopCommand,
 ) -> Result<T, String> {
     let (reply, answer) = oneshot::channel();
@@ -188,7 +189,7 @@ async fn wait_for_clients(to: &str, token: Option<&str>, handoff_id: u64, told: 
 }
 
 /// Reads the outcome of a commit from the store (and settles it, if nobody had).
-fn decide(host: &Host, commit: &Commit, prepared: &Prepared, tick: u64) -> Outcome {
+fn decide<G: Game>(host: &Host<G>, commit: &Commit, prepared: &Prepared, tick: u64) -> Outcome {
     let next = commit.epoch + 1;
     // A store that fails is asked again: the frozen match waits, it is not lost.
     let mut still_ours = false;
@@ -242,7 +243,7 @@ fn decide(host: &Host, commit: &Commit, prepared: &Prepared, tick: u64) -> Outco
 /// durable, then lets the loop leave. If the successor's lease lapses first (it died
 /// before serving), takes the match back at the next epoch from the frozen world,
 /// unless a watching standby did so first.
-async fn watch_successor(host: Arc<Host>, frozen: Frozen, successor: String) {
+async fn watch_successor<G: Game>(host: Arc<Host<G>>, frozen: Frozen, successor: String) {
     let step = renew_every(host.config.lease);
     let polls = (RETIRED_LIMIT.as_millis() / step.as_millis().max(1)) as usize;
     let successor_epoch = frozen.epoch + 1;
@@ -269,7 +270,11 @@ async fn watch_successor(host: Arc<Host>, frozen: Frozen, successor: String) {
 
 /// One look at the successor: `Some(Leave)` once it is durable or the match moved on,
 /// `Some(Resume)` once we took the match back.
-fn check_successor(host: &Host, frozen: &Frozen, successor: &str) -> Option<LoopCommand> {
+fn check_successor<G: Game>(
+    host: &Host<G>,
+    frozen: &Frozen,
+    successor: &str,
+) -> Option<LoopCommand> {
     let match_id = &frozen.match_id;
     let successor_epoch = frozen.epoch + 1;
     let lease = host.store.lease(match_id).ok()??;

@@ -6,12 +6,16 @@
 //!
 //! # Layout
 //!
+//! - [`game`]: the [`game::Game`] trait, the one seam between Arena and a game.
+//! - [`hash`]: a stable 64-bit hash for comparing states across runs and processes.
 //! - [`identity`]: Arena's protocol id and what its tokens carry (the player's name).
 //! - [`netcode`]: the netcode.io 1.02 transport (tokens, packets, server and client).
 //! - [`protocol`]: the game protocol inside netcode payloads: ack header, messages, codec.
-//! - [`sim`]: the deterministic game.
+//! - [`sim`]: the built-in game, an arena shooter (one implementation of the trait).
 //! - [`snapshot`]: `MatchSnapshot`, the self-describing format a match moves and recovers in.
 
+pub mod game;
+pub mod hash;
 pub mod identity;
 pub mod netcode;
 pub mod protocol;

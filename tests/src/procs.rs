@@ -30,6 +30,18 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// The path of a workspace example (`cargo test --workspace` builds examples too), such as
+/// `tag-server`.
+pub fn example_path(name: &str) -> PathBuf {
+    let path = bin_path("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
 /// A fresh, empty directory under the system temp dir.
 pub fn temp_dir(label: &str) -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -72,19 +84,40 @@ impl ServerProcess {
     /// Like [`ServerProcess::start`], with environment variables (such as the fault
     /// hooks' `ARENA_TEST_FAULT_DIR`).
     pub fn start_with(data_dir: &Path, extra_args: &[&str], env: &[(&str, &Path)]) -> Self {
+        Self::start_program(&bin_path("arena-server"), data_dir, extra_args, env)
+    }
+
+    /// Like [`ServerProcess::start_with`], for another server program built on Arena's
+    /// runner (an example such as `tag-server`: see [`example_path`]).
+    pub fn start_program(
+        program: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let key = data_dir.join("test.key");
         if !key.exists() {
             write_key_file(data_dir);
         }
         let mut args: Vec<String> = vec!["--key-file".into(), key.display().to_string()];
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        Self::spawn(data_dir, &args, env).wait_serving()
+        Self::spawn_program(program, data_dir, &args, env).wait_serving()
     }
 
     /// Starts the server without waiting for it (see [`Starting::wait_serving`]), and
     /// without a `--key-file` unless `args` has one.
     pub fn spawn(data_dir: &Path, args: &[String], env: &[(&str, &Path)]) -> Starting {
-        let mut command = Command::new(bin_path("arena-server"));
+        Self::spawn_program(&bin_path("arena-server"), data_dir, args, env)
+    }
+
+    /// [`ServerProcess::spawn`] of another server program.
+    pub fn spawn_program(
+        program: &Path,
+        data_dir: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+    ) -> Starting {
+        let mut command = Command::new(program);
         // OS-chosen ports, unless the caller chose a UDP address.
         if !args.iter().any(|a| a == "--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
@@ -102,7 +135,7 @@ impl ServerProcess {
         }
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start arena-server: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         Starting { child }
     }
 }
@@ -151,6 +184,26 @@ impl ServerProcess {
     /// Everything it logged since the last call (for failure messages).
     pub fn logs(&self) -> String {
         self.log.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits (at most `limit`) for a log line containing `needle` and returns it; lines
+    /// before it are consumed. Panics, with what it logged, if none comes.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let mut seen = Vec::new();
+        let mut waited = Duration::ZERO;
+        let step = Duration::from_millis(100);
+        while waited < limit {
+            match self.log.recv_timeout(step) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => waited += step,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!(
+            "no log line with {needle:?} within {limit:?}; it logged:\n{}",
+            seen.join("\n")
+        )
     }
 
     /// The admin API's base URL.
@@ -215,6 +268,13 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
         .unwrap_or_else(|e| panic!("cannot reap a child: {e}"))
 }
 
+/// The text of `name=value` in a log line (quotes removed), if present.
+pub fn log_field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    let value = line[start..].split_whitespace().next()?;
+    Some(value.trim_matches('"').to_owned())
+}
+
 /// The value of `name=value` in a log line.
 fn field(line: &str, name: &str) -> Option<SocketAddr> {
     let start = line.find(&format!(" {name}="))? + name.len() + 2;
@@ -235,12 +295,17 @@ pub struct BotsRun {
 
 /// Starts `arena-bots` with `args`.
 pub fn spawn_bots(args: &[&str]) -> BotsRun {
-    let mut child = Command::new(bin_path("arena-bots"))
+    spawn_bots_program(&bin_path("arena-bots"), args)
+}
+
+/// Starts another bots program built on Arena's bot runner (such as `tag-bots`).
+pub fn spawn_bots_program(program: &Path, args: &[&str]) -> BotsRun {
+    let mut child = Command::new(program)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start arena-bots: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     BotsRun {
@@ -385,6 +450,17 @@ pub fn wait_status(
 /// `count` bots against `server` (tokens from its admin API) for `seconds`, plus `extra`
 /// arguments.
 pub fn bots_against(server: &ServerProcess, count: u32, seconds: f64, extra: &[&str]) -> BotsRun {
+    bots_program_against(&bin_path("arena-bots"), server, count, seconds, extra)
+}
+
+/// [`bots_against`] with another bots program (such as `tag-bots`).
+pub fn bots_program_against(
+    program: &Path,
+    server: &ServerProcess,
+    count: u32,
+    seconds: f64,
+    extra: &[&str],
+) -> BotsRun {
     let udp = server.udp.to_string();
     let admin = server.admin_url();
     let count = count.to_string();
@@ -400,7 +476,7 @@ pub fn bots_against(server: &ServerProcess, count: u32, seconds: f64, extra: &[&
         &seconds,
     ];
     args.extend_from_slice(extra);
-    spawn_bots(&args)
+    spawn_bots_program(program, &args)
 }
 
 /// Waits (at most 90 s) for the bots, asserts they exited 0, and returns their report.

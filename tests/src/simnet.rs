@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use arena_client::bots::{Behavior, Brain};
+use arena_client::bots::shooter::{Behavior, Brain};
 use arena_client::conditioner::{Conditioner, LinkSpec};
 use arena_client::interpolation::Interpolator;
 use arena_client::prediction::Predictor;
@@ -17,7 +17,7 @@ use arena_client::session::Session;
 use arena_server::core::{CoreConfig, ServerCore, TokenConfig};
 use arena_shared::identity::{ARENA_PROTOCOL_ID, TokenRequest, mint_token};
 use arena_shared::netcode::{self, Key};
-use arena_shared::sim::{PlayerInput, WorldConfig};
+use arena_shared::sim::{GameEvent, PlayerInput, Shooter, WorldConfig};
 use arena_shared::snapshot;
 
 /// The fleet key every simulated server and token uses.
@@ -100,7 +100,7 @@ pub struct SimClient {
     /// Its address as the server sees it.
     pub addr: SocketAddr,
     /// The real client session.
-    pub session: Session,
+    pub session: Session<Shooter>,
     /// Decides inputs.
     pub brain: Brain,
     /// Client to server.
@@ -114,9 +114,9 @@ pub struct SimClient {
     /// When set, the client sends this every tick instead of its brain's choice.
     pub fixed_input: Option<PlayerInput>,
     /// Predicts the own player, as the terminal client does.
-    pub predictor: Predictor,
+    pub predictor: Predictor<Shooter>,
     /// Interpolates the others, as the terminal client does.
-    pub interpolator: Interpolator,
+    pub interpolator: Interpolator<Shooter>,
 }
 
 /// What a simulated server process is doing.
@@ -138,7 +138,7 @@ pub struct SimServer {
     /// Its address.
     pub addr: SocketAddr,
     /// Its core, once it has a match.
-    pub core: Option<ServerCore>,
+    pub core: Option<ServerCore<Shooter>>,
     /// Its transport while it has no match ([`ServerMode::Lobby`]): kept alive, its
     /// connection events left queued for the core that takes it over, payloads ignored.
     pub lobby: Option<netcode::Server>,
@@ -156,6 +156,8 @@ pub struct SimNet {
     pub clients: Vec<SimClient>,
     /// Ticks per second.
     pub tick_hz: u32,
+    /// The kills the servers' steps produced, in order (every server's).
+    pub kills: Vec<GameEvent>,
     seed: u64,
     config: SimConfig,
 }
@@ -200,6 +202,7 @@ impl SimNet {
             servers: Vec::new(),
             clients: Vec::new(),
             tick_hz: config.tick_hz,
+            kills: Vec::new(),
             seed: config.seed,
             config,
         };
@@ -247,17 +250,17 @@ impl SimNet {
     }
 
     /// The owner's core (server 0).
-    pub fn server(&self) -> &ServerCore {
+    pub fn server(&self) -> &ServerCore<Shooter> {
         self.core(0)
     }
 
     /// The owner's core, mutable.
-    pub fn server_mut(&mut self) -> &mut ServerCore {
+    pub fn server_mut(&mut self) -> &mut ServerCore<Shooter> {
         self.core_mut(0)
     }
 
     /// Server `n`'s core; panics if it has no match (a test's mistake).
-    pub fn core(&self, n: usize) -> &ServerCore {
+    pub fn core(&self, n: usize) -> &ServerCore<Shooter> {
         self.servers[n]
             .core
             .as_ref()
@@ -265,7 +268,7 @@ impl SimNet {
     }
 
     /// Server `n`'s core, mutable.
-    pub fn core_mut(&mut self, n: usize) -> &mut ServerCore {
+    pub fn core_mut(&mut self, n: usize) -> &mut ServerCore<Shooter> {
         self.servers[n]
             .core
             .as_mut()
@@ -280,7 +283,8 @@ impl SimNet {
 
     /// Server `to` restores `bytes` and starts ticking; it records every step's inputs.
     pub fn restore(&mut self, to: usize, bytes: &[u8]) {
-        let (_, state) = snapshot::decode(bytes, "sim").unwrap_or_else(|e| panic!("restore: {e}"));
+        let (_, state) =
+            snapshot::decode::<Shooter>(bytes, "sim").unwrap_or_else(|e| panic!("restore: {e}"));
         let mut core = ServerCore::with_state(self.core_config(to), state);
         core.record_inputs();
         self.servers[to].core = Some(core);
@@ -392,7 +396,12 @@ impl SimNet {
         for server in &mut self.servers {
             match (server.mode, server.core.as_mut()) {
                 (ServerMode::Ticking, Some(core)) => {
-                    core.tick(now);
+                    let events = core.tick(now);
+                    self.kills.extend(
+                        events
+                            .iter()
+                            .filter(|e| matches!(e, GameEvent::Killed { .. })),
+                    );
                 }
                 (ServerMode::Redirecting, Some(core)) => core.serve_redirects(now),
                 (ServerMode::Lobby, None) => {
@@ -411,15 +420,18 @@ impl SimNet {
             }
             client.session.update(now);
             let mut fresh = false;
-            for snapshot in client.session.take_snapshots() {
-                client.brain.observe(&snapshot);
-                client.interpolator.on_snapshot(now, &snapshot);
+            let snapshots: Vec<_> = client.session.take_snapshots().collect();
+            for snapshot in &snapshots {
+                client.brain.observe(snapshot);
+                client.interpolator.on_snapshot(now, snapshot);
                 fresh = true;
             }
             if fresh && let Some(latest) = client.session.latest_snapshot() {
-                client
-                    .predictor
-                    .on_snapshot(latest, client.session.unapplied_frames());
+                client.predictor.on_snapshot(
+                    latest,
+                    client.session.shared(),
+                    client.session.unapplied_frames(),
+                );
             }
             if client.playing {
                 let input = client.fixed_input.unwrap_or_else(|| client.brain.decide());

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use arena_client::bots::Behavior;
+use arena_client::bots::shooter::Behavior;
 use arena_server::core::TickRecord;
-use arena_shared::sim::{PlayerId, World};
+use arena_shared::sim::{PlayerId, Shooter, World};
 use arena_shared::snapshot;
 use arena_tests::simnet::{LinkConfig, SimConfig, SimNet};
 
@@ -36,7 +36,7 @@ fn net(seed: u64, clients: usize, link: LinkConfig) -> SimNet {
 }
 
 /// Steps `world` through what a server's steps were fed.
-fn replay(world: &mut World, log: &[TickRecord]) {
+fn replay(world: &mut World, log: &[TickRecord<Shooter>]) {
     for record in log {
         let wanted: BTreeSet<PlayerId> = record.players.iter().copied().collect();
         let present: Vec<PlayerId> = world.players().keys().copied().collect();
@@ -56,7 +56,7 @@ fn a_handoff_under_loss_loses_no_input_and_continues_the_same_world() {
     let seed = 21;
     let mut net = net(seed, 100, LinkConfig::lossy(0.05, 40, 10));
     let bytes = net.hand_off(0, 1);
-    let (_, frozen) = snapshot::decode(&bytes, "sim").unwrap();
+    let (_, frozen) = snapshot::decode::<Shooter>(&bytes, "sim").unwrap();
     assert!(
         net.run_until(3 * TICK_HZ, |n| n.connected_to(1) == 100),
         "seed {seed}: only {} clients followed the redirect",

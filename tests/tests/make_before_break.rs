@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use arena_client::bots::Behavior;
+use arena_client::bots::shooter::Behavior;
 use arena_tests::simnet::{LinkConfig, ServerMode, SimConfig, SimNet};
 
 const TICK_HZ: u64 = 60;

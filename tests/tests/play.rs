@@ -6,9 +6,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use arena_client::bots::Behavior;
+use arena_client::bots::shooter::Behavior;
 use arena_client::play::Game;
 use arena_client::session::Session;
+use arena_shared::sim::Shooter;
 use arena_tests::procs::{ServerProcess, bin_path, spawn_bots, temp_dir};
 use arena_tests::simnet::{LinkConfig, SimConfig, SimNet};
 use ratatui::Terminal;
@@ -50,7 +51,7 @@ fn a_frame_shows_the_player_the_others_and_the_hud() {
     net.run_ticks(TICK_HZ);
     let now = net.now;
     let client = &mut net.clients[me];
-    let session = std::mem::replace(&mut client.session, Session::new(now, &[], 60));
+    let session = std::mem::replace(&mut client.session, Session::<Shooter>::new(now, &[], 60));
     let mut game = Game::new(session, false);
     game.predictor = std::mem::take(&mut client.predictor);
     game.interpolator = std::mem::take(&mut client.interpolator);

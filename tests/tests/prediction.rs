@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use arena_client::bots::Behavior;
+use arena_client::bots::shooter::Behavior;
 use arena_shared::sim::{Buttons, PlayerInput};
 use arena_tests::simnet::{LinkConfig, SimConfig, SimNet};
 
@@ -104,13 +104,13 @@ fn interpolated_positions_never_jump_backwards() {
         };
         if let Some(x) = last_x {
             assert!(
-                m.position.x >= x - 1e-4,
+                m.state.position().x >= x - 1e-4,
                 "seed {seed}: drawn x went back from {x} to {}",
-                m.position.x
+                m.state.position().x
             );
-            moved += m.position.x - x;
+            moved += m.state.position().x - x;
         }
-        last_x = Some(m.position.x);
+        last_x = Some(m.state.position().x);
     }
     assert!(
         moved > 5.0,

@@ -3,7 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use arena_client::bots::Behavior;
+use arena_client::bots::shooter::Behavior;
+use arena_shared::sim::GameEvent;
 use arena_tests::simnet::{LinkConfig, SimConfig, SimNet};
 
 const TICK_HZ: u64 = 60;
@@ -31,8 +32,24 @@ fn play(seed: u64, count: usize, link: LinkConfig, seconds: u64) -> SimNet {
 #[test]
 fn a_hundred_clients_play_a_minute_on_a_clean_link_and_every_input_is_applied() {
     let seed = 11;
-    let net = play(seed, 100, LinkConfig::clean(), 60);
+    let mut net = play(seed, 100, LinkConfig::clean(), 60);
     assert!(net.all_connected(), "seed {seed}: someone was disconnected");
+    // The kill feed: every client heard the kills exactly once and in order (those of the
+    // last moments may still be on their way).
+    let kills = net.kills.clone();
+    for (i, client) in net.clients.iter_mut().enumerate() {
+        let heard: Vec<_> = client
+            .session
+            .take_events()
+            .filter(|e| matches!(e, GameEvent::Killed { .. }))
+            .collect();
+        assert!(
+            heard.len() + 10 >= kills.len() && heard[..] == kills[..heard.len()],
+            "seed {seed}: client {i} heard {} of {} kills, or out of order",
+            heard.len(),
+            kills.len()
+        );
+    }
     assert_eq!(net.inputs_unapplied(), 0, "seed {seed}");
     let stats = net.server().stats();
     let sent: u64 = net
@@ -51,7 +68,15 @@ fn a_hundred_clients_play_a_minute_on_a_clean_link_and_every_input_is_applied() 
         "seed {seed}"
     );
     // Bots firing at each other for a minute: the game is being played.
-    assert!(stats.kills > 0, "seed {seed}: no kills in a minute of play");
+    assert!(
+        !net.kills.is_empty(),
+        "seed {seed}: no kills in a minute of play"
+    );
+    assert_eq!(stats.events_dropped, 0, "seed {seed}");
+    assert!(
+        stats.events_queued > 0,
+        "seed {seed}: no event reached a client"
+    );
     for client in &net.clients {
         let s = client.session.stats();
         assert!(

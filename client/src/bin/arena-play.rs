@@ -1,4 +1,4 @@
-//! `arena-play`: play Arena in a terminal.
+//! `arena-play`: play Arena's built-in shooter in a terminal.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use arena_client::driver::SessionSocket;
 use arena_client::http::fetch_token_as;
 use arena_client::play::{Game, Key, describe_failure};
 use arena_client::session::Session;
+use arena_shared::sim::Shooter;
 use clap::Parser;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::Terminal;
@@ -74,7 +75,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("cannot get a connect token")?;
         let socket = SessionSocket::bind(args.server, args.simulate, 1).await?;
         let clock = Clock::start();
-        let session = Session::new(clock.now(), &token, args.tick_hz);
+        let session = Session::<Shooter>::new(clock.now(), &token, args.tick_hz);
         let game = Game::new(session, args.spectate);
         if args.headless {
             let mut terminal = Terminal::new(TestBackend::new(100, 30))?;
@@ -170,6 +171,7 @@ where
                 socket.deliver_due(&mut game.session, now);
                 game.session.update(now);
                 game.absorb_snapshots(now);
+                game.absorb_events();
                 if args.headless {
                     // Something to predict: walk right, fire now and then.
                     game.key_down(now, Key::Right);

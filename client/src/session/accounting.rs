@@ -2,15 +2,16 @@
 //! them), rolled back by a crash restore, given up by this client, and how far the match
 //! went back when it moved.
 
+use arena_shared::game::Game;
 use arena_shared::protocol::Snapshot;
 
 use super::{MAX_GIVEN_UP_TRACKED, Session};
 
-impl Session {
+impl<G: Game> Session<G> {
     /// How far back the match went, from a new server's first snapshot. A server that
     /// restored the match after a crash says from which tick, which is exact; otherwise
     /// the tick it is at now is the best bound (it may have ticked on since).
-    pub(super) fn measure_rollback(&mut self, snapshot: &Snapshot) {
+    pub(super) fn measure_rollback(&mut self, snapshot: &Snapshot<G>) {
         let Some(latest) = &self.latest else {
             return;
         };
@@ -33,7 +34,7 @@ impl Session {
 
     /// Takes in what a snapshot says about this player's inputs, keeping every frame sent
     /// accounted for (see the module docs).
-    pub(super) fn account_inputs(&mut self, snapshot: &Snapshot, from_new_server: bool) {
+    pub(super) fn account_inputs(&mut self, snapshot: &Snapshot<G>, from_new_server: bool) {
         let told = self.stats.inputs_applied;
         let applied = snapshot.inputs_applied;
         if from_new_server && applied < told {

@@ -1,28 +1,37 @@
 //! The connection opened ahead of a handoff (make before break): opened on a `Prepare`
 //! token, kept alive with netcode keep-alives while play goes on where it is, promoted at
 //! the new owner's first snapshot (or its redirect), dropped if it fails.
+//!
+//! What the new owner says on it before the switch is kept: its reconnect token, and its
+//! reliable notices in an inbox of its own. Its ack tracker acknowledges those packets,
+//! so the server will not send them again: on promotion the session's inbox adopts them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use arena_shared::game::Game;
 use arena_shared::netcode::{self, ClientState};
+use arena_shared::protocol::reliable::Inbox;
 use arena_shared::protocol::{AckTracker, ServerMessage, TokenPurpose};
 
 use super::tokens::TokenInbox;
 use super::{Session, receive_message};
 
 /// A second connection, opened ahead of a handoff to the server the match is about to
-/// move to (make before break). Until it is promoted it carries netcode keep-alives only.
+/// move to (make before break). Until it is promoted the client sends netcode keep-alives
+/// only on it.
 #[derive(Debug)]
-pub(super) struct Prepared {
+pub(super) struct Prepared<G: Game> {
     pub(super) netcode: netcode::Client,
     pub(super) acks: AckTracker,
     pub(super) tokens: TokenInbox,
+    /// The new server's reliable notices so far (numbered on this connection).
+    pub(super) inbox: Inbox<G>,
     /// The new server's reconnect token, if it arrived before the switch.
     pub(super) reconnect_token: Option<Vec<u8>>,
 }
 
-impl Session {
+impl<G: Game> Session<G> {
     /// Whether a datagram from `from` belongs to the connection opened ahead.
     pub(super) fn is_from_prepared(&self, from: SocketAddr) -> bool {
         self.netcode.server_address() != Some(from)
@@ -64,6 +73,8 @@ impl Session {
                     next.reconnect_token = Some(token);
                 }
             }
+            // Acknowledged by this connection's acks: kept for the switch, or lost.
+            ServerMessage::Reliable(reliable) => next.inbox.handle(reliable),
             ServerMessage::Scoreboard(_) => {}
         }
     }
@@ -96,6 +107,7 @@ impl Session {
             netcode: netcode::Client::with_token(now, parsed),
             acks: AckTracker::default(),
             tokens: TokenInbox::default(),
+            inbox: Inbox::default(),
             reconnect_token: None,
         });
     }
@@ -130,6 +142,8 @@ impl Session {
         self.netcode = next.netcode;
         self.acks = next.acks;
         self.tokens = next.tokens;
+        // Its numbering goes on from what that connection received.
+        self.inbox.adopt(next.inbox);
         if next.reconnect_token.is_some() {
             self.reconnect_token = next.reconnect_token;
         }

@@ -23,6 +23,16 @@
 //! - A server silent for [`SILENCE_BEFORE_RECONNECT`] is left for the next address of the
 //!   reconnect token.
 //!
+//! # Reliable notices
+//!
+//! The server tells the game's shared data (the map), players' names and the game's events
+//! reliably ([`ServerMessage::Reliable`]); the session's [`Inbox`] delivers them once, in
+//! order ([`Session::shared`], [`Session::name`], [`Session::take_events`]). Their numbering
+//! is per connection: a new handshake (a reconnect, a redirect) starts it afresh. The
+//! connection opened ahead of a handoff has an inbox of its own, since its packets are
+//! acknowledged by its own ack tracker (dropping what it received would lose it for good);
+//! the session's inbox takes it over when that connection is promoted.
+//!
 //! # Counting inputs
 //!
 //! Every frame sent ends in exactly one of: applied (as the current server counts them,
@@ -43,13 +53,14 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use arena_shared::game::{Game, InputFrame, PlayerId, Tick};
 use arena_shared::netcode::{self, ClientState, Transmit};
 use arena_shared::protocol::messages::MAX_INPUT_FRAMES_PER_PACKET;
+use arena_shared::protocol::reliable::{Inbox, InboxStats};
 use arena_shared::protocol::{
     AckTracker, ClientMessage, ScoreEntry, ServerMessage, Snapshot, TokenPart, TokenPurpose,
     decode_server, encode,
 };
-use arena_shared::sim::{InputFrame, PlayerInput, Tick};
 
 mod accounting;
 mod ahead;
@@ -144,14 +155,16 @@ pub struct Moved {
     pub done_at: Option<Duration>,
 }
 
-/// One client's connection to a match. See the module docs for the calling order.
+/// One client's connection to a match of `G`. See the module docs for the calling order.
 #[derive(Debug)]
-pub struct Session {
+pub struct Session<G: Game> {
     netcode: netcode::Client,
     tick_hz: u32,
     acks: AckTracker,
+    /// The current connection's reliable notices, and what they told.
+    inbox: Inbox<G>,
     /// Frames made and not yet applied by the server, oldest first.
-    unapplied: VecDeque<InputFrame>,
+    unapplied: VecDeque<InputFrame<G::Input>>,
     next_input_sequence: u32,
     /// Highest input sequence the current server reports applied.
     last_applied: u32,
@@ -162,7 +175,7 @@ pub struct Session {
     resolved_through: u32,
     /// Tick the newest frame was for: frame ticks never go backwards.
     last_input_tick: Tick,
-    latest: Option<Snapshot>,
+    latest: Option<Snapshot<G>>,
     /// When the newest snapshot arrived.
     latest_at: Duration,
     /// When the current server was last heard from, or the current transport started:
@@ -170,7 +183,7 @@ pub struct Session {
     /// measured from here.
     last_heard: Duration,
     /// Snapshots not yet taken by the caller (bounded).
-    fresh: VecDeque<Snapshot>,
+    fresh: VecDeque<Snapshot<G>>,
     stats: SessionStats,
     tokens: TokenInbox,
     /// The newest complete reconnect token.
@@ -186,22 +199,23 @@ pub struct Session {
     /// [`Session::disconnect`] was called: the session reconnects no more.
     leaving: bool,
     /// The connection opened ahead of a handoff, if one is.
-    next: Option<Prepared>,
+    next: Option<Prepared<G>>,
     /// Datagrams a replaced transport still had to send (its disconnect packets).
     outbox: VecDeque<Transmit>,
     moved: Option<Moved>,
-    scoreboard: Vec<ScoreEntry>,
+    scoreboard: Vec<ScoreEntry<G>>,
     /// Set when the transport changes server: its first snapshot is taken whatever its tick.
     awaiting_new_server: bool,
 }
 
-impl Session {
+impl<G: Game> Session<G> {
     /// A session that starts connecting with a 2048-byte connect token.
     pub fn new(now: Duration, token: &[u8], tick_hz: u32) -> Self {
         Self {
             netcode: netcode::Client::new(now, token),
             tick_hz: tick_hz.max(1),
             acks: AckTracker::default(),
+            inbox: Inbox::default(),
             unapplied: VecDeque::new(),
             next_input_sequence: 1,
             last_applied: 0,
@@ -250,6 +264,7 @@ impl Session {
             ServerMessage::Snapshot(snapshot) => self.receive_snapshot(now, snapshot),
             ServerMessage::TokenPart(part) => self.receive_token_part(now, part),
             ServerMessage::Scoreboard(entries) => self.scoreboard = entries,
+            ServerMessage::Reliable(reliable) => self.inbox.handle(reliable),
         }
     }
 
@@ -292,8 +307,9 @@ impl Session {
         client.set_attempt_timeout(MOVE_ATTEMPT_TIMEOUT);
         self.netcode = client;
         self.acks = AckTracker::default();
-        // Token ids are per server: the next server numbers its tokens afresh.
+        // Token ids and notice numbers are per connection: the next server starts afresh.
         self.tokens = TokenInbox::default();
+        self.inbox.restart();
         self.begin_new_server(now, from, say_goodbye, now);
     }
 
@@ -316,7 +332,7 @@ impl Session {
         });
     }
 
-    fn receive_snapshot(&mut self, now: Duration, snapshot: Snapshot) {
+    fn receive_snapshot(&mut self, now: Duration, snapshot: Snapshot<G>) {
         let from_new_server = std::mem::take(&mut self.awaiting_new_server);
         if from_new_server {
             // The first word from a new server is the truth, even an older tick: a server
@@ -428,7 +444,7 @@ impl Session {
 
     /// Makes this tick's input frame and sends it with every other unapplied one; returns
     /// the frame. Does nothing before the first snapshot (the server's tick is not known).
-    pub fn send_input(&mut self, now: Duration, input: PlayerInput) -> Option<InputFrame> {
+    pub fn send_input(&mut self, now: Duration, input: G::Input) -> Option<InputFrame<G::Input>> {
         if !self.netcode.is_connected() || self.latest.is_none() {
             return None;
         }
@@ -457,7 +473,7 @@ impl Session {
     }
 
     fn send_unapplied(&mut self, now: Duration) {
-        let frames: Vec<InputFrame> = self
+        let frames: Vec<InputFrame<G::Input>> = self
             .unapplied
             .iter()
             .take(MAX_INPUT_FRAMES_PER_PACKET)
@@ -465,7 +481,7 @@ impl Session {
             .collect();
         let header = self.acks.next_header(now);
         let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
-        match encode(header, &ClientMessage::Inputs { frames }, &mut out) {
+        match encode(header, &ClientMessage::<G>::Inputs { frames }, &mut out) {
             Ok(len) => {
                 let _ = self.netcode.send_payload(now, &out[..len]);
             }
@@ -505,7 +521,7 @@ impl Session {
     }
 
     /// The snapshots that arrived since the last call, oldest first.
-    pub fn take_snapshots(&mut self) -> impl Iterator<Item = Snapshot> + '_ {
+    pub fn take_snapshots(&mut self) -> impl Iterator<Item = Snapshot<G>> + '_ {
         self.fresh.drain(..)
     }
 
@@ -555,7 +571,7 @@ impl Session {
     }
 
     /// The newest snapshot.
-    pub fn latest_snapshot(&self) -> Option<&Snapshot> {
+    pub fn latest_snapshot(&self) -> Option<&Snapshot<G>> {
         self.latest.as_ref()
     }
 
@@ -592,13 +608,43 @@ impl Session {
     }
 
     /// The unapplied frames themselves, oldest first (for prediction).
-    pub fn unapplied_frames(&self) -> impl Iterator<Item = &InputFrame> {
+    pub fn unapplied_frames(&self) -> impl Iterator<Item = &InputFrame<G::Input>> {
         self.unapplied.iter()
     }
 
     /// The newest scoreboard.
-    pub fn scoreboard(&self) -> &[ScoreEntry] {
+    pub fn scoreboard(&self) -> &[ScoreEntry<G>] {
         &self.scoreboard
+    }
+
+    /// The game's shared data (the map, for the shooter), once it arrived. A new server
+    /// sends its own; until then the last one told stays.
+    pub fn shared(&self) -> Option<&G::Shared> {
+        self.inbox.shared()
+    }
+
+    /// Goes up each time shared data arrives: a client that derives something from it
+    /// (a drawn map) rebuilds it when this changes.
+    pub fn shared_version(&self) -> u64 {
+        self.inbox.shared_version()
+    }
+
+    /// The game's events that arrived since the last call, oldest first, each once. Those
+    /// not taken are kept up to a bound, then dropped oldest first (counted in
+    /// [`InboxStats::events_dropped`]).
+    pub fn take_events(&mut self) -> impl Iterator<Item = G::Event> + '_ {
+        self.inbox.take_events()
+    }
+
+    /// A player's name, once the server told it (it does before the first event that
+    /// names the player).
+    pub fn name(&self, player: PlayerId) -> Option<&str> {
+        self.inbox.name(player)
+    }
+
+    /// What the reliable notices delivered, repeated and refused.
+    pub fn inbox_stats(&self) -> InboxStats {
+        self.inbox.stats()
     }
 
     /// Counters.
@@ -607,7 +653,6 @@ impl Session {
     }
 }
 
-/// Decodes a game message, counting one that is not valid.
 /// The index in `token`'s addresses after `server`'s (0 if it is not listed).
 fn address_after(token: &[u8], server: SocketAddr) -> usize {
     let addresses = netcode::ConnectToken::read(token)
@@ -620,16 +665,16 @@ fn address_after(token: &[u8], server: SocketAddr) -> usize {
 /// One datagram through a connection's layers: netcode (decrypt, replay), the game
 /// codec (a bad message is counted), the ack header (a stale packet is dropped). The
 /// current connection and the one opened ahead share it.
-fn receive_message(
+fn receive_message<G: Game>(
     netcode: &mut netcode::Client,
     acks: &mut AckTracker,
     stats: &mut SessionStats,
     now: Duration,
     from: SocketAddr,
     datagram: &mut [u8],
-) -> Option<ServerMessage> {
+) -> Option<ServerMessage<G>> {
     let payload = netcode.handle_packet(now, from, datagram)?;
-    let (header, message) = match decode_server(payload) {
+    let (header, message) = match decode_server::<G>(payload) {
         Ok(decoded) => decoded,
         Err(error) => {
             stats.bad_messages += 1;

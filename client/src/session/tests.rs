@@ -1,13 +1,15 @@
-//! The session against small fake servers: real netcode and real messages, a virtual
-//! clock, and links with a fixed latency.
+//! The session against small fake servers: real netcode and real messages (the shooter's),
+//! a virtual clock, and links with a fixed latency.
 
 use std::collections::VecDeque;
 
+use arena_shared::game::MatchConfig;
 use arena_shared::identity::{ARENA_PROTOCOL_ID, TokenRequest, mint_token};
 use arena_shared::netcode::{ClientIndex, Key, ServerEvent};
+use arena_shared::protocol::decode_client;
 use arena_shared::protocol::messages::{TOKEN_PART_BYTES, TOKEN_PARTS};
-use arena_shared::protocol::{PlayerStatus, decode_client};
-use arena_shared::sim::WorldConfig;
+use arena_shared::protocol::reliable::Outbox;
+use arena_shared::sim::{GameEvent, PlayerInput, PlayerStatus, Shooter, ShooterShared, World};
 
 use super::*;
 
@@ -47,13 +49,22 @@ fn token(now: Duration, addresses: &[SocketAddr]) -> Vec<u8> {
 type InFlight = (Duration, SocketAddr, SocketAddr, Vec<u8>);
 
 /// A minimal game server for one player: it applies inputs in order as they arrive
-/// (skipping only frames the client gave up) and, while ticking, sends a snapshot
-/// every step.
+/// (skipping only frames the client gave up), while ticking sends a snapshot every step,
+/// and, while the client is connected, sends what its outbox holds of reliable notices.
 struct FakeServer {
     addr: SocketAddr,
     netcode: netcode::Server,
     acks: AckTracker,
     client: Option<ClientIndex>,
+    /// The connected client's reliable notices (a new one for each connection).
+    outbox: Outbox<Shooter>,
+    /// Sends every reliable message twice, in two packets (a resend that crossed an ack).
+    repeat_reliable: bool,
+    /// Sends unacknowledged notices again (false: each goes out once, as if every packet
+    /// were known to arrive; what the client drops is lost).
+    resend_reliable: bool,
+    /// Notices below this number went out at least once.
+    reliable_sent_below: u32,
     /// Receives and answers at all (false: dead, datagrams vanish).
     alive: bool,
     /// Owns the match: ticks, applies inputs and sends snapshots.
@@ -82,6 +93,10 @@ impl FakeServer {
             }),
             acks: AckTracker::default(),
             client: None,
+            outbox: Outbox::default(),
+            repeat_reliable: false,
+            resend_reliable: true,
+            reliable_sent_below: 0,
             alive: true,
             ticking: false,
             stale_reports: false,
@@ -109,10 +124,13 @@ impl FakeServer {
             return;
         };
         self.payloads_received += 1;
-        let Ok((header, ClientMessage::Inputs { frames })) = decode_client(payload) else {
+        let Ok((header, ClientMessage::Inputs { frames })) = decode_client::<Shooter>(payload)
+        else {
             return;
         };
-        self.acks.on_receive(now, header, |_| {});
+        let outbox = &mut self.outbox;
+        self.acks
+            .on_receive(now, header, |sequence| outbox.on_ack(sequence));
         if !self.ticking {
             return; // Frozen: inputs wait at the client.
         }
@@ -134,13 +152,38 @@ impl FakeServer {
     fn update(&mut self, now: Duration) {
         self.netcode.update(now);
         self.tick_once(now);
+        self.send_reliable(now);
         while let Some(event) = self.netcode.poll_event() {
             match event {
                 ServerEvent::ClientConnected { client, .. } => {
                     self.client = Some(client);
+                    self.outbox = Outbox::default();
+                    self.reliable_sent_below = 0;
                     self.connects += 1;
                 }
                 ServerEvent::ClientDisconnected { .. } => self.client = None,
+            }
+        }
+    }
+
+    /// The outbox's due notices, in a packet of their own (twice if `repeat_reliable`).
+    fn send_reliable(&mut self, now: Duration) {
+        if self.client.is_none() {
+            return;
+        }
+        let Some(reliable) = self.outbox.poll(now) else {
+            return;
+        };
+        let end = reliable.first + reliable.notices.len() as u32;
+        if !self.resend_reliable && end <= self.reliable_sent_below {
+            return;
+        }
+        self.reliable_sent_below = self.reliable_sent_below.max(end);
+        let copies = if self.repeat_reliable { 2 } else { 1 };
+        for _ in 0..copies {
+            let message = ServerMessage::Reliable(reliable.clone());
+            if let Some(sequence) = self.send(now, &message) {
+                self.outbox.sent(sequence, &reliable);
             }
         }
     }
@@ -154,7 +197,7 @@ impl FakeServer {
             let snapshot = Snapshot {
                 tick: Tick(self.tick),
                 baseline_tick: None,
-                world: WorldConfig {
+                config: MatchConfig {
                     max_players: 8,
                     tick_hz: 60,
                     seed: 1,
@@ -171,13 +214,14 @@ impl FakeServer {
         }
     }
 
-    fn send(&mut self, now: Duration, message: &ServerMessage) {
-        let Some(client) = self.client else {
-            return;
-        };
+    /// Sends `message` to the client, if one is connected; returns the packet's number.
+    fn send(&mut self, now: Duration, message: &ServerMessage<Shooter>) -> Option<u16> {
+        let client = self.client?;
+        let header = self.acks.next_header(now);
         let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
-        let len = encode(self.acks.next_header(now), message, &mut out).unwrap();
+        let len = encode(header, message, &mut out).unwrap();
         let _ = self.netcode.send_payload(now, client, &out[..len]);
+        Some(header.sequence)
     }
 
     fn send_token(&mut self, now: Duration, purpose: TokenPurpose, id: u32, token: &[u8]) {
@@ -199,9 +243,11 @@ impl FakeServer {
 /// One session and its servers at a virtual time.
 struct Net {
     now: Duration,
-    session: Session,
+    session: Session<Shooter>,
     servers: Vec<FakeServer>,
     playing: bool,
+    /// Every datagram to the client arrives twice (replay protection drops the copy).
+    duplicate_to_client: bool,
     wire: VecDeque<InFlight>,
 }
 
@@ -214,6 +260,7 @@ impl Net {
             session: Session::new(START, &token(START, &[addr(1)]), 60),
             servers,
             playing: true,
+            duplicate_to_client: false,
             wire: VecDeque::new(),
         };
         net.servers[0].ticking = true;
@@ -229,8 +276,11 @@ impl Net {
         for server in self.servers.iter_mut().filter(|s| s.alive) {
             server.update(now);
             while let Some(t) = server.netcode.poll_transmit() {
-                self.wire
-                    .push_back((now + server.latency, server.addr, t.destination, t.contents));
+                let datagram = (now + server.latency, server.addr, t.destination, t.contents);
+                if self.duplicate_to_client {
+                    self.wire.push_back(datagram.clone());
+                }
+                self.wire.push_back(datagram);
             }
         }
         self.deliver(now);
@@ -307,6 +357,32 @@ impl Net {
         self.servers[from].send_token(now, TokenPurpose::Reconnect, 1, &token);
         self.run(Duration::from_millis(100));
         assert!(self.session.has_reconnect_token());
+    }
+
+    /// Server `n` queues `events` for its client, reliably.
+    fn tell(&mut self, n: usize, events: &[GameEvent]) {
+        for event in events {
+            assert!(self.servers[n].outbox.push_event(*event));
+        }
+    }
+
+    /// Runs for `time`, taking the session's events as they arrive.
+    fn run_hearing(&mut self, time: Duration, heard: &mut Vec<GameEvent>) {
+        let end = self.now + time;
+        while self.now < end {
+            self.step();
+            heard.extend(self.session.take_events());
+        }
+    }
+
+    /// Server `to` takes over server `from`'s match as it stands and ticks; `from` (listed
+    /// before it) freezes.
+    fn hand_over(&mut self, from: usize, to: usize) {
+        assert!(from < to);
+        self.servers[from].ticking = false;
+        let (owners, rest) = self.servers.split_at_mut(to);
+        rest[0].take_match_of(&owners[from]);
+        rest[0].ticking = true;
     }
 
     /// Stops playing and waits until every frame is acknowledged.
@@ -672,4 +748,113 @@ fn given_up_frames_are_counted_only_if_never_applied() {
     assert_eq!(stats.inputs_given_up, 0, "{stats:?}");
     assert_eq!(stats.inputs_applied, stats.inputs_sent);
     net.assert_accounted();
+}
+
+/// `count` kills, the first of player `first` by `first + 1`, and so on.
+fn kills(first: u32, count: u32) -> Vec<GameEvent> {
+    (first..first + count)
+        .map(|i| GameEvent::Killed {
+            victim: PlayerId(i),
+            by: PlayerId(i + 1),
+        })
+        .collect()
+}
+
+const SMALL_MATCH: MatchConfig = MatchConfig {
+    max_players: 8,
+    tick_hz: 60,
+    seed: 1,
+};
+
+#[test]
+fn reliable_notices_arrive_once_and_in_order_even_when_repeated() {
+    let mut net = Net::new(1);
+    net.servers[0].repeat_reliable = true;
+    net.duplicate_to_client = true;
+    let shared = ShooterShared::of(&World::new(SMALL_MATCH));
+    net.servers[0].outbox.push_shared(&shared);
+    net.servers[0].outbox.push_name(PlayerId(1), "ann");
+    let events = kills(0, 40);
+    let mut heard = Vec::new();
+    for some in events.chunks(4) {
+        net.tell(0, some);
+        net.run_hearing(3 * STEP, &mut heard);
+    }
+    net.run_hearing(Duration::from_millis(300), &mut heard);
+    assert_eq!(heard, events);
+    assert_eq!(net.session.shared(), Some(&shared));
+    assert_eq!(net.session.shared_version(), 1);
+    assert_eq!(net.session.name(PlayerId(1)), Some("ann"));
+    assert_eq!(net.session.name(PlayerId(2)), None);
+    let stats = net.session.inbox_stats();
+    assert!(
+        stats.repeats >= stats.delivered,
+        "every notice came twice: {stats:?}"
+    );
+    assert_eq!(
+        (stats.gaps, stats.bad_shared, stats.events_dropped),
+        (0, 0, 0)
+    );
+    assert_eq!(net.servers[0].outbox.unacknowledged(), 0);
+}
+
+#[test]
+fn notices_the_new_owner_sent_ahead_of_a_switch_are_kept_and_its_later_ones_arrive() {
+    // Numbers differ: 4 notices from the owner, 3 from the new owner ahead of the switch.
+    let mut net = Net::new(2);
+    let mut heard = Vec::new();
+    net.tell(0, &kills(0, 4));
+    net.run_hearing(Duration::from_millis(100), &mut heard);
+    net.prepare(0, 1, 1);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.session.is_prepared()));
+    // The new owner speaks on the connection opened ahead before the match moves: those
+    // packets are acknowledged on that connection, so they are never sent again (here:
+    // not even before the acknowledgement arrives).
+    net.servers[1].resend_reliable = false;
+    let shared = ShooterShared {
+        config: SMALL_MATCH,
+        walls: Vec::new(),
+    };
+    net.servers[1].outbox.push_shared(&shared);
+    net.tell(1, &kills(4, 2));
+    net.run_hearing(Duration::from_millis(200), &mut heard);
+    assert_eq!(
+        heard,
+        kills(0, 4),
+        "the standby's events wait for the switch"
+    );
+    assert_eq!(net.session.shared(), None);
+
+    net.hand_over(0, 1);
+    assert!(net.run_until(Duration::from_millis(200), |n| n.on(1)));
+    assert_eq!(net.session.stats().handoffs_prepared, 1);
+    // The inputs on the promoted connection acknowledge what it received ahead.
+    net.run_hearing(Duration::from_millis(100), &mut heard);
+    assert_eq!(net.servers[1].outbox.unacknowledged(), 0);
+    net.tell(1, &kills(6, 2));
+    net.run_hearing(Duration::from_millis(300), &mut heard);
+    assert_eq!(heard, kills(0, 8));
+    assert_eq!(net.session.shared(), Some(&shared));
+    assert_eq!(net.session.inbox_stats().gaps, 0);
+    assert_eq!(net.servers[1].outbox.unacknowledged(), 0);
+}
+
+#[test]
+fn a_new_connection_numbers_its_notices_afresh() {
+    let mut net = Net::new(2);
+    let mut heard = Vec::new();
+    net.tell(0, &kills(0, 3));
+    net.run_hearing(Duration::from_millis(100), &mut heard);
+    // A redirect with no connection opened ahead: a new handshake, numbering from 0.
+    let now = net.now;
+    let redirect = token(now, &[addr(2)]);
+    net.servers[0].send_token(now, TokenPurpose::Redirect, 1, &redirect);
+    net.hand_over(0, 1);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.on(1)));
+    assert_eq!(net.session.stats().handoffs_prepared, 0);
+    net.tell(1, &kills(3, 2));
+    net.run_hearing(Duration::from_millis(300), &mut heard);
+    assert_eq!(heard, kills(0, 5));
+    let stats = net.session.inbox_stats();
+    assert_eq!((stats.gaps, stats.repeats), (0, 0), "{stats:?}");
 }

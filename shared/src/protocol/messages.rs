@@ -9,8 +9,8 @@ use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{Deserialize, Serialize};
 
 use super::ack::{HEADER_BYTES, PacketHeader};
+use crate::game::{Game, InputFrame, MatchConfig, NetEntityId, PlayerId, Tick};
 use crate::netcode::MAX_PAYLOAD_BYTES;
-use crate::sim::{InputFrame, Tick, WorldConfig};
 
 /// Most input frames one packet carries (half a second at 60 Hz).
 pub const MAX_INPUT_FRAMES_PER_PACKET: usize = 32;
@@ -32,36 +32,41 @@ fn config() -> Config {
 
 /// Client to server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClientMessage {
+#[serde(bound = "")]
+pub enum ClientMessage<G: Game> {
     /// The oldest input frames the server has not yet applied, oldest first (at most 32).
     /// Resent every tick until applied, so a lost packet loses no input.
     Inputs {
         /// Frames in increasing sequence order.
-        frames: Vec<InputFrame>,
+        frames: Vec<InputFrame<G::Input>>,
     },
 }
 
 /// Server to client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ServerMessage {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum ServerMessage<G: Game> {
     /// What the client sees at a tick.
-    Snapshot(Snapshot),
+    Snapshot(Snapshot<G>),
     /// The top of the scoreboard (sent about once a second).
-    Scoreboard(Vec<ScoreEntry>),
+    Scoreboard(Vec<ScoreEntry<G>>),
     /// Part of a connect token the server gives the client (a token is 2048 bytes, more
     /// than one datagram holds, so it travels in [`TOKEN_PARTS`] parts).
     TokenPart(TokenPart),
+    /// Reliable notices (the match's shared data, names, game events), in order.
+    Reliable(Reliable<G>),
 }
 
 /// One line of the scoreboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScoreEntry {
+#[serde(bound = "")]
+pub struct ScoreEntry<G: Game> {
+    /// The player.
+    pub player: PlayerId,
     /// The player's name.
     pub name: String,
-    /// Kills.
-    pub score: u32,
-    /// Deaths.
-    pub deaths: u32,
+    /// What the game ranks by (greatest first).
+    pub standing: G::Standing,
     /// Whether this line is the receiving client's own.
     pub you: bool,
 }
@@ -98,16 +103,58 @@ pub struct TokenPart {
     pub bytes: Vec<u8>,
 }
 
+/// Most notices one packet carries.
+pub const MAX_NOTICES_PER_PACKET: usize = 64;
+/// Bytes of the shared data per [`Notice::Shared`] part (at most).
+pub const SHARED_PART_BYTES: usize = 900;
+/// Most parts the shared data may have (so at most 230 KB).
+pub const MAX_SHARED_PARTS: u16 = 256;
+
+/// Notices a server sends reliably: numbered from 0 per connection, resent until the
+/// packet carrying them is acknowledged, delivered in order exactly once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Reliable<G: Game> {
+    /// The number of the first notice; the others follow it without gaps.
+    pub first: u32,
+    /// The notices.
+    pub notices: Vec<Notice<G>>,
+}
+
+/// One reliable notice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum Notice<G: Game> {
+    /// Part of [`Game::Shared`] (bincode), told once on joining.
+    Shared {
+        /// Which part, from 0.
+        part: u16,
+        /// How many parts.
+        parts: u16,
+        /// Up to [`SHARED_PART_BYTES`].
+        bytes: Vec<u8>,
+    },
+    /// A player's name, told before the first event that names the player.
+    Name {
+        /// The player.
+        player: PlayerId,
+        /// Its name.
+        name: String,
+    },
+    /// Something that happened in the match.
+    Event(G::Event),
+}
+
 /// The world as one client sees it at one tick.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Snapshot<G: Game> {
     /// The tick this describes.
     pub tick: Tick,
     /// The tick this is a delta against; `None`: a full snapshot.
     pub baseline_tick: Option<Tick>,
-    /// What shapes the simulation: with it the client rebuilds the arena's walls and
-    /// predicts its own movement with the server's code.
-    pub world: WorldConfig,
+    /// What shapes the match (the client paces its inputs and its clock by it).
+    pub config: MatchConfig,
     /// The client's own body, if it has one.
     pub your_entity: Option<NetEntityId>,
     /// The newest input sequence the server has applied; every older one is applied too.
@@ -119,130 +166,53 @@ pub struct Snapshot {
     /// The tick this server restored the match from, if it took the match over from
     /// a snapshot after its owner died: a client measures its rollback from it.
     pub restored_from_tick: Option<Tick>,
-    /// The client's own health, score and deaths.
-    pub you: PlayerStatus,
-    /// Entities in view, nearest first.
-    pub entities: Vec<EntityState>,
+    /// The client's own standing.
+    pub you: G::Status,
+    /// Entities in view, most important (nearest) first.
+    pub entities: Vec<Replicated<G::Entity>>,
     /// Entities in view that did not fit in this datagram.
     pub deferred: u16,
 }
 
-/// A player's standing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlayerStatus {
-    /// 0 while dead.
-    pub health: u8,
-    /// Kills.
-    pub score: u32,
-    /// Deaths.
-    pub deaths: u32,
-}
+impl<G: Game> Snapshot<G> {
+    /// The entity with this id, if it is in the snapshot.
+    pub fn entity(&self, id: NetEntityId) -> Option<&Replicated<G::Entity>> {
+        self.entities.iter().find(|e| e.id == id)
+    }
 
-/// An entity's identity on the wire: slot index and generation, as the server's SlotMap
-/// has them. A reused slot gets a new generation, so clients never mix two entities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NetEntityId {
-    /// Slot.
-    pub index: u32,
-    /// Generation of the slot.
-    pub generation: u32,
-}
-
-impl From<crate::sim::EntityId> for NetEntityId {
-    fn from(id: crate::sim::EntityId) -> Self {
-        use slotmap::Key;
-        // A slotmap key's FFI form is the generation in the high half, the index in the low.
-        let ffi = id.data().as_ffi();
-        Self {
-            index: ffi as u32,
-            generation: (ffi >> 32) as u32,
-        }
+    /// The client's own entity, if it has one and it is in the snapshot.
+    pub fn own_entity(&self) -> Option<&Replicated<G::Entity>> {
+        self.your_entity.and_then(|id| self.entity(id))
     }
 }
 
-/// What kind of entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NetEntityKind {
-    /// A player's body.
-    Player,
-    /// A projectile.
-    Projectile,
-}
-
-/// Metres per position unit on the wire (positions are u16: up to 2048 m).
-pub const POSITION_UNIT_M: f32 = 1.0 / 32.0;
-/// Metres per second per velocity unit (velocities are i16: up to ±128 m/s).
-pub const VELOCITY_UNIT_MS: f32 = 1.0 / 256.0;
-
-/// One entity, quantized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntityState {
+/// One entity in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replicated<E> {
     /// Which entity.
     pub id: NetEntityId,
-    /// What it is.
-    pub kind: NetEntityKind,
-    /// Position in [`POSITION_UNIT_M`].
-    pub x: u16,
-    /// Position in [`POSITION_UNIT_M`].
-    pub y: u16,
-    /// Velocity in [`VELOCITY_UNIT_MS`].
-    pub vx: i16,
-    /// Velocity in [`VELOCITY_UNIT_MS`].
-    pub vy: i16,
-    /// Health (players; 0 for projectiles).
-    pub health: u8,
+    /// Its state, as the game replicates it.
+    pub state: E,
 }
 
-impl EntityState {
-    /// Quantizes a position component.
-    pub fn quantize_position(metres: f32) -> u16 {
-        (metres / POSITION_UNIT_M)
-            .round()
-            .clamp(0.0, f32::from(u16::MAX)) as u16
-    }
+/// Bytes a [`NetEntityId`] takes in the codec (bincode varints).
+pub fn net_id_len(id: NetEntityId) -> usize {
+    varint_len(u64::from(id.index)) + varint_len(u64::from(id.generation))
+}
 
-    /// Quantizes a velocity component.
-    pub fn quantize_velocity(metres_per_second: f32) -> i16 {
-        (metres_per_second / VELOCITY_UNIT_MS)
-            .round()
-            .clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
+/// Bytes bincode's varint encoding takes for `v`.
+pub fn varint_len(v: u64) -> usize {
+    match v {
+        0..=250 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
     }
+}
 
-    /// Bytes this entity takes in the codec (bincode varint), without encoding it.
-    ///
-    /// Filling a snapshot asks this for every entity in view of every client every tick,
-    /// so it is arithmetic rather than a trial encode; a test pins it to the codec.
-    pub fn encoded_len(&self) -> usize {
-        fn varint(v: u64) -> usize {
-            match v {
-                0..=250 => 1,
-                251..=0xffff => 3,
-                0x1_0000..=0xffff_ffff => 5,
-                _ => 9,
-            }
-        }
-        fn zigzag(v: i16) -> u64 {
-            ((i64::from(v) << 1) ^ (i64::from(v) >> 63)) as u64
-        }
-        varint(u64::from(self.id.index))
-            + varint(u64::from(self.id.generation))
-            + 1
-            + varint(u64::from(self.x))
-            + varint(u64::from(self.y))
-            + varint(zigzag(self.vx))
-            + varint(zigzag(self.vy))
-            + 1
-    }
-
-    /// Position in metres.
-    pub fn position(&self) -> glam::Vec2 {
-        glam::Vec2::new(f32::from(self.x), f32::from(self.y)) * POSITION_UNIT_M
-    }
-
-    /// Velocity in metres per second.
-    pub fn velocity(&self) -> glam::Vec2 {
-        glam::Vec2::new(f32::from(self.vx), f32::from(self.vy)) * VELOCITY_UNIT_MS
-    }
+/// Bytes a zigzag-encoded signed varint takes.
+pub fn signed_varint_len(v: i64) -> usize {
+    varint_len(((v << 1) ^ (v >> 63)) as u64)
 }
 
 /// Why a datagram's body was refused.
@@ -281,8 +251,7 @@ pub fn encode<T: Serialize>(
 
 /// Bytes `value` takes when encoded (used to fill a snapshot up to the budget).
 pub fn encoded_len<T: Serialize>(value: &T) -> Option<usize> {
-    let mut scratch = [0u8; MAX_BODY_BYTES];
-    bincode::serde::encode_into_slice(value, &mut scratch, config()).ok()
+    bincode::serde::encode_into_std_write(value, &mut std::io::sink(), config()).ok()
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<(PacketHeader, T), DecodeError> {
@@ -296,8 +265,10 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<(PacketHeader, T
 }
 
 /// Decodes and validates what a client sent.
-pub fn decode_client(bytes: &[u8]) -> Result<(PacketHeader, ClientMessage), DecodeError> {
-    let (header, message) = decode::<ClientMessage>(bytes)?;
+pub fn decode_client<G: Game>(
+    bytes: &[u8],
+) -> Result<(PacketHeader, ClientMessage<G>), DecodeError> {
+    let (header, message) = decode::<ClientMessage<G>>(bytes)?;
     match &message {
         ClientMessage::Inputs { frames } => {
             if frames.len() > MAX_INPUT_FRAMES_PER_PACKET {
@@ -312,22 +283,60 @@ pub fn decode_client(bytes: &[u8]) -> Result<(PacketHeader, ClientMessage), Deco
 }
 
 /// Decodes and validates what a server sent.
-pub fn decode_server(bytes: &[u8]) -> Result<(PacketHeader, ServerMessage), DecodeError> {
-    let (header, message) = decode::<ServerMessage>(bytes)?;
-    if let ServerMessage::TokenPart(part) = &message
-        && (part.part >= TOKEN_PARTS || part.bytes.len() != TOKEN_PART_BYTES)
-    {
-        return Err(DecodeError::OutOfBounds("token part index or size"));
+pub fn decode_server<G: Game>(
+    bytes: &[u8],
+) -> Result<(PacketHeader, ServerMessage<G>), DecodeError> {
+    let (header, message) = decode::<ServerMessage<G>>(bytes)?;
+    match &message {
+        ServerMessage::TokenPart(part)
+            if part.part >= TOKEN_PARTS || part.bytes.len() != TOKEN_PART_BYTES =>
+        {
+            return Err(DecodeError::OutOfBounds("token part index or size"));
+        }
+        ServerMessage::Reliable(reliable) => check_reliable(reliable)?,
+        _ => {}
     }
     Ok((header, message))
+}
+
+fn check_reliable<G: Game>(reliable: &Reliable<G>) -> Result<(), DecodeError> {
+    if reliable.notices.len() > MAX_NOTICES_PER_PACKET {
+        return Err(DecodeError::OutOfBounds("more than 64 notices"));
+    }
+    if reliable
+        .first
+        .checked_add(reliable.notices.len() as u32)
+        .is_none()
+    {
+        return Err(DecodeError::OutOfBounds("notice numbers wrap"));
+    }
+    for notice in &reliable.notices {
+        match notice {
+            Notice::Shared { part, parts, bytes }
+                if *parts == 0
+                    || *parts > MAX_SHARED_PARTS
+                    || part >= parts
+                    || bytes.len() > SHARED_PART_BYTES =>
+            {
+                return Err(DecodeError::OutOfBounds("shared part index or size"));
+            }
+            Notice::Name { name, .. } if name.len() > crate::identity::MAX_NAME_BYTES => {
+                return Err(DecodeError::OutOfBounds("name over 64 bytes"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::PlayerInput;
+    use crate::sim::{EntityState, NetEntityKind, PlayerInput, Shooter};
 
-    fn frame(sequence: u32) -> InputFrame {
+    type Frame = InputFrame<PlayerInput>;
+
+    fn frame(sequence: u32) -> Frame {
         InputFrame {
             sequence,
             tick: Tick(u64::from(sequence) + 100),
@@ -338,11 +347,13 @@ mod tests {
         }
     }
 
+    fn inputs(frames: Vec<Frame>) -> ClientMessage<Shooter> {
+        ClientMessage::Inputs { frames }
+    }
+
     #[test]
     fn inputs_round_trip() {
-        let message = ClientMessage::Inputs {
-            frames: (1..=32).map(frame).collect(),
-        };
+        let message = inputs((1..=32).map(frame).collect());
         let header = PacketHeader {
             sequence: 1,
             ack: 2,
@@ -357,90 +368,111 @@ mod tests {
     fn malformed_bodies_are_refused_with_a_reason() {
         let header = PacketHeader::default();
         let mut out = [0u8; MAX_PAYLOAD_BYTES];
-        let good = ClientMessage::Inputs {
-            frames: vec![frame(1), frame(2)],
-        };
+        let good = inputs(vec![frame(1), frame(2)]);
         let len = encode(header, &good, &mut out).expect("fits");
+        let decode = |bytes: &[u8]| decode_client::<Shooter>(bytes);
 
-        assert_eq!(decode_client(&out[..5]), Err(DecodeError::TooShort(5)));
+        assert_eq!(decode(&out[..5]), Err(DecodeError::TooShort(5)));
         assert!(matches!(
-            decode_client(&out[..len - 1]),
+            decode(&out[..len - 1]),
             Err(DecodeError::Malformed(_))
         ));
         let mut trailing = out[..len].to_vec();
         trailing.push(0);
-        assert_eq!(decode_client(&trailing), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(decode(&trailing), Err(DecodeError::TrailingBytes(1)));
         let mut bad_tag = out[..len].to_vec();
         bad_tag[HEADER_BYTES] = 9;
-        assert!(matches!(
-            decode_client(&bad_tag),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode(&bad_tag), Err(DecodeError::Malformed(_))));
 
-        let too_many = ClientMessage::Inputs {
-            frames: (1..=33).map(frame).collect(),
-        };
+        let too_many = inputs((1..=33).map(frame).collect());
         let len = encode(header, &too_many, &mut out).expect("fits");
         assert!(matches!(
-            decode_client(&out[..len]),
+            decode(&out[..len]),
             Err(DecodeError::OutOfBounds(_))
         ));
-        let unordered = ClientMessage::Inputs {
-            frames: vec![frame(2), frame(1)],
-        };
+        let unordered = inputs(vec![frame(2), frame(1)]);
         let len = encode(header, &unordered, &mut out).expect("fits");
         assert!(matches!(
-            decode_client(&out[..len]),
+            decode(&out[..len]),
             Err(DecodeError::OutOfBounds(_))
         ));
     }
 
     #[test]
-    fn entity_encoded_len_matches_the_codec() {
-        let values = [0u32, 1, 250, 251, 65535, 65536, u32::MAX];
-        let small = [0u16, 250, 251, u16::MAX];
-        let signed = [0i16, -1, 125, -126, 126, i16::MIN, i16::MAX];
-        for (i, &index) in values.iter().enumerate() {
-            for &x in &small {
-                for &vx in &signed {
-                    let e = EntityState {
-                        id: NetEntityId {
-                            index,
-                            generation: values[(i + 3) % values.len()],
-                        },
-                        kind: NetEntityKind::Projectile,
-                        x,
-                        y: small[(i + 1) % small.len()],
-                        vx,
-                        vy: signed[(i + 2) % signed.len()],
-                        health: 255,
-                    };
-                    assert_eq!(Some(e.encoded_len()), encoded_len(&e), "{e:?}");
-                }
-            }
+    fn reliable_notices_round_trip_and_out_of_bounds_ones_are_refused() {
+        let header = PacketHeader::default();
+        let mut out = [0u8; MAX_PAYLOAD_BYTES];
+        let good: ServerMessage<Shooter> = ServerMessage::Reliable(Reliable {
+            first: 7,
+            notices: vec![
+                Notice::Shared {
+                    part: 0,
+                    parts: 2,
+                    bytes: vec![1; SHARED_PART_BYTES],
+                },
+                Notice::Name {
+                    player: PlayerId(3),
+                    name: "ann".into(),
+                },
+            ],
+        });
+        let len = encode(header, &good, &mut out).expect("fits");
+        assert_eq!(decode_server(&out[..len]), Ok((header, good)));
+        let bad = [
+            Notice::Shared {
+                part: 2,
+                parts: 2,
+                bytes: vec![],
+            },
+            Notice::Shared {
+                part: 0,
+                parts: MAX_SHARED_PARTS + 1,
+                bytes: vec![],
+            },
+            Notice::Name {
+                player: PlayerId(1),
+                name: "x".repeat(65),
+            },
+        ];
+        for notice in bad {
+            let message: ServerMessage<Shooter> = ServerMessage::Reliable(Reliable {
+                first: 0,
+                notices: vec![notice.clone()],
+            });
+            let len = encode(header, &message, &mut out).expect("fits");
+            assert!(
+                matches!(
+                    decode_server::<Shooter>(&out[..len]),
+                    Err(DecodeError::OutOfBounds(_))
+                ),
+                "{notice:?}"
+            );
         }
     }
 
     #[test]
     fn a_snapshot_filling_the_datagram_decodes() {
-        let entity = EntityState {
+        let entity = Replicated {
             id: NetEntityId {
                 index: 1,
                 generation: 1,
             },
-            kind: NetEntityKind::Player,
-            x: 100,
-            y: 100,
-            vx: 1,
-            vy: 1,
-            health: 100,
+            state: EntityState {
+                kind: NetEntityKind::Player,
+                x: 100,
+                y: 100,
+                vx: 1,
+                vy: 1,
+                health: 100,
+            },
         };
         // 10 wire bytes each, about 20 in memory: in-memory size far above the body size.
-        let count = (MAX_BODY_BYTES - 40) / entity.encoded_len();
-        let message = ServerMessage::Snapshot(Snapshot {
+        let each = net_id_len(entity.id) + <Shooter as Game>::entity_len(&entity.state);
+        let count = (MAX_BODY_BYTES - 40) / each;
+        let message: ServerMessage<Shooter> = ServerMessage::Snapshot(Snapshot {
             tick: Tick(1),
             baseline_tick: None,
-            world: WorldConfig {
+            config: MatchConfig {
                 max_players: 1024,
                 tick_hz: 60,
                 seed: u64::MAX,
@@ -449,7 +481,7 @@ mod tests {
             last_applied_input: 0,
             inputs_applied: 0,
             restored_from_tick: None,
-            you: PlayerStatus::default(),
+            you: Default::default(),
             entities: vec![entity; count],
             deferred: 0,
         });
@@ -465,7 +497,7 @@ mod tests {
         let mut bytes = vec![0u8; HEADER_BYTES];
         bytes.extend_from_slice(&[0, 253, 255, 255, 255, 255, 255, 255, 255, 255]);
         assert!(matches!(
-            decode_client(&bytes),
+            decode_client::<Shooter>(&bytes),
             Err(DecodeError::Malformed(_))
         ));
     }

@@ -3,8 +3,6 @@
 use glam::Vec2;
 use serde::{Deserialize, Serialize};
 
-use super::Tick;
-
 /// One tick's buttons and aim, as compact as it travels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlayerInput {
@@ -61,15 +59,4 @@ impl PlayerInput {
             .rem_euclid(std::f32::consts::TAU);
         (angle / std::f32::consts::TAU * 65536.0) as u32 as u16
     }
-}
-
-/// A [`PlayerInput`] with the sequence number that orders it and the tick it is for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputFrame {
-    /// Counts up from 1 per client; the server applies frames in this order.
-    pub sequence: u32,
-    /// The server tick this input is meant for.
-    pub tick: Tick,
-    /// Buttons and aim.
-    pub input: PlayerInput,
 }

@@ -12,44 +12,36 @@
 //!
 //! # Layout
 //!
+//! - [`game`]: the shooter as a [`crate::game::Game`].
+//! - [`wire`]: what it replicates to clients.
 //! - [`world`]: the state and `step`.
 //! - [`input`]: what a player sends for one tick.
 //! - [`grid`]: the uniform grid behind collision and visibility queries.
-//! - [`hash`]: the stable hash that compares worlds.
 
+pub mod game;
 pub mod grid;
-pub mod hash;
 pub mod input;
+pub mod wire;
 pub mod world;
 
-use serde::{Deserialize, Serialize};
-
-pub use input::{Buttons, InputFrame, PlayerInput};
+pub use crate::game::{PlayerId, Tick};
+/// The stable hasher, where the shooter has always found it.
+pub use crate::hash;
+pub use game::Shooter;
+pub use input::{Buttons, PlayerInput};
+pub use wire::{
+    EntityState, NetEntityKind, POSITION_UNIT_M, PlayerStatus, ShooterShared, Standing,
+    VELOCITY_UNIT_MS, net_id,
+};
 pub use world::{
     Entity, EntityKind, GameEvent, PLAYER_MAX_HEALTH, PLAYER_RADIUS, Player, Wall, World,
     WorldConfig, move_player,
 };
 
+/// The shooter's input frame.
+pub type InputFrame = crate::game::InputFrame<PlayerInput>;
+
 slotmap::new_key_type! {
     /// An entity in the world: a player's body or a projectile.
     pub struct EntityId;
 }
-
-/// A simulation step number. Starts at 0 and never wraps in a match's lifetime.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Tick(pub u64);
-
-impl Tick {
-    /// The tick after this one.
-    pub fn next(self) -> Self {
-        Self(self.0 + 1)
-    }
-}
-
-/// A player's identity for the life of the match (survives reconnects and handoffs).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct PlayerId(pub u32);

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use slotmap::SlotMap;
 
 use super::grid::Grid;
-use super::hash::StableHasher;
 use super::{EntityId, PlayerId, PlayerInput, Tick};
+use crate::game::MatchConfig;
+use crate::hash::StableHasher;
 
 /// Radius of a player's body, metres.
 pub const PLAYER_RADIUS: f32 = 0.5;
@@ -32,32 +33,16 @@ const MIN_ARENA_SIZE: f32 = 40.0;
 /// enough that a 30 m view query touches about 64 rather than hundreds.
 const GRID_CELL: f32 = 8.0;
 
-/// What shapes a match's simulation. Part of every snapshot of the match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorldConfig {
-    /// Player capacity; sets the arena's size.
-    pub max_players: u32,
-    /// Ticks per second; the step's time delta is its inverse.
-    pub tick_hz: u32,
-    /// Seeds the world's RNG (pillar layout, spawn points).
-    pub seed: u64,
-}
+/// What shapes a match's simulation: the generic [`MatchConfig`] (the arena's size follows
+/// from its player capacity).
+pub type WorldConfig = MatchConfig;
 
-impl WorldConfig {
-    /// The arena's side, metres.
+impl MatchConfig {
+    /// The shooter's arena side, metres: it grows with capacity so density stays playable.
     pub fn arena_size(&self) -> f32 {
         (self.max_players as f32 * AREA_PER_PLAYER_M2)
             .sqrt()
             .max(MIN_ARENA_SIZE)
-    }
-
-    /// Seconds per tick.
-    pub fn dt(&self) -> f32 {
-        1.0 / self.tick_hz.max(1) as f32
-    }
-
-    fn ticks(&self, seconds: f32) -> u64 {
-        (seconds * self.tick_hz as f32).round().max(1.0) as u64
     }
 }
 
@@ -279,15 +264,24 @@ impl World {
     /// Advances one tick with `inputs` (player id → input; missing players repeat their
     /// last input). Returns what happened.
     pub fn step(&mut self, inputs: &BTreeMap<PlayerId, PlayerInput>) -> Vec<GameEvent> {
-        self.tick = self.tick.next();
         let mut events = Vec::new();
-        self.respawn_due(&mut events);
+        self.step_into(inputs, &mut events);
+        events
+    }
+
+    /// [`World::step`], pushing what happened onto `events`.
+    pub fn step_into(
+        &mut self,
+        inputs: &BTreeMap<PlayerId, PlayerInput>,
+        events: &mut Vec<GameEvent>,
+    ) {
+        self.tick = self.tick.next();
+        self.respawn_due(events);
         self.apply_inputs(inputs);
         self.move_players();
         self.rebuild_grid();
-        self.move_projectiles(&mut events);
+        self.move_projectiles(events);
         self.rebuild_projectile_grid();
-        events
     }
 
     /// Rebuilds the derived grids (after deserializing a world).

@@ -1,19 +1,22 @@
-//! Headless bots: many sessions in one process, each with its own UDP socket, playing with
-//! simple AI, and one report at the end.
+//! Headless bots for any [`Game`]: many sessions in one process, each with its own UDP
+//! socket, each played by a [`Bot`], and one report at the end.
+//!
+//! # Layout
+//!
+//! - this file: the [`Bot`] trait, the runner ([`run_bots`]) and its report;
+//! - [`shooter`]: the built-in shooter's bots ([`Brain`], playing as a [`Behavior`]);
+//! - [`cli`]: the command line a bots binary shares (`arena-bots` is the shooter's).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arena_shared::game::Game;
 use arena_shared::identity::{TokenRequest, mint_token, random_client_id};
 use arena_shared::netcode::Key;
-use arena_shared::protocol::{NetEntityKind, Snapshot};
-use arena_shared::sim::{Buttons, PlayerInput};
-use glam::Vec2;
+use arena_shared::protocol::Snapshot;
 use hdrhistogram::Histogram;
-use rand::{RngExt, SeedableRng};
-use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
 use crate::clock::Clock;
@@ -21,15 +24,19 @@ use crate::conditioner::LinkSpec;
 use crate::driver::SessionSocket;
 use crate::session::Session;
 
-/// How a bot plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Behavior {
-    /// Walks in random directions, turning every few seconds, firing now and then.
-    Wander,
-    /// Runs at the nearest player it sees and fires when close; wanders if it sees none.
-    Chase,
-    /// Stands still and sends empty inputs (pure protocol load).
-    Idle,
+pub mod cli;
+pub mod shooter;
+
+/// The shooter's bots, where they always were (`bots::Behavior`, `bots::Brain`).
+pub use shooter::{Behavior, Brain};
+
+/// A bot's mind for a match of `G`: takes in what it sees, and decides each tick's input.
+/// One is made per bot (from its seed) and lives on that bot's task.
+pub trait Bot<G: Game>: Send + 'static {
+    /// Takes in a snapshot, with the match's shared data once it arrived (the map).
+    fn observe(&mut self, snapshot: &Snapshot<G>, shared: Option<&G::Shared>);
+    /// This tick's input.
+    fn decide(&mut self) -> G::Input;
 }
 
 /// Where bots get their connect tokens.
@@ -57,10 +64,8 @@ pub struct BotsConfig {
     pub count: usize,
     /// How long they play once started.
     pub duration: Duration,
-    /// Seeds every bot's choices (bot i uses seed + i).
+    /// Seeds every bot's choices (bot i's [`Bot`] is made from seed + i).
     pub seed: u64,
-    /// How they play.
-    pub behavior: Behavior,
     /// Inputs per second (the server's tick rate).
     pub tick_hz: u32,
     /// A simulated bad network between each bot and the server (both ways).
@@ -152,14 +157,20 @@ pub struct BotsReport {
     pub first_error: Option<String>,
 }
 
-/// Runs the bots to the end and reports.
-pub async fn run_bots(config: BotsConfig) -> anyhow::Result<BotsReport> {
+/// Runs the bots to the end and reports. Bot `i` plays with `brain(seed + i)`.
+pub async fn run_bots<G: Game, B: Bot<G>>(
+    config: BotsConfig,
+    brain: impl Fn(u64) -> B + Send + Sync + 'static,
+) -> anyhow::Result<BotsReport> {
     let config = Arc::new(config);
     let mut tasks = Vec::with_capacity(config.count);
     // Connect in small waves so a thousand handshakes do not land in one tick.
     for index in 0..config.count {
         let config = Arc::clone(&config);
-        tasks.push(tokio::spawn(async move { run_bot(&config, index).await }));
+        let bot = brain(config.seed.wrapping_add(index as u64));
+        tasks.push(tokio::spawn(async move {
+            run_bot::<G, B>(&config, index, bot).await
+        }));
         if index % 50 == 49 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -171,7 +182,7 @@ pub async fn run_bots(config: BotsConfig) -> anyhow::Result<BotsReport> {
     Ok(report(&results))
 }
 
-async fn run_bot(config: &BotsConfig, index: usize) -> BotResult {
+async fn run_bot<G: Game, B: Bot<G>>(config: &BotsConfig, index: usize, bot: B) -> BotResult {
     let mut result = BotResult {
         connected_ever: false,
         connected_at_end: false,
@@ -194,7 +205,7 @@ async fn run_bot(config: &BotsConfig, index: usize) -> BotResult {
         max_rollback_ticks: 0,
         rtt_us: new_histogram(),
     };
-    if let Err(error) = play(config, index, &mut result).await {
+    if let Err(error) = play::<G, B>(config, index, bot, &mut result).await {
         result.error = Some(format!("bot {index}: {error:#}"));
     }
     result
@@ -206,7 +217,12 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyhow::Result<()> {
+async fn play<G: Game, B: Bot<G>>(
+    config: &BotsConfig,
+    index: usize,
+    mut brain: B,
+    result: &mut BotResult,
+) -> anyhow::Result<()> {
     let name = format!("bot-{index}");
     let token = match &config.tokens {
         TokenSource::Admin(url) => crate::http::fetch_token(url, &name).await?,
@@ -218,8 +234,7 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     let mut socket = SessionSocket::bind(config.server, config.link, seed).await?;
     let clock = Clock::start();
     let start = clock.now();
-    let mut session = Session::new(start, &token, config.tick_hz);
-    let mut brain = Brain::new(config.behavior, config.seed.wrapping_add(index as u64));
+    let mut session = Session::<G>::new(start, &token, config.tick_hz);
     let period = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -253,9 +268,7 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
                 if !result.connected_ever && (session.state().is_error() || now >= start + Duration::from_secs(10)) {
                     anyhow::bail!("could not connect: {:?}", session.state());
                 }
-                for snapshot in session.take_snapshots() {
-                    brain.observe(&snapshot);
-                }
+                observe(&mut session, &mut brain);
                 match (play_until, draining_until) {
                     (Some(until), None) if now < until => {
                         let input = brain.decide();
@@ -302,6 +315,16 @@ async fn play(config: &BotsConfig, index: usize, result: &mut BotResult) -> anyh
     session.disconnect(now);
     socket.flush_direct(&mut session).await;
     Ok(())
+}
+
+/// Shows the bot the snapshots that arrived. Bots do not read the game's events: they are
+/// taken and dropped, so the session does not hold (and count as dropped) a backlog.
+fn observe<G: Game, B: Bot<G>>(session: &mut Session<G>, brain: &mut B) {
+    let fresh: Vec<Snapshot<G>> = session.take_snapshots().collect();
+    for snapshot in &fresh {
+        brain.observe(snapshot, session.shared());
+    }
+    session.take_events().for_each(drop);
 }
 
 /// Mints a token locally, as a backend holding the private key would.
@@ -413,102 +436,5 @@ impl InputTotals {
             .saturating_sub(signed(self.rolled_back))
             .saturating_sub(signed(self.given_up))
             .saturating_sub(signed(self.unacknowledged))
-    }
-}
-
-/// A bot's mind: what it saw last, and where it wants to go.
-pub struct Brain {
-    behavior: Behavior,
-    rng: Pcg64Mcg,
-    own: Option<Vec2>,
-    target: Option<Vec2>,
-    heading: Vec2,
-    turn_in_ticks: u32,
-}
-
-impl Brain {
-    /// A bot that plays as `behavior` with its own seeded choices.
-    pub fn new(behavior: Behavior, seed: u64) -> Self {
-        Self {
-            behavior,
-            rng: Pcg64Mcg::seed_from_u64(seed),
-            own: None,
-            target: None,
-            heading: Vec2::X,
-            turn_in_ticks: 0,
-        }
-    }
-
-    /// Takes in a snapshot: own position and the nearest other player.
-    pub fn observe(&mut self, snapshot: &Snapshot) {
-        let own_id = snapshot.your_entity;
-        self.own = snapshot
-            .entities
-            .iter()
-            .find(|e| Some(e.id) == own_id)
-            .map(|e| e.position());
-        self.target = None;
-        if let Some(own) = self.own {
-            self.target = snapshot
-                .entities
-                .iter()
-                .filter(|e| e.kind == NetEntityKind::Player && Some(e.id) != own_id && e.health > 0)
-                .map(|e| e.position())
-                .min_by(|a, b| a.distance_squared(own).total_cmp(&b.distance_squared(own)));
-        }
-    }
-
-    /// This tick's input.
-    pub fn decide(&mut self) -> PlayerInput {
-        match self.behavior {
-            Behavior::Idle => PlayerInput::default(),
-            Behavior::Chase => match (self.own, self.target) {
-                (Some(own), Some(target)) => {
-                    let to = target - own;
-                    let mut input = input_towards(to, to);
-                    if to.length() < 15.0 {
-                        input.buttons |= Buttons::FIRE;
-                    }
-                    input
-                }
-                _ => self.wander(),
-            },
-            Behavior::Wander => self.wander(),
-        }
-    }
-
-    fn wander(&mut self) -> PlayerInput {
-        if self.turn_in_ticks == 0 {
-            let angle = self.rng.random_range(0.0..std::f32::consts::TAU);
-            self.heading = Vec2::from_angle(angle);
-            self.turn_in_ticks = self.rng.random_range(60..180);
-        }
-        self.turn_in_ticks -= 1;
-        let mut input = input_towards(self.heading, self.heading);
-        if self.rng.random_bool(0.05) {
-            input.buttons |= Buttons::FIRE;
-        }
-        input
-    }
-}
-
-/// Buttons that move roughly along `direction`, aiming along `aim`.
-fn input_towards(direction: Vec2, aim: Vec2) -> PlayerInput {
-    let mut buttons = 0;
-    if direction.x > 0.3 * direction.length() {
-        buttons |= Buttons::RIGHT;
-    }
-    if direction.x < -0.3 * direction.length() {
-        buttons |= Buttons::LEFT;
-    }
-    if direction.y > 0.3 * direction.length() {
-        buttons |= Buttons::UP;
-    }
-    if direction.y < -0.3 * direction.length() {
-        buttons |= Buttons::DOWN;
-    }
-    PlayerInput {
-        buttons,
-        aim: PlayerInput::aim_from_direction(aim),
     }
 }
