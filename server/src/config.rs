@@ -52,11 +52,12 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub admin: SocketAddr,
 
-    /// World seed (pillars, spawn points); default: random, logged at start.
+    /// Seeds the match's RNG (the shooter's pillars and spawn points); default: random,
+    /// logged at start.
     #[arg(long)]
     pub seed: Option<u64>,
 
-    /// How far players see, metres.
+    /// How far players see, in the game's units (metres for the shooter and tag).
     #[arg(long, default_value_t = 30.0)]
     pub view_radius: f32,
 
@@ -172,7 +173,7 @@ impl MatchFlags {
     /// `(flag, given, the match's)`.
     pub fn conflicts(
         &self,
-        stored: &arena_shared::sim::WorldConfig,
+        stored: &arena_shared::game::MatchConfig,
     ) -> Vec<(&'static str, String, String)> {
         let mut found = Vec::new();
         if let Some(given) = self.max_players.filter(|n| *n != stored.max_players) {
