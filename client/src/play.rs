@@ -166,7 +166,7 @@ impl Game {
             aim: PlayerInput::aim_from_direction(self.facing),
         };
         if let Some(frame) = self.session.send_input(now, input) {
-            self.predictor.on_input(&frame);
+            self.predictor.on_input(&frame, self.session.shared());
         }
     }
 
@@ -293,6 +293,17 @@ impl Game {
             state => Some(describe_failure(state).to_owned()),
         }
     }
+}
+
+/// A drawn screen as text, a line per row (headless runs and tests).
+pub fn screen_text(buffer: &Buffer) -> String {
+    let width = usize::from(buffer.area.width).max(1);
+    let symbols: Vec<&str> = buffer.content.iter().map(|c| c.symbol()).collect();
+    symbols
+        .chunks(width)
+        .map(|row| row.concat())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// What a failed connection means for a person.
@@ -514,17 +525,6 @@ mod tests {
         }
     }
 
-    fn screen(terminal: &Terminal<TestBackend>) -> String {
-        let buffer = terminal.backend().buffer();
-        let width = usize::from(buffer.area.width);
-        let symbols: Vec<&str> = buffer.content.iter().map(|c| c.symbol()).collect();
-        symbols
-            .chunks(width)
-            .map(|row| row.concat())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     #[test]
     fn the_kill_feed_keeps_the_last_four_kills_with_names() {
         let mut feed = KillFeed::default();
@@ -552,7 +552,7 @@ mod tests {
         terminal
             .draw(|frame| game.draw(frame, Duration::from_secs(1)))
             .unwrap();
-        let text = screen(&terminal);
+        let text = screen_text(terminal.backend().buffer());
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("arena - │ tick 0 │ rtt -"), "{text}");
         assert!(lines[1].trim_end().ends_with("#2 shot #1"), "{text}");

@@ -26,9 +26,8 @@ const HISTORY: usize = 256;
 /// Predicts the own player's body.
 #[derive(Debug)]
 pub struct Predictor<G: Game> {
-    /// What predicting needs besides the body: a copy of the session's shared data (kept
-    /// here so [`Predictor::on_input`] can step between snapshots) and the match's config.
-    shared: Option<G::Shared>,
+    /// The match's config, from the newest snapshot (the shared data is the session's:
+    /// each call passes it).
     config: Option<MatchConfig>,
     /// The body after every input made so far (or the server's, held, if not predicting).
     body: Option<G::Body>,
@@ -54,7 +53,6 @@ pub struct Predictor<G: Game> {
 impl<G: Game> Default for Predictor<G> {
     fn default() -> Self {
         Self {
-            shared: None,
             config: None,
             body: None,
             predicted: false,
@@ -80,7 +78,6 @@ impl<G: Game> Predictor<G> {
         unapplied: impl Iterator<Item = &'a InputFrame<G::Input>>,
     ) {
         self.config = Some(snapshot.config);
-        self.keep_shared(shared);
         let Some(server) = snapshot.own_entity().and_then(|own| G::body(&own.state)) else {
             // Dead, spectating, or out of the datagram: nothing to predict.
             self.body = None;
@@ -88,15 +85,15 @@ impl<G: Game> Predictor<G> {
             return;
         };
         self.measure_prediction_error(snapshot.last_applied_input, &server);
-        if self.shared.is_none() {
+        let Some(shared) = shared else {
             self.body = Some(server);
             self.predicted = false;
             self.offset = Vec2::ZERO;
             return;
-        }
+        };
         let mut body = server;
         for frame in unapplied {
-            body = self.step(body, frame.input);
+            body = self.step(shared, body, frame.input);
         }
         if let Some(before) = self.body.filter(|_| self.predicted) {
             self.reconcile(&before, &body);
@@ -105,12 +102,13 @@ impl<G: Game> Predictor<G> {
         self.predicted = true;
     }
 
-    /// Applies one input the moment it is made (nothing without shared data).
-    pub fn on_input(&mut self, frame: &InputFrame<G::Input>) {
-        let Some(body) = self.body.filter(|_| self.predicted) else {
+    /// Applies one input the moment it is made; `shared` is the session's shared data
+    /// (nothing is predicted without it).
+    pub fn on_input(&mut self, frame: &InputFrame<G::Input>, shared: Option<&G::Shared>) {
+        let (Some(body), Some(shared)) = (self.body.filter(|_| self.predicted), shared) else {
             return;
         };
-        let next = self.step(body, frame.input);
+        let next = self.step(shared, body, frame.input);
         self.body = Some(next);
         if self.history.len() >= HISTORY {
             self.history.pop_front();
@@ -133,13 +131,6 @@ impl<G: Game> Predictor<G> {
     /// The predicted body (or the server's, held while there is no shared data yet).
     pub fn body(&self) -> Option<G::Body> {
         self.body
-    }
-
-    /// Keeps a copy of `shared`, cloning only when it changed (a new server's map).
-    fn keep_shared(&mut self, shared: Option<&G::Shared>) {
-        if self.shared.as_ref() != shared {
-            self.shared = shared.cloned();
-        }
     }
 
     /// The server's position after the newest input it applied, against what we
@@ -173,11 +164,11 @@ impl<G: Game> Predictor<G> {
         }
     }
 
-    /// One tick of movement; the body as it is without shared data or config.
-    fn step(&self, body: G::Body, input: G::Input) -> G::Body {
-        match (&self.shared, &self.config) {
-            (Some(shared), Some(config)) => G::predict(shared, config, body, input),
-            _ => body,
+    /// One tick of movement; the body as it is without a config yet.
+    fn step(&self, shared: &G::Shared, body: G::Body, input: G::Input) -> G::Body {
+        match &self.config {
+            Some(config) => G::predict(shared, config, body, input),
+            None => body,
         }
     }
 }
@@ -251,7 +242,7 @@ mod tests {
         let start = predictor.position().unwrap();
         let frames: Vec<_> = (1..=5).map(right).collect();
         for frame in &frames {
-            predictor.on_input(frame);
+            predictor.on_input(frame, Some(&shared));
         }
         let moved = predictor.position().unwrap();
         assert!(moved.x > start.x, "{start} -> {moved}");
@@ -267,7 +258,7 @@ mod tests {
         let frames: Vec<_> = (1..=5).map(right).collect();
         predictor.on_snapshot(&snapshot(0), None, frames.iter());
         let held = predictor.position().unwrap();
-        predictor.on_input(&right(6));
+        predictor.on_input(&right(6), None);
         assert_eq!(predictor.position(), Some(held));
         assert_eq!(predictor.body(), Some((held, Vec2::ZERO)));
         assert_eq!(predictor.reconciliations, 0);

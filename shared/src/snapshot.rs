@@ -152,11 +152,19 @@ fn payload_config() -> impl bincode::config::Config {
 
 /// The payload's layout: the game's state as bytes of its own, so a snapshot of another
 /// schema can still be opened and handed to the game's `migrate`.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Payload {
     roster: Vec<RosterEntry>,
     next_player_id: u32,
     game: Vec<u8>,
+}
+
+/// [`Payload`] as written, borrowing (bincode writes a slice as it writes a `Vec`).
+#[derive(Serialize)]
+struct PayloadRef<'a> {
+    roster: &'a [RosterEntry],
+    next_player_id: u32,
+    game: &'a [u8],
 }
 
 /// Encodes a snapshot of `state` as owned at `epoch`.
@@ -174,10 +182,10 @@ pub fn encode<G: Game>(
     let malformed = |e: bincode::error::EncodeError| SnapshotError::Malformed(e.to_string());
     let game = bincode::serde::encode_to_vec(&state.world, payload_config()).map_err(malformed)?;
     let payload = bincode::serde::encode_to_vec(
-        Payload {
-            roster: state.roster.clone(),
+        PayloadRef {
+            roster: &state.roster,
             next_player_id: state.next_player_id,
-            game,
+            game: &game,
         },
         payload_config(),
     )

@@ -436,7 +436,7 @@ impl SimNet {
             if client.playing {
                 let input = client.fixed_input.unwrap_or_else(|| client.brain.decide());
                 if let Some(frame) = client.session.send_input(now, input) {
-                    client.predictor.on_input(&frame);
+                    client.predictor.on_input(&frame, client.session.shared());
                 }
             } else {
                 client.session.resend_inputs(now);

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use arena_client::bots::shooter::Behavior;
-use arena_client::play::Game;
+use arena_client::play::{Game, screen_text};
 use arena_client::session::Session;
 use arena_shared::sim::Shooter;
 use arena_tests::procs::{ServerProcess, bin_path, spawn_bots, temp_dir};
@@ -16,20 +16,6 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 const TICK_HZ: u64 = 60;
-
-fn screen(terminal: &Terminal<TestBackend>) -> String {
-    let buffer = terminal.backend().buffer();
-    let width = buffer.area.width as usize;
-    buffer
-        .content
-        .iter()
-        .map(|c| c.symbol())
-        .collect::<Vec<_>>()
-        .chunks(width)
-        .map(|row| row.concat())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 #[test]
 fn a_frame_shows_the_player_the_others_and_the_hud() {
@@ -58,7 +44,7 @@ fn a_frame_shows_the_player_the_others_and_the_hud() {
 
     let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
     terminal.draw(|frame| game.draw(frame, now)).unwrap();
-    let text = screen(&terminal);
+    let text = screen_text(terminal.backend().buffer());
     assert_eq!(text.matches('@').count(), 1, "own player once:\n{text}");
     assert!(text.matches('o').count() >= 3, "three others:\n{text}");
     for field in ["tick", "rtt", "loss", "snap/s", "hp 100", "q/Esc quit"] {
@@ -68,7 +54,7 @@ fn a_frame_shows_the_player_the_others_and_the_hud() {
     // Tab: the scoreboard, with every player.
     game.show_scores = true;
     terminal.draw(|frame| game.draw(frame, now)).unwrap();
-    let text = screen(&terminal);
+    let text = screen_text(terminal.backend().buffer());
     assert!(
         text.contains("kills") && text.matches("sim-").count() == 4,
         "{text}"
@@ -78,7 +64,12 @@ fn a_frame_shows_the_player_the_others_and_the_hud() {
     game.show_scores = false;
     let mut small = Terminal::new(TestBackend::new(40, 12)).unwrap();
     small.draw(|frame| game.draw(frame, now)).unwrap();
-    assert_eq!(screen(&small).matches('@').count(), 1, "{}", screen(&small));
+    assert_eq!(
+        screen_text(small.backend().buffer()).matches('@').count(),
+        1,
+        "{}",
+        screen_text(small.backend().buffer())
+    );
 }
 
 #[test]

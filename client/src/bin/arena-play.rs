@@ -12,7 +12,7 @@ use arena_client::clock::Clock;
 use arena_client::conditioner::LinkSpec;
 use arena_client::driver::SessionSocket;
 use arena_client::http::fetch_token_as;
-use arena_client::play::{Game, Key, describe_failure};
+use arena_client::play::{Game, Key, describe_failure, screen_text};
 use arena_client::session::Session;
 use arena_shared::sim::Shooter;
 use clap::Parser;
@@ -214,17 +214,6 @@ where
             failure
         },
     })
-}
-
-/// A drawn screen as text, a line per row.
-fn screen_text(buffer: &ratatui::buffer::Buffer) -> String {
-    let width = buffer.area.width as usize;
-    let symbols: Vec<&str> = buffer.content.iter().map(|c| c.symbol()).collect();
-    symbols
-        .chunks(width.max(1))
-        .map(|row| row.concat())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Reads keys on a thread of its own (crossterm's reader blocks) until `stop` is set.

@@ -36,13 +36,22 @@ const IN_FLIGHT: usize = 32;
 /// Names a client remembers at most.
 const MAX_NAMES: usize = 4096;
 
+/// A notice waiting for its acknowledgement.
+#[derive(Debug)]
+struct Queued<G: Game> {
+    number: u32,
+    len: usize,
+    notice: Notice<G>,
+}
+
 /// The server's end, one per client connection.
 #[derive(Debug)]
 pub struct Outbox<G: Game> {
     /// The number the next queued notice gets.
     next: u32,
-    /// Unacknowledged notices, oldest first, with their numbers.
-    queue: VecDeque<(u32, Notice<G>)>,
+    /// Unacknowledged notices, oldest first, with their numbers and encoded lengths
+    /// (measured once, when queued: `poll` runs every tick).
+    queue: VecDeque<Queued<G>>,
     /// Events among them.
     queued_events: usize,
     /// Notices below this number were sent at least once.
@@ -123,7 +132,12 @@ impl<G: Game> Outbox<G> {
     }
 
     fn push(&mut self, notice: Notice<G>) {
-        self.queue.push_back((self.next, notice));
+        let len = encoded_len(&notice).unwrap_or(NOTICE_BUDGET_BYTES);
+        self.queue.push_back(Queued {
+            number: self.next,
+            len,
+            notice,
+        });
         self.next = self.next.wrapping_add(1);
     }
 
@@ -135,12 +149,11 @@ impl<G: Game> Outbox<G> {
     /// What to send now, if anything: new notices at once, unacknowledged ones again
     /// after [`RESEND_EVERY`]. Call [`Outbox::sent`] with the packet that carries it.
     pub fn poll(&mut self, now: Duration) -> Option<Reliable<G>> {
-        let first = self.queue.front()?.0;
+        let first = self.queue.front()?.number;
         // The oldest unacknowledged go first (the client delivers in order), as many as fit.
         let mut used = 0;
         let mut count = 0;
-        for (_, notice) in &self.queue {
-            let len = encoded_len(notice).unwrap_or(NOTICE_BUDGET_BYTES);
+        for &Queued { len, .. } in &self.queue {
             if count == MAX_NOTICES_PER_PACKET || (count > 0 && used + len > NOTICE_BUDGET_BYTES) {
                 break;
             }
@@ -159,7 +172,7 @@ impl<G: Game> Outbox<G> {
             .queue
             .iter()
             .take(count)
-            .map(|(_, n)| n.clone())
+            .map(|q| q.notice.clone())
             .collect();
         Some(Reliable { first, notices })
     }
@@ -179,8 +192,12 @@ impl<G: Game> Outbox<G> {
         let Some(&(_, end)) = self.in_flight.iter().find(|(s, _)| *s == sequence) else {
             return;
         };
-        while self.queue.front().is_some_and(|(n, _)| *n < end) {
-            if let Some((_, Notice::Event(_))) = self.queue.pop_front() {
+        while self.queue.front().is_some_and(|q| q.number < end) {
+            if let Some(Queued {
+                notice: Notice::Event(_),
+                ..
+            }) = self.queue.pop_front()
+            {
                 self.queued_events -= 1;
             }
         }
@@ -291,7 +308,7 @@ impl<G: Game> Inbox<G> {
                     // Parts without a first: a broken server. Start over, counted.
                     self.assembling = Vec::new();
                     self.stats.bad_shared += 1;
-                } else if part + 1 == parts {
+                } else if u32::from(part) + 1 == u32::from(parts) {
                     let limit = bincode::config::standard()
                         .with_limit::<{ MAX_SHARED_PARTS as usize * SHARED_PART_BYTES * 4 }>();
                     match bincode::serde::decode_from_slice::<G::Shared, _>(&self.assembling, limit)

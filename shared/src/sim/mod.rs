@@ -38,9 +38,6 @@ pub use world::{
     WorldConfig, move_player,
 };
 
-/// The shooter's input frame.
-pub type InputFrame = crate::game::InputFrame<PlayerInput>;
-
 slotmap::new_key_type! {
     /// An entity in the world: a player's body or a projectile.
     pub struct EntityId;
