@@ -1,14 +1,35 @@
 #!/usr/bin/env bash
-# Load test on this machine's loopback: a release arena-server and N bots for D seconds.
-# Prints the bots' JSON report, the server's /status at the end of the run, and the
-# server's CPU time per client-tick. Usage: scripts/load-test.sh [COUNT] [DURATION_S]
+# Load test on this machine's loopback: a release arena-server and COUNT wander bots for
+# DURATION seconds, in a full match by default (--max-players equal to COUNT, so the arena
+# is sized for the players in it). Prints the bots' JSON report, the server's /status at
+# the end of the run, and a summary line of JSON:
+#   cpu_us_per_client_tick   server CPU (user + system) per client per tick
+#   tick_us_p50, tick_us_p99 the tick's work (last 10 s, from /status)
+#   snapshot_every_ticks     1 unless the server shed load
+#   snapshots_per_bot_per_s  what the bots received
+#   down_bytes_per_bot_per_s UDP payload bytes per bot per second
+#   bytes_per_entity_update  snapshot_bytes_per_s / entity_updates_per_s (from /status)
+#
+# Usage: scripts/load-test.sh [COUNT] [DURATION_S] [MAX_PLAYERS] [-- SERVER_ARGS...]
+#   scripts/load-test.sh 256 30                 256 bots, full match
+#   scripts/load-test.sh 256 30 1024            the same bots in 1,024 slots
+#   scripts/load-test.sh 64 30 -- --client-bytes-per-s 8000
+#   NO_BUILD=1 scripts/load-test.sh ...   use the binaries already in target/release
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-200}
 duration=${2:-30}
-cargo build --release --workspace --quiet
+max_players=$count
+shift $(($# < 2 ? $# : 2))
+if [ $# -gt 0 ] && [ "$1" != -- ]; then max_players=$1; shift; fi
+if [ $# -gt 0 ] && [ "$1" = -- ]; then shift; fi
+if [ "$max_players" -lt "$count" ]; then
+    echo "load-test: MAX_PLAYERS ($max_players) is below COUNT ($count)" >&2
+    exit 2
+fi
+[ -n "${NO_BUILD:-}" ] || cargo build --release --workspace --quiet
 source scripts/lib.sh
-read -r udp admin server < <(start_server server --max-players $((count > 1024 ? count : 1024)))
+read -r udp admin server < <(start_server server --max-players "$max_players" "$@")
 ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 cpu_before=$(ticks)
 tick_before=$(curl -s "http://$admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["tick"])')
@@ -17,12 +38,31 @@ tick_before=$(curl -s "http://$admin/status" | python3 -c 'import json,sys; prin
 status=$(curl -s "http://$admin/status")
 cpu_after=$(ticks)
 echo "$status"
-python3 - "$cpu_before" "$cpu_after" "$tick_before" "$count" "$(getconf CLK_TCK)" <<PY
+python3 - "$cpu_before" "$cpu_after" "$tick_before" "$count" "$(getconf CLK_TCK)" \
+    "$dir/bots.json" <<PY
 import json, sys
-before, after, tick_before, count, hz = map(float, sys.argv[1:])
+before, after, tick_before, count, hz = map(float, sys.argv[1:6])
+bots = json.load(open(sys.argv[6]))
 status = json.loads('''$status''')
 ticks = status["tick"] - tick_before
 cpu_s = (after - before) / hz
-print(json.dumps({"server_cpu_s": cpu_s, "ticks": ticks,
-                  "cpu_us_per_client_tick": cpu_s * 1e6 / (ticks * count) if ticks else None}))
+updates = status.get("entity_updates_per_s") or 0
+snapshot_bytes = status.get("snapshot_bytes_per_s")
+print(json.dumps({
+    "bots": int(count),
+    "max_players": status["max_players"],
+    "server_cpu_s": cpu_s,
+    "ticks": ticks,
+    "cpu_us_per_client_tick": cpu_s * 1e6 / (ticks * count) if ticks else None,
+    "tick_us_p50": status["tick_us_p50"],
+    "tick_us_p99": status["tick_us_p99"],
+    "snapshot_every_ticks": status["snapshot_every_ticks"],
+    "snapshots_per_bot_per_s": bots["snapshots_per_bot_per_s"],
+    "down_bytes_per_bot_per_s": bots["down_bytes_per_bot_per_s"],
+    "bytes_per_entity_update": snapshot_bytes / updates if updates and snapshot_bytes else None,
+    "entity_updates_per_s": updates,
+    "entity_wait_ticks_max": status.get("entity_wait_ticks_max"),
+    "inputs_late": status.get("inputs_late"),
+    "inputs_applied": status.get("inputs_applied"),
+}))
 PY

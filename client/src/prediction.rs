@@ -204,6 +204,8 @@ mod tests {
             last_applied_input,
             inputs_applied: u64::from(last_applied_input),
             restored_from_tick: None,
+            input_margin: None,
+            inputs_arrived_late: 0,
             you: Default::default(),
             entities: vec![Replicated {
                 id: OWN,

@@ -57,16 +57,31 @@ pub struct Args {
     #[arg(long)]
     pub seed: Option<u64>,
 
-    /// How far players see, in the game's units (metres for the shooter and tag).
-    #[arg(long, default_value_t = 30.0)]
+    /// How far players see, in the game's units (metres for the shooter and tag); a
+    /// finite number above 0.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_finite, allow_negative_numbers = true)]
     pub view_radius: f32,
+
+    /// Each client's snapshot budget, bytes a second (its datagrams' payloads). Snapshots
+    /// are deltas filled by priority up to it; a client whose budget is spent gets its
+    /// next snapshot a tick or more later. At least 1920 (a small snapshot 20 times a
+    /// second); 16000 is 16 KB/s, about 128 kbit/s.
+    #[arg(long, default_value_t = 16_000, value_parser = clap::value_parser!(u32).range(1920..=10_000_000))]
+    pub client_bytes_per_s: u32,
+
+    /// Threads that build, encode the clients' snapshots each tick while the world is
+    /// read-only (sealing and sending stay on the tick's thread). 0: as many as the
+    /// machine has, less one for the tick (at least 1).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub workers: u16,
 
     /// Seconds of silence before a connection is dropped (written into tokens).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=3600))]
     pub client_timeout_s: i32,
 
-    /// Seconds a token minted by POST /token may be used to connect.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds a token minted by POST /token may be used to connect: at least
+    /// --client-timeout-s (a token that expires first makes every connect fail).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub token_expire_s: u64,
 
     /// Start with no match and wait: for a handoff (POST /match from an owner), or, with
@@ -117,7 +132,7 @@ pub struct Args {
     /// Require `Authorization: Bearer <TOKEN>` on the admin API's mutating endpoints
     /// (/token, /handoff, /match); needed to bind --admin beyond loopback. Servers of one
     /// fleet share it. Also read from ARENA_ADMIN_TOKEN.
-    #[arg(long, env = "ARENA_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "ARENA_ADMIN_TOKEN", hide_env_values = true, value_parser = non_empty)]
     pub admin_token: Option<String>,
 
     /// Seconds between snapshots of the match to the store (the most a crash rolls back).
@@ -150,6 +165,41 @@ impl Args {
             new_match: args.new_match,
         };
         (args, flags)
+    }
+}
+
+impl Args {
+    /// The checks that concern more than one flag; `Err` names the flags and the fix.
+    pub fn check(&self) -> Result<(), String> {
+        if self.token_expire_s < u64::from(self.client_timeout_s.unsigned_abs()) {
+            return Err(format!(
+                "--token-expire-s {} is shorter than --client-timeout-s {}: a token would expire before its connection could time out, and connects would fail; raise --token-expire-s",
+                self.token_expire_s, self.client_timeout_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `--view-radius`: a finite number above 0.
+fn positive_finite(text: &str) -> Result<f32, String> {
+    let value: f32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("must be a finite number above 0, got {text}"))
+    }
+}
+
+/// `--admin-token`: not empty (an empty token would protect nothing).
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("the admin token is empty: give a secret, or leave the flag (and ARENA_ADMIN_TOKEN) out".into())
+    } else {
+        Ok(text.to_owned())
     }
 }
 
@@ -318,6 +368,68 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, String> {
+        use clap::Parser;
+        let args =
+            Args::try_parse_from(std::iter::once("arena-server").chain(flags.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        args.check()?;
+        Ok(args)
+    }
+
+    #[test]
+    fn nonsense_flags_are_refused_with_the_reason() {
+        for (flags, says) in [
+            (&["--view-radius", "-5"][..], "above 0"),
+            (&["--view-radius", "NaN"][..], "finite"),
+            (&["--view-radius", "0"][..], "above 0"),
+            (&["--view-radius", "inf"][..], "finite"),
+            (&["--admin-token", ""][..], "empty"),
+            (&["--admin-token", "  "][..], "empty"),
+            (&["--token-expire-s", "0"][..], "token-expire-s"),
+            (
+                &["--token-expire-s", "3", "--client-timeout-s", "5"][..],
+                "shorter than --client-timeout-s",
+            ),
+        ] {
+            match parse(flags) {
+                Ok(_) => panic!("{flags:?} accepted"),
+                Err(error) => assert!(error.contains(says), "{flags:?}: {error}"),
+            }
+        }
+        let args = parse(&[
+            "--view-radius",
+            "12.5",
+            "--admin-token",
+            "s3cret",
+            "--token-expire-s",
+            "5",
+        ])
+        .expect("sane flags pass");
+        assert_eq!(args.view_radius, 12.5);
+        assert_eq!(args.admin_token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn a_binary_or_short_key_file_is_refused_saying_what_a_key_is() {
+        let dir = fresh_dir("keys");
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (name, bytes) in [
+            ("binary", vec![0xffu8, 0xfe, 0x00, 0x80]),
+            ("short", b"abcd".to_vec()),
+            ("raw32", vec![7u8; 32]),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).expect("written");
+            let error = read_key_file(&path).expect_err("refused").to_string();
+            assert!(error.contains("64 hex"), "{name}: {error}");
+        }
+        let good = dir.join("good");
+        std::fs::write(&good, format!("{}\n", "ab".repeat(32))).expect("written");
+        assert_eq!(read_key_file(&good).expect("a key"), [0xab; 32]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -14,21 +14,22 @@
 //! at the next one (merged, fire kept) and counted as late. Nothing is skipped unless the
 //! client itself gave up on it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use arena_shared::game::{Game, InputFrame, MatchConfig, PlayerId, Seen, Tick, Viewer};
 use arena_shared::identity::{TokenRequest, is_spectator, mint_token, name_from_user_data};
 use arena_shared::netcode::{self, ClientIndex, DisconnectReason, ServerEvent, Transmit};
-use arena_shared::protocol::messages::{
-    MAX_BODY_BYTES, TOKEN_PART_BYTES, TOKEN_PARTS, encoded_len, net_id_len,
-};
+use arena_shared::protocol::messages::{TOKEN_PART_BYTES, TOKEN_PARTS, decode_inputs};
 use arena_shared::protocol::reliable::Outbox;
 use arena_shared::protocol::{
-    AckTracker, ClientMessage, Replicated, ScoreEntry, ServerMessage, Snapshot, TokenPart,
-    TokenPurpose, decode_client, encode,
+    AckTracker, EncodeError, ScoreEntry, ServerMessage, SnapshotHead, TokenPart, TokenPurpose,
+    encode,
 };
+
+use crate::fanout::fan_out;
+use crate::replication::{Replicator, Scratch, Written};
 use arena_shared::snapshot::{MatchState, RosterEntry};
 
 /// Input frames held per client ahead of their tick; more are dropped and counted.
@@ -50,6 +51,10 @@ pub struct CoreConfig {
     pub world: MatchConfig,
     /// How far a player sees, metres.
     pub view_radius_m: f32,
+    /// Each client's snapshot budget, bytes a second (`--client-bytes-per-s`).
+    pub client_bytes_per_s: u32,
+    /// Threads that build the clients' snapshots each tick (`--workers`; at least 1).
+    pub workers: usize,
     /// The tokens this server hands its clients.
     pub tokens: TokenConfig,
 }
@@ -127,7 +132,17 @@ pub struct CoreStats {
     pub bad_messages: u64,
     /// Snapshots sent.
     pub snapshots_sent: u64,
-    /// Entities in view that did not fit their client's datagram.
+    /// Snapshots sent whole: the client had acknowledged no baseline young enough.
+    pub snapshots_full: u64,
+    /// Snapshots a client was due but not sent: its byte budget was spent.
+    pub snapshots_throttled: u64,
+    /// Bytes of the snapshots sent (netcode payloads).
+    pub snapshot_bytes: u64,
+    /// Entities in view that snapshots brought up to date (sent, or unchanged since the
+    /// baseline), summed over clients.
+    pub entity_updates: u64,
+    /// Entities in view that a snapshot did not bring up to date: the byte budget left
+    /// them for a later one (they go first then).
     pub entities_deferred: u64,
     /// Game events the steps produced.
     pub game_events: u64,
@@ -159,8 +174,9 @@ struct ClientSlot<G: Game> {
     /// `None` for a spectator.
     player: Option<PlayerId>,
     acks: AckTracker,
-    /// Frames received and not yet applied, by sequence.
-    pending: BTreeMap<u32, InputFrame<G::Input>>,
+    /// Frames received and not yet applied, in sequence order (at most
+    /// [`MAX_PENDING_INPUTS`]; kept, with its capacity, for the connection's life).
+    pending: VecDeque<InputFrame<G::Input>>,
     /// Newest sequence applied; all older ones were applied (or skipped by the client).
     last_applied: u32,
     /// Input frames of this player the match applied, ever (told to the client).
@@ -168,6 +184,17 @@ struct ClientSlot<G: Game> {
     tokens: SlotTokens,
     /// The match's shared data, names and events, on their way reliably.
     outbox: Outbox<G>,
+    /// What this client was sent and acknowledged, its priorities and its byte budget.
+    replicator: Replicator<G::Entity>,
+    /// The least margin, in ticks, of the input frames first received since the last
+    /// snapshot (told to the client, so it can adapt its lead).
+    input_margin: Option<i8>,
+    /// Input frames first received since the last snapshot after their tick had run.
+    inputs_arrived_late: u8,
+    /// This tick's snapshot, built (by a worker) and not sent yet: its outcome, and the
+    /// datagram (capacity kept for the connection's life).
+    built: Option<Result<Option<Written>, EncodeError>>,
+    payload: Vec<u8>,
     /// Players whose names this client was told.
     named: BTreeSet<PlayerId>,
 }
@@ -197,25 +224,32 @@ impl SlotTokens {
 
 impl<G: Game> ClientSlot<G> {
     /// A fresh connection for `player` (`None`: a spectator) whose inputs up to
-    /// `last_applied` are already in the world. Its first notice is the match's shared
-    /// data.
+    /// `last_applied` are already in the world. Its first notices are the match's settings
+    /// and its shared data.
     fn new(
         client_id: u64,
         player: Option<PlayerId>,
         (last_applied, inputs_applied): (u32, u64),
-        shared: &G::Shared,
+        (config, shared): (&MatchConfig, &G::Shared),
+        bytes_per_s: u32,
     ) -> Self {
         let mut outbox = Outbox::default();
+        outbox.push_config(*config);
         outbox.push_shared(shared);
         Self {
             client_id,
             player,
             acks: AckTracker::default(),
-            pending: BTreeMap::new(),
+            pending: VecDeque::with_capacity(MAX_PENDING_INPUTS),
             last_applied,
             inputs_applied,
             tokens: SlotTokens::default(),
             outbox,
+            replicator: Replicator::new(bytes_per_s, config.tick_hz),
+            input_margin: None,
+            inputs_arrived_late: 0,
+            built: None,
+            payload: Vec::with_capacity(netcode::MAX_PAYLOAD_BYTES),
             named: BTreeSet::new(),
         }
     }
@@ -237,8 +271,21 @@ pub struct ServerCore<G: Game> {
     /// Ids for tokens sent to clients (a newer id replaces an older token).
     next_token_id: u32,
     stats: CoreStats,
-    /// Reused each tick: entities in one client's view.
-    seen: Vec<Seen<G::Entity>>,
+    /// What each snapshot-building thread reuses (one per `--workers`).
+    workers: Vec<Worker<G::Entity>>,
+    /// Reused per datagram: the input frames it carried.
+    frames: Vec<InputFrame<G::Input>>,
+    /// Reused each tick: the inputs for the step, before they go into `inputs`.
+    gathered: Vec<(PlayerId, G::Input)>,
+    /// Reused each tick: clients due a scoreboard, and every player's standing.
+    score_due: Vec<usize>,
+    score_table: Vec<(G::Standing, PlayerId, u64)>,
+    /// Reused: the scoreboard a client is sent (its names' buffers too).
+    scoreboard: Vec<ScoreEntry<G>>,
+    /// Reused each tick: one datagram's payload.
+    out: Box<[u8; netcode::MAX_PAYLOAD_BYTES]>,
+    /// The longest an entity in view waited, over this tick's snapshots, in ticks.
+    wait_ticks_max: u32,
     /// Reused each tick: the inputs for the step.
     inputs: BTreeMap<PlayerId, G::Input>,
     /// Reused each tick: the step's events.
@@ -308,7 +355,16 @@ impl<G: Game> ServerCore<G> {
             next_player_id: state.next_player_id,
             next_token_id: 0,
             stats: CoreStats::default(),
-            seen: Vec::new(),
+            workers: (0..config.workers.max(1))
+                .map(|_| Worker::default())
+                .collect(),
+            frames: Vec::new(),
+            gathered: Vec::new(),
+            score_due: Vec::new(),
+            score_table: Vec::new(),
+            scoreboard: Vec::new(),
+            out: Box::new([0; netcode::MAX_PAYLOAD_BYTES]),
+            wait_ticks_max: 0,
             inputs: BTreeMap::new(),
             events: Vec::new(),
             snapshot_every: 1,
@@ -354,8 +410,8 @@ impl<G: Game> ServerCore<G> {
         else {
             return;
         };
-        let (header, message) = match decode_client::<G>(payload) {
-            Ok(decoded) => decoded,
+        let header = match decode_inputs::<G>(payload, &mut self.frames) {
+            Ok(header) => header,
             Err(error) => {
                 self.stats.bad_messages += 1;
                 tracing::trace!(client_id = slot.client_id, %error, "bad game message");
@@ -366,6 +422,7 @@ impl<G: Game> ServerCore<G> {
             acks,
             tokens,
             outbox,
+            replicator,
             ..
         } = slot;
         let fresh = acks.on_receive(now, header, |sequence| {
@@ -373,15 +430,13 @@ impl<G: Game> ServerCore<G> {
                 token.on_ack(sequence);
             }
             outbox.on_ack(sequence);
+            replicator.on_ack(sequence);
         });
         if !fresh {
             return;
         }
-        match message {
-            ClientMessage::Inputs { frames } => {
-                receive_inputs(slot, &frames, &mut self.stats);
-            }
-        }
+        let next_tick = G::tick(&self.world).next();
+        receive_inputs(slot, &self.frames, next_tick, &mut self.stats);
     }
 
     /// Runs one tick: connection upkeep, inputs, the simulation step, and a snapshot for
@@ -397,16 +452,38 @@ impl<G: Game> ServerCore<G> {
         G::step(&mut self.world, &self.inputs, &mut self.events);
         self.stats.game_events += self.events.len() as u64;
         self.announce_events();
+        // Notices first: a new client's first is the match's settings, which it needs to
+        // read its first snapshot.
+        self.send_notices(now);
         // Clients are spread over the ticks of one period, so the work stays even.
         let every = u64::from(self.snapshot_every);
+        self.wait_ticks_max = 0;
+        for slot in self.clients.iter_mut().flatten() {
+            slot.replicator.refill();
+        }
+        // Built while the world is read-only, on `--workers` threads; then sealed and
+        // sent here, in client order.
+        let (world, radius, restored) = (
+            &self.world,
+            self.config.view_radius_m,
+            self.restored_from_tick,
+        );
+        fan_out(
+            &mut self.clients,
+            &mut self.workers,
+            |index, slot, worker| {
+                if let Some(slot) = slot
+                    && (tick.0 + index as u64).is_multiple_of(every)
+                {
+                    build_snapshot(world, radius, restored, slot, worker);
+                }
+            },
+        );
         for index in 0..self.clients.len() {
-            if (tick.0 + index as u64).is_multiple_of(every) {
-                self.send_snapshot(now, index);
-            }
+            self.send_snapshot(now, index);
         }
         self.send_tokens(now, true);
         self.send_scoreboards(now, tick);
-        self.send_notices(now);
         &self.events
     }
 
@@ -473,60 +550,69 @@ impl<G: Game> ServerCore<G> {
     /// Once a second per client (spread over the ticks): the top ten and the client's line.
     fn send_scoreboards(&mut self, now: Duration, tick: Tick) {
         let hz = u64::from(G::config(&self.world).tick_hz.max(1));
-        let due: Vec<usize> = (0..self.clients.len())
-            .filter(|&i| self.clients[i].is_some() && (tick.0 + i as u64).is_multiple_of(hz))
-            .collect();
-        if due.is_empty() {
+        self.score_due.clear();
+        self.score_due.extend(
+            (0..self.clients.len())
+                .filter(|&i| self.clients[i].is_some() && (tick.0 + i as u64).is_multiple_of(hz)),
+        );
+        if self.score_due.is_empty() {
             return;
         }
         // Standings of every player, without copying names: (standing, player, client).
-        let mut table: Vec<(G::Standing, PlayerId, u64)> = self
-            .roster
-            .values()
-            .filter_map(|e| Some((G::standing(&self.world, e.player)?, e.player, e.client_id)))
-            .collect();
+        self.score_table.clear();
+        let world = &self.world;
+        self.score_table.extend(
+            self.roster
+                .values()
+                .filter_map(|e| Some((G::standing(world, e.player)?, e.player, e.client_id))),
+        );
         // The game's best first, then the older player.
-        table.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let line =
-            |roster: &BTreeMap<u64, RosterEntry>, t: &(G::Standing, PlayerId, u64)| ScoreEntry {
-                player: t.1,
-                name: roster.get(&t.2).map(|e| e.name.clone()).unwrap_or_default(),
-                standing: t.0.clone(),
-                you: false,
-            };
-        let top: Vec<(PlayerId, ScoreEntry<G>)> = table
-            .iter()
-            .take(10)
-            .map(|t| (t.1, line(&self.roster, t)))
-            .collect();
-        for index in due {
+        self.score_table
+            .sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let top = self.score_table.len().min(10);
+        // The lines are written over the last scoreboard's (their names' buffers reused),
+        // then sent to each due client with its own line marked (or appended).
+        let mut entries = std::mem::take(&mut self.scoreboard);
+        entries.truncate(top + 1);
+        for (i, t) in self.score_table[..top].iter().enumerate() {
+            set_line(&mut entries, i, &self.roster, t);
+        }
+        for &index in &self.score_due {
             let Some(slot) = self.clients[index].as_mut() else {
                 continue;
             };
-            let mut entries: Vec<ScoreEntry<G>> = top
-                .iter()
-                .map(|(player, entry)| ScoreEntry {
-                    you: Some(*player) == slot.player,
-                    ..entry.clone()
-                })
-                .collect();
-            if let Some(own) = slot.player
-                && !entries.iter().any(|e| e.you)
-                && let Some(t) = table.iter().find(|t| t.1 == own)
-            {
-                entries.push(ScoreEntry {
-                    you: true,
-                    ..line(&self.roster, t)
-                });
+            let mut len = top;
+            let own = slot
+                .player
+                .and_then(|own| self.score_table.iter().position(|t| t.1 == own));
+            for (i, entry) in entries[..top].iter_mut().enumerate() {
+                entry.you = Some(i) == own;
             }
+            if let Some(at) = own.filter(|&at| at >= top) {
+                set_line(&mut entries, top, &self.roster, &self.score_table[at]);
+                entries[top].you = true;
+                len += 1;
+            }
+            // At most one line beyond `len` (the own line's place), kept aside.
+            let spare = if entries.len() > len {
+                entries.pop()
+            } else {
+                None
+            };
             let header = slot.acks.next_header(now);
-            let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
-            if let Ok(len) = encode(header, &ServerMessage::<G>::Scoreboard(entries), &mut out) {
-                let _ = self
-                    .netcode
-                    .send_payload(now, ClientIndex(index as u32), &out[..len]);
+            let message = ServerMessage::<G>::Scoreboard(entries);
+            if let Ok(bytes) = encode(header, &message, &mut self.out) {
+                let _ =
+                    self.netcode
+                        .send_payload(now, ClientIndex(index as u32), &self.out[..bytes]);
             }
+            let ServerMessage::Scoreboard(back) = message else {
+                unreachable!("built as a scoreboard above")
+            };
+            entries = back;
+            entries.extend(spare);
         }
+        self.scoreboard = entries;
     }
 
     /// Tells every client to move to `to` (the match was handed over there): each gets a
@@ -678,7 +764,8 @@ impl<G: Game> ServerCore<G> {
     /// Mints reconnect tokens when due and sends unacknowledged token parts.
     fn send_tokens(&mut self, now: Duration, refresh_reconnect: bool) {
         let refresh_after = Duration::from_secs(self.config.tokens.expire_s / 2);
-        let own = self.reconnect_addresses();
+        // Made only on a tick that mints.
+        let mut own: Option<Vec<SocketAddr>> = None;
         // Minting is the costly part (a sealed token, two datagrams): spread it, so a
         // tick that gains many clients at once (a handoff's first) stays short.
         let mut mints_left = MAX_TOKEN_MINTS_PER_TICK;
@@ -694,7 +781,8 @@ impl<G: Game> ServerCore<G> {
             if refresh_reconnect && stale && slot.tokens.redirect.is_none() && mints_left > 0 {
                 mints_left -= 1;
                 let client_id = slot.client_id;
-                let token = self.mint(now, client_id, &own, TokenPurpose::Reconnect);
+                let own = own.get_or_insert_with(|| self.reconnect_addresses());
+                let token = self.mint(now, client_id, own, TokenPurpose::Reconnect);
                 if let Some(slot) = self.clients[index].as_mut() {
                     slot.tokens.reconnect = token;
                 }
@@ -835,6 +923,11 @@ impl<G: Game> ServerCore<G> {
         self.netcode.poll_transmit()
     }
 
+    /// Takes back a sent datagram's buffer for reuse ([`netcode::Server::recycle`]).
+    pub fn recycle(&mut self, contents: Vec<u8>) {
+        self.netcode.recycle(contents);
+    }
+
     /// Disconnects everyone (10 disconnect packets each); for shutdown.
     pub fn disconnect_all(&mut self, now: Duration) {
         self.netcode.disconnect_all(now);
@@ -933,7 +1026,8 @@ impl<G: Game> ServerCore<G> {
                 client_id,
                 Some(player),
                 (last_applied, applied),
-                &shared,
+                (G::config(&self.world), &shared),
+                self.config.client_bytes_per_s,
             ));
         }
     }
@@ -956,7 +1050,13 @@ impl<G: Game> ServerCore<G> {
         );
         if let Some(slot) = self.clients.get_mut(client.0 as usize) {
             let shared = G::shared(&self.world);
-            *slot = Some(ClientSlot::new(client_id, None, (0, 0), &shared));
+            *slot = Some(ClientSlot::new(
+                client_id,
+                None,
+                (0, 0),
+                (G::config(&self.world), &shared),
+                self.config.client_bytes_per_s,
+            ));
         }
     }
 
@@ -1022,19 +1122,28 @@ impl<G: Game> ServerCore<G> {
     }
 
     fn gather_inputs(&mut self, tick: Tick) {
-        self.inputs.clear();
+        self.gathered.clear();
         for slot in self.clients.iter_mut().flatten() {
             if let Some(input) = take_due_input(slot, tick, &mut self.stats)
                 && let Some(player) = slot.player
             {
-                self.inputs.insert(player, input);
+                self.gathered.push((player, input));
             }
         }
         // A player waiting for its client stands still rather than repeating its last move.
         for client_id in self.detached.keys() {
             if let Some(entry) = self.roster.get(client_id) {
-                self.inputs.insert(entry.player, G::Input::default());
+                self.gathered.push((entry.player, G::Input::default()));
             }
+        }
+        // Into the step's map without clearing it: a player that sends every tick keeps
+        // its entry, so a steady match allocates no map nodes.
+        self.gathered.sort_unstable_by_key(|&(player, _)| player);
+        let gathered = &self.gathered;
+        self.inputs
+            .retain(|player, _| gathered.binary_search_by_key(player, |&(p, _)| p).is_ok());
+        for &(player, input) in gathered {
+            self.inputs.insert(player, input);
         }
         if let Some(log) = &mut self.input_log {
             log.push(TickRecord {
@@ -1045,81 +1154,157 @@ impl<G: Game> ServerCore<G> {
         }
     }
 
+    /// Seals and sends the snapshot [`build_snapshot`] made for client `index`, if any.
     fn send_snapshot(&mut self, now: Duration, index: usize) {
         let Some(slot) = self.clients[index].as_mut() else {
             return;
         };
-        let viewer = Viewer {
-            player: slot.player,
-            radius: self.config.view_radius_m,
-        };
-        self.seen.clear();
-        G::view(&self.world, &viewer, &mut self.seen);
-        // Most important first; the id breaks ties so the order is deterministic.
-        self.seen
-            .sort_unstable_by(|a, b| a.priority.total_cmp(&b.priority).then(a.id.cmp(&b.id)));
-        let (own, you) = match slot.player {
-            Some(id) => (
-                G::body_of(&self.world, id),
-                G::status(&self.world, id).unwrap_or_default(),
-            ),
-            None => (None, G::Status::default()),
-        };
-        let mut snapshot = Snapshot::<G> {
-            tick: G::tick(&self.world),
-            baseline_tick: None,
-            config: *G::config(&self.world),
-            your_entity: own,
-            last_applied_input: slot.last_applied,
-            inputs_applied: slot.inputs_applied,
-            restored_from_tick: self.restored_from_tick,
-            you,
-            entities: Vec::new(),
-            deferred: u16::MAX,
-        };
-        // Fixed part at its largest (deferred at max, a 3-byte vector length), then as
-        // many entities as fit.
-        let fixed =
-            encoded_len(&ServerMessage::Snapshot(snapshot.clone())).unwrap_or(MAX_BODY_BYTES) + 2;
-        let mut used = fixed;
-        for seen in &self.seen {
-            let len = net_id_len(seen.id) + G::entity_len(&seen.state);
-            if used + len > MAX_BODY_BYTES {
-                break;
-            }
-            used += len;
-            snapshot.entities.push(Replicated {
-                id: seen.id,
-                state: seen.state.clone(),
-            });
-        }
-        let deferred = self.seen.len() - snapshot.entities.len();
-        snapshot.deferred = deferred.min(usize::from(u16::MAX)) as u16;
-        self.stats.entities_deferred += deferred as u64;
-
-        let header = slot.acks.next_header(now);
-        let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
-        match encode(header, &ServerMessage::Snapshot(snapshot), &mut out) {
-            Ok(len) => {
+        match slot.built.take() {
+            None => {}
+            Some(Ok(Some(written))) => {
+                // The header peeked when it was built: nothing was sent to this client since.
+                slot.acks.next_header(now);
+                slot.input_margin = None;
+                slot.inputs_arrived_late = 0;
+                self.wait_ticks_max = self.wait_ticks_max.max(written.wait_max);
+                self.stats.entities_deferred += written.stale as u64;
                 if self
                     .netcode
-                    .send_payload(now, ClientIndex(index as u32), &out[..len])
+                    .send_payload(now, ClientIndex(index as u32), &slot.payload)
                     .is_ok()
                 {
                     self.stats.snapshots_sent += 1;
+                    self.stats.snapshots_full += u64::from(written.full);
+                    self.stats.snapshot_bytes += written.len as u64;
+                    self.stats.entity_updates += written.carried as u64;
                 }
             }
-            Err(error) => {
+            Some(Ok(None)) => self.stats.snapshots_throttled += 1,
+            Some(Err(error)) => {
                 tracing::error!(%error, "snapshot did not fit; this is a bug in the budget");
             }
         }
     }
+
+    /// The events of the latest tick.
+    pub fn events(&self) -> &[G::Event] {
+        &self.events
+    }
+
+    /// The longest an entity in view waited for an update, over this tick's snapshots, in
+    /// ticks.
+    pub fn wait_ticks_max(&self) -> u32 {
+        self.wait_ticks_max
+    }
+}
+
+/// What one snapshot-building thread reuses from tick to tick.
+#[derive(Debug)]
+struct Worker<E> {
+    /// The entities in one client's view.
+    seen: Vec<Seen<E>>,
+    /// The replicator's working lists and datagram.
+    scratch: Scratch,
+}
+
+impl<E> Default for Worker<E> {
+    fn default() -> Self {
+        Self {
+            seen: Vec::new(),
+            scratch: Scratch::default(),
+        }
+    }
+}
+
+/// Builds and encodes `slot`'s snapshot of `world` (its view, as a delta within its
+/// budget) into `slot.payload`, leaving the outcome in `slot.built` for
+/// [`ServerCore::send_snapshot`]. Reads the world only: safe to run for many clients at
+/// once.
+fn build_snapshot<G: Game>(
+    world: &G::State,
+    radius: f32,
+    restored_from_tick: Option<Tick>,
+    slot: &mut ClientSlot<G>,
+    worker: &mut Worker<G::Entity>,
+) {
+    let viewer = Viewer {
+        player: slot.player,
+        radius,
+    };
+    let seen = &mut worker.seen;
+    seen.clear();
+    G::view(world, &viewer, seen);
+    // The delta walks views in index order; an index the game listed twice counts once.
+    seen.sort_unstable_by_key(|s| s.id.index);
+    seen.dedup_by_key(|s| s.id.index);
+    let (own, you) = match slot.player {
+        Some(id) => (
+            G::body_of(world, id),
+            G::status(world, id).unwrap_or_default(),
+        ),
+        None => (None, G::Status::default()),
+    };
+    let head = SnapshotHead::<G> {
+        tick: G::tick(world),
+        baseline_ticks: 0,
+        your_entity: own,
+        last_applied_input: slot.last_applied,
+        inputs_applied: slot.inputs_applied,
+        restored_from_tick,
+        input_margin: slot.input_margin,
+        inputs_arrived_late: slot.inputs_arrived_late,
+        you,
+    };
+    // The header's sequence is taken only when the snapshot goes: a throttled one uses
+    // none.
+    let header = slot.acks.peek_header();
+    let built = slot.replicator.write::<G>(
+        G::config(world),
+        header,
+        head,
+        seen,
+        own,
+        &mut worker.scratch,
+    );
+    slot.payload.clear();
+    if let Ok(Some(written)) = &built {
+        slot.payload
+            .extend_from_slice(worker.scratch.payload(written.len));
+    }
+    slot.built = Some(built);
+}
+
+/// Writes the scoreboard line of `t` at `entries[i]` (pushing one if there are fewer),
+/// reusing the allocation of the name it replaces.
+fn set_line<G: Game>(
+    entries: &mut Vec<ScoreEntry<G>>,
+    i: usize,
+    roster: &BTreeMap<u64, RosterEntry>,
+    t: &(G::Standing, PlayerId, u64),
+) {
+    let name = roster.get(&t.2).map_or("", |e| e.name.as_str());
+    if i == entries.len() {
+        entries.push(ScoreEntry {
+            player: t.1,
+            name: name.to_owned(),
+            standing: t.0.clone(),
+            you: false,
+        });
+        return;
+    }
+    let entry = &mut entries[i];
+    entry.player = t.1;
+    entry.name.clear();
+    entry.name.push_str(name);
+    entry.standing = t.0.clone();
+    entry.you = false;
 }
 
 /// Files received frames; notices when the client gave up on older ones.
 fn receive_inputs<G: Game>(
     slot: &mut ClientSlot<G>,
     frames: &[InputFrame<G::Input>],
+    next_tick: Tick,
     stats: &mut CoreStats,
 ) {
     // The client sends its oldest unapplied frames first. If even the oldest is past the
@@ -1132,14 +1317,26 @@ fn receive_inputs<G: Game>(
         slot.last_applied = first.sequence - 1;
     }
     for frame in frames {
-        if frame.sequence <= slot.last_applied || slot.pending.contains_key(&frame.sequence) {
+        if frame.sequence <= slot.last_applied {
             continue;
         }
+        let Err(at) = slot
+            .pending
+            .binary_search_by_key(&frame.sequence, |f| f.sequence)
+        else {
+            continue; // already here
+        };
         if slot.pending.len() >= MAX_PENDING_INPUTS {
             stats.inputs_dropped += 1;
             continue;
         }
-        slot.pending.insert(frame.sequence, *frame);
+        // A frame's tick is the client's word: any u64, so the difference is taken wide.
+        let margin = (i128::from(frame.tick.0) - i128::from(next_tick.0)).clamp(-128, 127) as i8;
+        slot.input_margin = Some(slot.input_margin.map_or(margin, |m| m.min(margin)));
+        if margin < 0 {
+            slot.inputs_arrived_late = slot.inputs_arrived_late.saturating_add(1);
+        }
+        slot.pending.insert(at, *frame);
     }
 }
 
@@ -1152,19 +1349,21 @@ fn take_due_input<G: Game>(
     stats: &mut CoreStats,
 ) -> Option<G::Input> {
     let mut merged: Option<G::Input> = None;
-    while let Some((&sequence, frame)) = slot.pending.first_key_value() {
+    while let Some(frame) = slot.pending.front() {
+        let sequence = frame.sequence;
         if sequence != slot.last_applied.wrapping_add(1) {
             // A gap: the missing frame is on its way (the client resends until applied).
             break;
         }
         let due = frame.tick <= tick || slot.pending.len() > MAX_INPUT_LEAD_FRAMES;
-        // After the first, only frames already behind schedule are merged in.
         let late = frame.tick < tick;
-        if !due || (merged.is_some() && !late) {
+        // After the first, every frame due by this tick is merged in: a late frame must not
+        // push the one on time for this tick to the next (and so on, each one late).
+        if !due || (merged.is_some() && frame.tick > tick) {
             break;
         }
         let frame = *frame;
-        slot.pending.remove(&sequence);
+        slot.pending.pop_front();
         slot.last_applied = sequence;
         slot.inputs_applied += 1;
         stats.inputs_applied += 1;
@@ -1177,4 +1376,37 @@ fn take_due_input<G: Game>(
         });
     }
     merged
+}
+
+#[cfg(test)]
+mod tests {
+    use arena_shared::sim::{PlayerInput, Shooter, WorldConfig};
+
+    use super::*;
+
+    #[test]
+    fn a_frame_for_any_tick_is_filed_with_a_clamped_margin() {
+        let config = WorldConfig {
+            max_players: 2,
+            tick_hz: 60,
+            seed: 1,
+        };
+        let world = Shooter::new_state(&config);
+        let shared = Shooter::shared(&world);
+        let mut slot =
+            ClientSlot::<Shooter>::new(7, Some(PlayerId(1)), (0, 0), (&config, &shared), 16_000);
+        let mut stats = CoreStats::default();
+        let frame = |sequence, tick| InputFrame {
+            sequence,
+            tick: Tick(tick),
+            input: PlayerInput::default(),
+        };
+        // Far in the future and far in the past: the client's word, never an overflow.
+        receive_inputs(&mut slot, &[frame(1, u64::MAX)], Tick(1_000), &mut stats);
+        assert_eq!(slot.input_margin, Some(127));
+        receive_inputs(&mut slot, &[frame(2, 0)], Tick(1_000), &mut stats);
+        assert_eq!(slot.input_margin, Some(-128));
+        assert_eq!(slot.inputs_arrived_late, 1);
+        assert_eq!(slot.pending.len(), 2);
+    }
 }

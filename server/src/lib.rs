@@ -10,6 +10,10 @@
 //! # Layout
 //!
 //! - [`core`]: the sans-IO server: connections, input buffers, the tick, snapshots.
+//! - [`replication`]: one client's snapshots: deltas against what it acknowledged, by
+//!   priority within its byte budget.
+//! - [`fanout`]: the clients' snapshots built on `--workers` threads.
+//! - `udp`: the game socket, datagrams in batches (quinn-udp).
 //! - [`net`]: the tokio driver: socket, fixed-timestep loop, handoff, shutdown.
 //! - [`ownership`]: snapshots off the tick thread, the lease, fencing.
 //! - [`host`]: the process's role (owner, standby), takeover, a handoff's standby side.
@@ -29,6 +33,7 @@ pub mod admin;
 pub mod agones;
 pub mod config;
 pub mod core;
+pub mod fanout;
 pub mod faults;
 pub mod handoff;
 pub mod host;
@@ -36,7 +41,9 @@ pub(crate) mod http;
 pub mod lobby;
 pub mod net;
 pub mod ownership;
+pub mod replication;
 pub mod runner;
 pub mod status;
 pub mod store;
 pub mod transfer;
+mod udp;

@@ -16,11 +16,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::core::{MAX_SNAPSHOT_EVERY, ServerCore};
 use crate::ownership::{Ownership, Standing};
 use crate::status::{Sample, Status, Window};
+use crate::udp::BatchedSocket;
 
 /// Ticks the loop may run back to back to catch up before it gives up on the lost time.
 pub const MAX_CATCH_UP_TICKS: u32 = 4;
-/// Biggest datagram we read; netcode's largest is 1225 bytes.
-const RECV_BUFFER_BYTES: usize = 2048;
+/// Most datagrams one drain reads (give or take one batch): a flood cannot keep the
+/// loop from ticking.
+const MAX_DATAGRAMS_PER_DRAIN: usize = 100_000;
 /// Kernel socket buffer per player slot. At a few hundred clients a default-sized buffer
 /// (about 200 KiB) overflows between reads and the kernel drops datagrams silently.
 const SOCKET_BUFFER_PER_PLAYER: usize = 8 * 1024;
@@ -263,8 +265,7 @@ pub async fn run_match<G: Game>(
     let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz));
     let mut driver = Driver {
         clock,
-        socket,
-        buf: vec![0u8; RECV_BUFFER_BYTES],
+        socket: BatchedSocket::new(socket),
         window: Window::new(Duration::from_secs(10)),
         busy: Duration::ZERO,
         socket_errors: 0,
@@ -491,9 +492,8 @@ pub const STOP_REDIRECT_WAIT: Duration = Duration::from_secs(2);
 /// The loop's own state besides the core.
 struct Driver {
     clock: Clock,
-    socket: UdpSocket,
-    /// Receive buffer, reused.
-    buf: Vec<u8>,
+    /// The game's socket with its reused receive buffers.
+    socket: BatchedSocket,
     window: Window,
     /// Busy time since the last window sample.
     busy: Duration,
@@ -680,20 +680,22 @@ impl Driver {
         );
     }
 
-    /// Reads every datagram waiting on the socket.
+    /// Reads every datagram waiting on the socket, a batch per system call.
     fn drain<G: Game>(&mut self, core: &mut ServerCore<G>) {
         let start = self.clock.now();
-        // Bounded: a flood cannot keep the loop from ticking.
-        for _ in 0..100_000 {
-            match self.socket.try_recv_from(&mut self.buf) {
-                Ok((len, from)) => {
-                    let now = self.clock.now();
-                    core.handle_datagram(now, from, &mut self.buf[..len]);
-                }
+        let clock = self.clock;
+        // Datagrams and errors: bounded, so a flood cannot keep the loop from ticking.
+        let mut taken = 0;
+        while taken < MAX_DATAGRAMS_PER_DRAIN {
+            match self.socket.try_recv_batch(|from, datagram| {
+                core.handle_datagram(clock.now(), from, datagram);
+            }) {
+                Ok(datagrams) => taken += datagrams,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // ICMP port-unreachable from a departed client shows up here on Linux.
                     self.socket_errors += 1;
+                    taken += 1;
                     tracing::trace!(error = %e, "recv error");
                 }
             }
@@ -735,6 +737,9 @@ impl Driver {
                 bytes_out: stats.bytes_sent,
                 packets_in: stats.packets_received,
                 packets_out: stats.packets_sent,
+                snapshot_bytes: core.stats().snapshot_bytes,
+                entity_updates: core.stats().entity_updates,
+                wait_ticks_max: core.wait_ticks_max(),
             });
             let busy = self.busy;
             self.busy = Duration::ZERO;
@@ -760,7 +765,7 @@ impl Driver {
         next_tick
     }
 
-    /// Sends every queued datagram.
+    /// Sends every queued datagram, handing each buffer back to the core for reuse.
     async fn flush<G: Game>(&mut self, core: &mut ServerCore<G>) {
         while let Some(transmit) = core.poll_transmit() {
             if let Err(e) = self
@@ -771,6 +776,7 @@ impl Driver {
                 self.socket_errors += 1;
                 tracing::trace!(error = %e, to = %transmit.destination, "send error");
             }
+            core.recycle(transmit.contents);
         }
     }
 

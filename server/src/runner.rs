@@ -60,6 +60,7 @@ fn init_logging() {
 /// on the command line). Returns the exit code: 0 after a stop or a handoff, 3 when
 /// another process took the match.
 pub fn run<G: Game>(args: Args, match_flags: MatchFlags) -> anyhow::Result<ExitCode> {
+    args.check().map_err(anyhow::Error::msg)?;
     if !args.admin.ip().is_loopback() && args.admin_token.is_none() {
         bail!(
             "--admin {} is not a loopback address: set --admin-token so strangers cannot mint tokens or move the match",
@@ -126,6 +127,11 @@ pub fn run<G: Game>(args: Args, match_flags: MatchFlags) -> anyhow::Result<ExitC
         },
         world,
         view_radius_m: args.view_radius,
+        client_bytes_per_s: args.client_bytes_per_s,
+        workers: match args.workers {
+            0 => crate::fanout::default_workers(),
+            n => usize::from(n),
+        },
         tokens: TokenConfig {
             own_address: public_addr,
             peers: args.peers.clone(),

@@ -96,13 +96,23 @@ pub struct Status {
     pub packets_in_per_s: f64,
     /// Datagrams sent per second (last 10 s).
     pub packets_out_per_s: f64,
+    /// Snapshot bytes sent per second, all clients (last 10 s).
+    pub snapshot_bytes_per_s: f64,
+    /// Entities in view that snapshots brought up to date per second (sent, or unchanged
+    /// since the baseline), summed over clients (last 10 s). `snapshot_bytes_per_s`
+    /// over this is the bytes per entity update.
+    pub entity_updates_per_s: f64,
+    /// The longest any entity in any client's view waited for an update, in ticks (last
+    /// 10 s): the priorities starve nothing as long as this stays small.
+    pub entity_wait_ticks_max: u32,
     /// Times the loop fell behind by more than its catch-up allowance.
     pub tick_overruns: u64,
     /// Ticks not simulated because of overruns (the simulation slows, never spirals).
     pub ticks_skipped: u64,
     /// Inputs, snapshots and game events, as the core counts them (flattened into the JSON:
     /// `inputs_applied`, `inputs_late`, `inputs_dropped`, `inputs_skipped`, `bad_messages`,
-    /// `snapshots_sent`, `entities_deferred`, `game_events`, `events_queued`, `events_dropped`).
+    /// `snapshots_sent`, `snapshots_full`, `snapshots_throttled`, `snapshot_bytes`,
+    /// `entity_updates`, `entities_deferred`, `game_events`, `events_queued`, `events_dropped`).
     #[serde(flatten)]
     pub game: CoreStats,
     /// Socket errors on receive or send.
@@ -142,6 +152,12 @@ pub struct Sample {
     pub packets_in: u64,
     /// Cumulative datagrams out.
     pub packets_out: u64,
+    /// Cumulative snapshot bytes.
+    pub snapshot_bytes: u64,
+    /// Cumulative entity updates.
+    pub entity_updates: u64,
+    /// The longest an entity in view waited, over this tick's snapshots, ticks.
+    pub wait_ticks_max: u32,
 }
 
 impl Window {
@@ -179,6 +195,12 @@ impl Window {
         status.tick_us_p50 = pick(0.5);
         status.tick_us_p99 = pick(0.99);
         status.tick_us_max = ticks.last().copied().unwrap_or(0);
+        status.entity_wait_ticks_max = self
+            .samples
+            .iter()
+            .map(|s| s.wait_ticks_max)
+            .max()
+            .unwrap_or(0);
         let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
             return;
         };
@@ -191,6 +213,8 @@ impl Window {
         status.bytes_out_per_s = rate(first.bytes_out, last.bytes_out);
         status.packets_in_per_s = rate(first.packets_in, last.packets_in);
         status.packets_out_per_s = rate(first.packets_out, last.packets_out);
+        status.snapshot_bytes_per_s = rate(first.snapshot_bytes, last.snapshot_bytes);
+        status.entity_updates_per_s = rate(first.entity_updates, last.entity_updates);
         let busy: u64 = self.samples.iter().skip(1).map(|s| s.busy_us).sum();
         status.loop_utilization = busy as f64 / 1e6 / seconds;
     }
@@ -325,6 +349,21 @@ pub fn prometheus(status: &Status) -> String {
         status.packets_out_per_s,
     );
     gauge(
+        "snapshot_bytes_per_s",
+        "Snapshot bytes sent per second, all clients.",
+        status.snapshot_bytes_per_s,
+    );
+    gauge(
+        "entity_updates_per_s",
+        "Entities in view that snapshots brought up to date per second, all clients.",
+        status.entity_updates_per_s,
+    );
+    gauge(
+        "entity_wait_ticks_max",
+        "Longest an entity in a client's view waited for an update, ticks (last 10 s).",
+        f64::from(status.entity_wait_ticks_max),
+    );
+    gauge(
         "tick_overruns_total",
         "Times the loop fell behind its catch-up allowance.",
         status.tick_overruns as f64,
@@ -409,6 +448,9 @@ mod tests {
                 bytes_out: i * 2000,
                 packets_in: i,
                 packets_out: i * 2,
+                snapshot_bytes: i * 1500,
+                entity_updates: i * 500,
+                wait_ticks_max: (i % 7) as u32,
             });
         }
         let mut status = Status::default();
@@ -419,6 +461,9 @@ mod tests {
         assert!((status.bytes_in_per_s - 10_000.0).abs() < 1e-6);
         assert!((status.bytes_out_per_s - 20_000.0).abs() < 1e-6);
         assert!((status.loop_utilization - 0.5).abs() < 1e-6);
+        assert!((status.snapshot_bytes_per_s - 15_000.0).abs() < 1e-6);
+        assert!((status.entity_updates_per_s - 5_000.0).abs() < 1e-6);
+        assert_eq!(status.entity_wait_ticks_max, 6);
         // Older samples leave the window.
         window.push(Sample {
             at: Duration::from_secs(30),

@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use serde::de::DeserializeOwned;
+
+use crate::protocol::bits::{BitError, BitReader, BitWriter};
 use serde::{Deserialize, Serialize};
 
 /// A simulation step number. Starts at 0 and never wraps in a match's lifetime.
@@ -106,11 +108,21 @@ pub struct Viewer {
 pub struct Seen<E> {
     /// Which entity.
     pub id: NetEntityId,
-    /// Lower goes first when a snapshot cannot hold everything in view (the shooter uses
-    /// the squared distance).
+    /// How much it matters to this viewer, a weight above 0 (see [`nearness`]). Each tick
+    /// an entity waits, its weight adds to its priority; a snapshot that cannot hold every
+    /// change takes the highest priorities first (the viewer's own body always first).
     pub priority: f32,
     /// What the client is told about it.
     pub state: E,
+}
+
+/// A weight for [`Seen::priority`] from distance: 4 at the viewer, falling to 1 at the
+/// edge of `radius` (and beyond).
+pub fn nearness(distance: f32, radius: f32) -> f32 {
+    if radius.is_nan() || radius <= 0.0 || !distance.is_finite() {
+        return 1.0;
+    }
+    1.0 + 3.0 * (1.0 - (distance / radius).clamp(0.0, 1.0))
 }
 
 /// A game Arena can serve. See the module docs for what an implementation guarantees.
@@ -131,7 +143,9 @@ pub trait Game: Debug + Clone + Copy + Default + PartialEq + Eq + Send + Sync + 
     type Input: Copy + Default + PartialEq + Debug + Serialize + DeserializeOwned + Send + 'static;
     /// The whole match: serialized whole into every `MatchSnapshot`. Holds its
     /// [`MatchConfig`] and its RNG.
-    type State: Clone + Debug + Serialize + DeserializeOwned + Send + 'static;
+    /// `Sync`: the server reads it from several threads at once while it builds the
+    /// clients' snapshots (`--workers`), never while it steps.
+    type State: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
     /// One entity's replicated state, as a client sees it (quantized as the game likes).
     type Entity: Clone + PartialEq + Debug + Serialize + DeserializeOwned + Send + 'static;
     /// A player's own standing, in every snapshot it gets (health, score...).
@@ -179,8 +193,7 @@ pub trait Game: Debug + Clone + Copy + Default + PartialEq + Eq + Send + Sync + 
 
     // ---- What a client is told ----
 
-    /// Pushes the entities `viewer` sees onto `out` (in any order: the server sorts by
-    /// [`Seen::priority`], then id).
+    /// Pushes the entities `viewer` sees onto `out`, each once (in any order).
     fn view(state: &Self::State, viewer: &Viewer, out: &mut Vec<Seen<Self::Entity>>);
     /// The entity that is `player`'s own body, if it has one now.
     fn body_of(state: &Self::State, player: PlayerId) -> Option<NetEntityId>;
@@ -200,10 +213,31 @@ pub trait Game: Debug + Clone + Copy + Default + PartialEq + Eq + Send + Sync + 
     }
     /// What every client is told once on joining.
     fn shared(state: &Self::State) -> Self::Shared;
-    /// Wire bytes of one entity's state, for filling a snapshot up to its budget. The
-    /// default asks the codec; a game on a hot path computes it (a test pins it).
-    fn entity_len(entity: &Self::Entity) -> usize {
-        crate::protocol::messages::encoded_len(entity).unwrap_or(usize::MAX / 2)
+    /// Writes `entity` for a client that holds `base`, its state `ticks` ticks ago
+    /// (`None`: the client holds nothing of it). Whatever is written, [`Game::read_entity`]
+    /// given the same `base` and `ticks` must read back `entity` exactly. A good coding
+    /// sends only what changed, in as few bits as the change needs
+    /// ([`crate::protocol::motion`] does positions and velocities). The default writes the
+    /// state whole (bincode), whatever the base: correct, and the most bytes.
+    fn write_entity(
+        config: &MatchConfig,
+        base: Option<&Self::Entity>,
+        ticks: u32,
+        entity: &Self::Entity,
+        out: &mut BitWriter,
+    ) {
+        let _ = (config, base, ticks);
+        crate::protocol::delta::write_whole(entity, out);
+    }
+    /// Reads what [`Game::write_entity`] wrote; refuses (never panics on) anything else.
+    fn read_entity(
+        config: &MatchConfig,
+        base: Option<&Self::Entity>,
+        ticks: u32,
+        input: &mut BitReader,
+    ) -> Result<Self::Entity, BitError> {
+        let _ = (config, base, ticks);
+        crate::protocol::delta::read_whole(input)
     }
 
     // ---- The snapshot's care ----

@@ -160,6 +160,16 @@ pub struct SimNet {
     pub kills: Vec<GameEvent>,
     seed: u64,
     config: SimConfig,
+    /// Runs every call into a server core (see [`SimNet::set_server_meter`]).
+    meter: Meter,
+}
+
+/// Runs one call into a server core: for a test that measures only the server's work
+/// (its allocations, say).
+pub type Meter = fn(&mut dyn FnMut());
+
+fn unmetered(work: &mut dyn FnMut()) {
+    work();
 }
 
 /// How to build a [`SimNet`].
@@ -175,6 +185,10 @@ pub struct SimConfig {
     pub tick_hz: u32,
     /// Server processes (1: no standby).
     pub servers: usize,
+    /// Each client's snapshot budget, bytes a second.
+    pub client_bytes_per_s: u32,
+    /// Snapshot-building threads.
+    pub workers: usize,
 }
 
 impl Default for SimConfig {
@@ -185,6 +199,8 @@ impl Default for SimConfig {
             view_radius_m: 30.0,
             tick_hz: 60,
             servers: 1,
+            client_bytes_per_s: 16_000,
+            workers: 1,
         }
     }
 }
@@ -205,6 +221,7 @@ impl SimNet {
             kills: Vec::new(),
             seed: config.seed,
             config,
+            meter: unmetered,
         };
         for n in 0..config.servers.max(1) {
             net.servers.push(SimServer {
@@ -237,6 +254,8 @@ impl SimNet {
                 seed: self.config.seed,
             },
             view_radius_m: self.config.view_radius_m,
+            client_bytes_per_s: self.config.client_bytes_per_s,
+            workers: self.config.workers,
             tokens: TokenConfig {
                 own_address: addr,
                 peers: (0..self.config.servers)
@@ -387,6 +406,12 @@ impl SimNet {
         self.clients.len() - 1
     }
 
+    /// Every later call into a server core (datagrams in, the tick, datagrams out) runs
+    /// inside `meter`; nothing else does.
+    pub fn set_server_meter(&mut self, meter: Meter) {
+        self.meter = meter;
+    }
+
     /// One tick of virtual time: deliver what arrives, tick the servers, clients act.
     pub fn step(&mut self) {
         let end = self.now + self.tick_period();
@@ -396,9 +421,11 @@ impl SimNet {
         for server in &mut self.servers {
             match (server.mode, server.core.as_mut()) {
                 (ServerMode::Ticking, Some(core)) => {
-                    let events = core.tick(now);
+                    (self.meter)(&mut || {
+                        core.tick(now);
+                    });
                     self.kills.extend(
-                        events
+                        core.events()
                             .iter()
                             .filter(|e| matches!(e, GameEvent::Killed { .. })),
                     );
@@ -514,7 +541,8 @@ impl SimNet {
                     && server.mode != ServerMode::Down
                 {
                     if let Some(core) = server.core.as_mut() {
-                        core.handle_datagram(at, client.addr, &mut bytes);
+                        let from = client.addr;
+                        (self.meter)(&mut || core.handle_datagram(at, from, &mut bytes));
                     } else if let Some(lobby) = server.lobby.as_mut() {
                         let _ = lobby.handle_packet(at, client.addr, &mut bytes);
                     }
@@ -529,21 +557,28 @@ impl SimNet {
 
     fn collect_server_transmits(&mut self) {
         let now = self.now;
+        let meter = self.meter;
         for server in &mut self.servers {
             loop {
-                let transmit = match (server.core.as_mut(), server.lobby.as_mut()) {
-                    (Some(core), _) => core.poll_transmit(),
-                    (None, Some(lobby)) => lobby.poll_transmit(),
-                    (None, None) => None,
-                };
-                let Some(t) = transmit else {
+                let mut transmit = None;
+                match (server.core.as_mut(), server.lobby.as_mut()) {
+                    (Some(core), _) => meter(&mut || transmit = core.poll_transmit()),
+                    (None, Some(lobby)) => transmit = lobby.poll_transmit(),
+                    (None, None) => {}
+                }
+                let Some(mut t) = transmit else {
                     break;
                 };
                 if server.mode == ServerMode::Down {
                     continue;
                 }
                 if let Some(client) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
-                    client.down.send(now, server.addr, t.contents);
+                    // The link gets a copy; the server's buffer goes back to it, as a real
+                    // driver's does once the datagram is sent.
+                    client.down.send(now, server.addr, t.contents.clone());
+                }
+                if let Some(core) = server.core.as_mut() {
+                    meter(&mut || core.recycle(std::mem::take(&mut t.contents)));
                 }
             }
         }

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use arena_client::bots::shooter::Behavior;
+use arena_server::replication::DATAGRAM_OVERHEAD;
+use arena_shared::netcode::MAX_PAYLOAD_BYTES;
 use arena_shared::sim::GameEvent;
 use arena_tests::simnet::{LinkConfig, SimConfig, SimNet};
 
@@ -162,7 +164,7 @@ fn a_silent_client_times_out_and_its_entity_is_removed() {
 }
 
 #[test]
-fn every_snapshot_fits_1200_bytes_with_500_players_in_view() {
+fn a_view_of_500_players_fills_in_within_the_budget_and_then_costs_nothing() {
     let seed = 14;
     let mut net = SimNet::new(SimConfig {
         seed,
@@ -178,28 +180,50 @@ fn every_snapshot_fits_1200_bytes_with_500_players_in_view() {
         net.run_until(5 * TICK_HZ, SimNet::all_connected),
         "seed {seed}"
     );
-    let sent_before = net.server().stats().snapshots_sent;
+    let before = net.server().stats().clone();
     net.run_ticks(10);
-    let stats = net.server().stats();
-    // Every client got a snapshot every tick: none was refused for its size.
-    assert_eq!(stats.snapshots_sent - sent_before, 500 * 10, "seed {seed}");
+    let stats = net.server().stats().clone();
+    // Every client got a snapshot every tick, within its budget: what its bucket held
+    // (at most a full datagram's worth) and ten ticks' refills.
+    assert_eq!(
+        stats.snapshots_sent - before.snapshots_sent,
+        500 * 10,
+        "seed {seed}"
+    );
+    let per_tick = f64::from(SimConfig::default().client_bytes_per_s) / TICK_HZ as f64;
+    let bound = ((MAX_PAYLOAD_BYTES + DATAGRAM_OVERHEAD) as f64 + 10.0 * per_tick) / 10.0;
+    let per_snapshot = (stats.snapshot_bytes - before.snapshot_bytes) as f64 / 5000.0;
     assert!(
-        stats.entities_deferred > 0,
-        "seed {seed}: nothing was deferred"
+        per_snapshot + DATAGRAM_OVERHEAD as f64 <= bound,
+        "seed {seed}: {per_snapshot:.0} bytes a snapshot"
+    );
+    assert!(
+        stats.entities_deferred > before.entities_deferred,
+        "seed {seed}: 500 players do not fit in one snapshot"
+    );
+    // The players stand still: once each client holds all of them, nothing is deferred
+    // and a snapshot is a few bytes.
+    net.run_ticks(3 * TICK_HZ);
+    let settled = net.server().stats().clone();
+    net.run_ticks(TICK_HZ);
+    let after = net.server().stats().clone();
+    assert_eq!(
+        after.entities_deferred, settled.entities_deferred,
+        "seed {seed}"
+    );
+    let per_snapshot = (after.snapshot_bytes - settled.snapshot_bytes) as f64
+        / (after.snapshots_sent - settled.snapshots_sent) as f64;
+    assert!(
+        per_snapshot < 40.0,
+        "seed {seed}: {per_snapshot:.0} bytes a snapshot"
     );
     for client in &net.clients {
         let snapshot = client.session.latest_snapshot().expect("snapshots arrive");
-        assert!(
-            snapshot.entities.len() >= 40,
-            "only {} entities fit",
-            snapshot.entities.len()
-        );
-        assert_eq!(
-            snapshot.entities.len() + usize::from(snapshot.deferred),
-            500
-        );
-        // The client's own body is nearest, so it is always first.
-        assert_eq!(Some(snapshot.entities[0].id), snapshot.your_entity);
+        assert_eq!(snapshot.entities.len(), 500);
+        assert_eq!(snapshot.deferred, 0);
+        assert!(snapshot.own_entity().is_some());
+        assert_eq!(client.session.stats().snapshots_no_baseline, 0);
+        assert_eq!(client.session.stats().snapshots_malformed, 0);
     }
 }
 
@@ -236,4 +260,40 @@ fn shedding_load_halves_snapshots_but_keeps_the_tick_rate_and_every_input() {
     net.stop_playing();
     net.run_until(2 * TICK_HZ, |n| n.inputs_unapplied() == 0);
     assert_eq!(net.inputs_unapplied(), 0, "seed {seed}");
+}
+
+#[test]
+fn snapshots_built_on_several_workers_are_the_ones_one_worker_builds() {
+    let seed = 16;
+    let play = |workers: usize| {
+        let mut net = SimNet::new(SimConfig {
+            seed,
+            max_players: 40,
+            workers,
+            ..SimConfig::default()
+        });
+        for _ in 0..40 {
+            net.add_client(LinkConfig::lossy(0.05, 20, 5), Behavior::Wander);
+        }
+        net.run_ticks(6 * TICK_HZ);
+        let stats = net.server().stats().clone();
+        let views: Vec<_> = net
+            .clients
+            .iter()
+            .map(|c| {
+                c.session
+                    .latest_snapshot()
+                    .map(|s| (s.tick, s.entities.clone()))
+            })
+            .collect();
+        (
+            stats.snapshots_sent,
+            stats.snapshot_bytes,
+            stats.entity_updates,
+            views,
+        )
+    };
+    let one = play(1);
+    assert!(one.0 > 40 * 5 * TICK_HZ, "seed {seed}: {} snapshots", one.0);
+    assert_eq!(play(3), one, "seed {seed}");
 }

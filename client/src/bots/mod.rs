@@ -94,6 +94,9 @@ struct BotResult {
     prepares_abandoned: u64,
     reconnects: u64,
     max_rollback_ticks: u64,
+    inputs_arrived_late: u64,
+    /// The session's input lead at the end, ticks.
+    input_lead_ticks: f64,
     rtt_us: Histogram<u64>,
 }
 
@@ -135,6 +138,16 @@ pub struct BotsReport {
     pub inputs_given_up: u64,
     /// Input frames whose fate was still unknown at the end, after the final drain.
     pub inputs_unacknowledged: u64,
+    /// Input frames that reached a server after their tick had run, as the snapshots the
+    /// bots took report them, over the frames applied (0 when none were). The server's
+    /// own `inputs_late` is higher: it also counts the frames applied a tick late behind
+    /// one that arrived late.
+    pub inputs_late_ratio: f64,
+    /// The bots' input lead at the end (how many ticks past the round trip they aim
+    /// their inputs), median over the bots.
+    pub input_lead_ticks_p50: f64,
+    /// Same, the greatest.
+    pub input_lead_ticks_max: f64,
     /// `inputs_lost - inputs_rolled_back - inputs_given_up - inputs_unacknowledged`:
     /// frames lost for no reason the bots can name. 0 unless something is wrong (a server
     /// skipped or dropped frames it had received): report a non-zero value as a bug.
@@ -203,6 +216,8 @@ async fn run_bot<G: Game, B: Bot<G>>(config: &BotsConfig, index: usize, bot: B) 
         prepares_abandoned: 0,
         reconnects: 0,
         max_rollback_ticks: 0,
+        inputs_arrived_late: 0,
+        input_lead_ticks: 0.0,
         rtt_us: new_histogram(),
     };
     if let Err(error) = play::<G, B>(config, index, bot, &mut result).await {
@@ -312,6 +327,8 @@ async fn play<G: Game, B: Bot<G>>(
     result.prepares_abandoned = stats.prepares_abandoned;
     result.reconnects = stats.reconnects;
     result.max_rollback_ticks = stats.max_rollback_ticks;
+    result.inputs_arrived_late = stats.inputs_arrived_late;
+    result.input_lead_ticks = session.input_lead_ticks();
     session.disconnect(now);
     socket.flush_direct(&mut session).await;
     Ok(())
@@ -372,6 +389,13 @@ fn report(results: &[BotResult]) -> BotsReport {
         }
     };
     let ms = |us: u64| us as f64 / 1000.0;
+    let late: u64 = results.iter().map(|r| r.inputs_arrived_late).sum();
+    let mut leads: Vec<f64> = results
+        .iter()
+        .filter(|r| r.connected_ever)
+        .map(|r| r.input_lead_ticks)
+        .collect();
+    leads.sort_by(f64::total_cmp);
     BotsReport {
         bots: results.len(),
         connected: results.iter().filter(|r| r.connected_at_end).count(),
@@ -390,6 +414,13 @@ fn report(results: &[BotResult]) -> BotsReport {
         inputs_given_up: inputs.given_up,
         inputs_unacknowledged: inputs.unacknowledged,
         inputs_unaccounted: inputs.unaccounted(),
+        inputs_late_ratio: if inputs.applied > 0 {
+            late as f64 / inputs.applied as f64
+        } else {
+            0.0
+        },
+        input_lead_ticks_p50: leads.get(leads.len() / 2).copied().unwrap_or(0.0),
+        input_lead_ticks_max: leads.last().copied().unwrap_or(0.0),
         handoffs_followed: results.iter().map(|r| r.handoffs_followed).sum(),
         handoffs_prepared: results.iter().filter(|r| r.handoffs_prepared > 0).count(),
         prepares_abandoned: results.iter().map(|r| r.prepares_abandoned).sum(),

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use arena_shared::game::Game;
 use arena_shared::netcode::{self, ClientState};
+use arena_shared::protocol::delta::Baselines;
 use arena_shared::protocol::reliable::Inbox;
 use arena_shared::protocol::{AckTracker, ServerMessage, TokenPurpose};
 
 use super::tokens::TokenInbox;
-use super::{Session, receive_message};
+use super::{Layers, Received, Session, receive_message};
 
 /// A second connection, opened ahead of a handoff to the server the match is about to
 /// move to (make before break). Until it is promoted the client sends netcode keep-alives
@@ -24,6 +25,8 @@ use super::{Session, receive_message};
 pub(super) struct Prepared<G: Game> {
     pub(super) netcode: netcode::Client,
     pub(super) acks: AckTracker,
+    /// The views its snapshots left: its own, as its acks are.
+    pub(super) baselines: Baselines<G::Entity>,
     pub(super) tokens: TokenInbox,
     /// The new server's reliable notices so far (numbered on this connection).
     pub(super) inbox: Inbox<G>,
@@ -52,30 +55,30 @@ impl<G: Game> Session<G> {
         let Some(next) = self.next.as_mut() else {
             return;
         };
-        let Some(message) = receive_message(
-            &mut next.netcode,
-            &mut next.acks,
-            &mut self.stats,
-            now,
-            from,
-            datagram,
-        ) else {
+        let layers = Layers {
+            netcode: &mut next.netcode,
+            acks: &mut next.acks,
+            baselines: &mut next.baselines,
+            // The same match: the settings are those already known, unless it told its own.
+            config: next.inbox.config().or(self.inbox.config()).copied(),
+        };
+        let Some(message) = receive_message(layers, &mut self.stats, now, from, datagram) else {
             return;
         };
         match message {
-            ServerMessage::Snapshot(snapshot) => {
+            Received::Snapshot(snapshot) => {
                 self.promote_prepared(now);
                 self.receive_snapshot(now, snapshot);
             }
             // Kept for the switch: the new owner's reconnect token may come first.
-            ServerMessage::TokenPart(part) => {
+            Received::Message(ServerMessage::TokenPart(part)) => {
                 if let Some((TokenPurpose::Reconnect, token)) = next.tokens.add(part) {
                     next.reconnect_token = Some(token);
                 }
             }
             // Acknowledged by this connection's acks: kept for the switch, or lost.
-            ServerMessage::Reliable(reliable) => next.inbox.handle(reliable),
-            ServerMessage::Scoreboard(_) => {}
+            Received::Message(ServerMessage::Reliable(reliable)) => next.inbox.handle(reliable),
+            Received::Message(ServerMessage::Scoreboard(_) | ServerMessage::Snapshot(_)) => {}
         }
     }
 
@@ -106,6 +109,7 @@ impl<G: Game> Session<G> {
         self.next = Some(Prepared {
             netcode: netcode::Client::with_token(now, parsed),
             acks: AckTracker::default(),
+            baselines: Baselines::default(),
             tokens: TokenInbox::default(),
             inbox: Inbox::default(),
             reconnect_token: None,
@@ -141,6 +145,7 @@ impl<G: Game> Session<G> {
         self.say_goodbye(now);
         self.netcode = next.netcode;
         self.acks = next.acks;
+        self.baselines = next.baselines;
         self.tokens = next.tokens;
         // Its numbering goes on from what that connection received.
         self.inbox.adopt(next.inbox);

@@ -11,6 +11,26 @@
 //! snapshot) and every packet carries the oldest unapplied ones, so a lost packet loses
 //! nothing: the next packet repeats it.
 //!
+//! # Aiming inputs
+//!
+//! Each frame is for the tick the server will be about to run when it arrives: the
+//! server's tick now (from the snapshot of the last [`CLOCK_WINDOW`] that arrived
+//! quickest, and the time since), plus a round trip, plus a lead that [`InputLead`]
+//! adapts to the margins the server reports (`input_margin` in each snapshot), so that at
+//! least 99% are applied in time with as little lead as that takes. The server applies
+//! one frame per tick, in order, so frame ticks go up by exactly one from frame to frame,
+//! and the lead changes by changing that pace instead:
+//!
+//! - to lengthen it, a frame skips ticks (the game goes on without this player's input
+//!   there: the shooter repeats the previous one);
+//! - to shorten it, [`Session::send_input`] makes no frame for one call in a few: the
+//!   input is held and merged into the next frame ([`Game::merge_late`]);
+//! - after a frame reached the server too late (it is merged into the next tick's, which
+//!   the server applies with it), the next frame skips one tick when a snapshot shows the
+//!   oldest unapplied frame's tick already run, and the pace then closes the gap. (Servers
+//!   before the merge of every frame due by a tick applied each frame behind a late one a
+//!   tick late; the skip ends such a run too.)
+//!
 //! # Moving between servers
 //!
 //! - *Make before break*: a `Prepare` token names the server the match is about to move
@@ -47,14 +67,16 @@
 //! - this file: the session, its timers and reconnects, and what it reports;
 //! - `ahead`: the connection opened ahead of a handoff (make before break);
 //! - `accounting`: what each snapshot says about this player's inputs and rollbacks;
+//! - `lead`: choosing the input lead from the margins the server reports;
 //! - `tokens`: tokens arriving in parts.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use arena_shared::game::{Game, InputFrame, PlayerId, Tick};
+use arena_shared::game::{Game, InputFrame, MatchConfig, PlayerId, Tick};
 use arena_shared::netcode::{self, ClientState, Transmit};
+use arena_shared::protocol::delta::{Baselines, DeltaError};
 use arena_shared::protocol::messages::MAX_INPUT_FRAMES_PER_PACKET;
 use arena_shared::protocol::reliable::{Inbox, InboxStats};
 use arena_shared::protocol::{
@@ -64,18 +86,24 @@ use arena_shared::protocol::{
 
 mod accounting;
 mod ahead;
+pub mod lead;
 #[cfg(test)]
 mod tests;
 mod tokens;
 
 use ahead::Prepared;
+pub use lead::InputLead;
 use tokens::TokenInbox;
 
 /// Unapplied input frames a client keeps (two seconds at 60 Hz). Past this the oldest is
 /// given up: the server notices the gap and moves on.
 pub const MAX_UNAPPLIED_INPUTS: usize = 120;
-/// Ticks of margin so inputs arrive just before the tick they are for.
-const INPUT_LEAD_TICKS: f64 = 2.0;
+/// While the frames run ahead of their aim by a tick or more, one call in this many to
+/// [`Session::send_input`] makes no frame (its input goes into the next one).
+const HOLD_ONE_INPUT_IN: u32 = 4;
+/// The server's tick is read from the quickest snapshot of this long: a late one does
+/// not pull the inputs' aim back and forth.
+pub const CLOCK_WINDOW: Duration = Duration::from_secs(1);
 /// Silence from a connected server after which the session reconnects with its reconnect
 /// token (the server may have died; a standby may hold the match now). Measured from the
 /// newest snapshot or from when the connection was made, whichever is later.
@@ -127,6 +155,14 @@ pub struct SessionStats {
     pub max_snapshot_gap: Duration,
     /// Payloads that were not a valid game message.
     pub bad_messages: u64,
+    /// Snapshots refused: a delta against a baseline this client does not hold (it was
+    /// lost, or belonged to another connection). Not acknowledged, so never a baseline.
+    pub snapshots_no_baseline: u64,
+    /// Snapshots refused: their entities did not read as a valid delta.
+    pub snapshots_malformed: u64,
+    /// Snapshots refused because the match's settings had not arrived yet (they are the
+    /// first notice on a connection; a snapshot can overtake them).
+    pub snapshots_before_config: u64,
     /// Handoffs followed (the match was handed to another server), prepared or not.
     pub handoffs_followed: u64,
     /// Of those, switches to a connection opened ahead (make before break).
@@ -139,6 +175,15 @@ pub struct SessionStats {
     /// The most ticks the match went back when it moved: for a server that restored it
     /// after a crash, the newest tick seen from the old server minus the restored tick.
     pub max_rollback_ticks: u64,
+    /// Input frames that reached the server after their tick had run, as the snapshots
+    /// taken report them (those of a lost snapshot go uncounted).
+    pub inputs_arrived_late: u64,
+    /// Calls to [`Session::send_input`] that made no frame, to shorten the lead: their
+    /// input went into the next frame.
+    pub inputs_held: u64,
+    /// Ticks left without a frame to lengthen the lead, or to end a run of frames
+    /// applied late.
+    pub input_ticks_skipped: u64,
 }
 
 /// The session moved to another server (a handoff or a reconnect).
@@ -161,6 +206,8 @@ pub struct Session<G: Game> {
     netcode: netcode::Client,
     tick_hz: u32,
     acks: AckTracker,
+    /// The views the current connection's snapshots left (the baselines its deltas name).
+    baselines: Baselines<G::Entity>,
     /// The current connection's reliable notices, and what they told.
     inbox: Inbox<G>,
     /// Frames made and not yet applied by the server, oldest first.
@@ -175,6 +222,20 @@ pub struct Session<G: Game> {
     resolved_through: u32,
     /// Tick the newest frame was for: frame ticks never go backwards.
     last_input_tick: Tick,
+    /// How far ahead of the round trip frames are aimed.
+    lead: InputLead,
+    /// An input held back (no frame made for it, to shorten the lead), for the next frame.
+    held_input: Option<G::Input>,
+    /// Calls to `send_input` since one made no frame.
+    since_held: u32,
+    /// The next frame skips a tick: the server is applying frames late (see the docs).
+    skip_tick: bool,
+    /// The tick the last such skip left out: until a snapshot of it arrives, older ones
+    /// still show the frames late and must not skip again.
+    skipped_tick: Option<Tick>,
+    /// When the current server's snapshots of the last [`CLOCK_WINDOW`] arrived, and
+    /// their ticks.
+    arrivals: VecDeque<(Duration, Tick)>,
     latest: Option<Snapshot<G>>,
     /// When the newest snapshot arrived.
     latest_at: Duration,
@@ -215,6 +276,7 @@ impl<G: Game> Session<G> {
             netcode: netcode::Client::new(now, token),
             tick_hz: tick_hz.max(1),
             acks: AckTracker::default(),
+            baselines: Baselines::default(),
             inbox: Inbox::default(),
             unapplied: VecDeque::new(),
             next_input_sequence: 1,
@@ -222,6 +284,12 @@ impl<G: Game> Session<G> {
             given_up: VecDeque::new(),
             resolved_through: 0,
             last_input_tick: Tick(0),
+            lead: InputLead::new(tick_hz),
+            held_input: None,
+            since_held: 0,
+            skip_tick: false,
+            skipped_tick: None,
+            arrivals: VecDeque::new(),
             latest: None,
             latest_at: now,
             last_heard: now,
@@ -250,21 +318,24 @@ impl<G: Game> Session<G> {
             self.handle_prepared_datagram(now, from, datagram);
             return;
         }
-        let Some(message) = receive_message(
-            &mut self.netcode,
-            &mut self.acks,
-            &mut self.stats,
-            now,
-            from,
-            datagram,
-        ) else {
+        let layers = Layers {
+            netcode: &mut self.netcode,
+            acks: &mut self.acks,
+            baselines: &mut self.baselines,
+            config: self.inbox.config().copied(),
+        };
+        let Some(message) = receive_message(layers, &mut self.stats, now, from, datagram) else {
             return;
         };
         match message {
-            ServerMessage::Snapshot(snapshot) => self.receive_snapshot(now, snapshot),
-            ServerMessage::TokenPart(part) => self.receive_token_part(now, part),
-            ServerMessage::Scoreboard(entries) => self.scoreboard = entries,
-            ServerMessage::Reliable(reliable) => self.inbox.handle(reliable),
+            Received::Snapshot(snapshot) => self.receive_snapshot(now, snapshot),
+            Received::Message(ServerMessage::TokenPart(part)) => {
+                self.receive_token_part(now, part);
+            }
+            Received::Message(ServerMessage::Scoreboard(entries)) => self.scoreboard = entries,
+            Received::Message(ServerMessage::Reliable(reliable)) => self.inbox.handle(reliable),
+            // Resolved into a `Received::Snapshot` by `receive_message`.
+            Received::Message(ServerMessage::Snapshot(_)) => {}
         }
     }
 
@@ -307,6 +378,8 @@ impl<G: Game> Session<G> {
         client.set_attempt_timeout(MOVE_ATTEMPT_TIMEOUT);
         self.netcode = client;
         self.acks = AckTracker::default();
+        // Baselines are per connection: the new server's first snapshot is a full one.
+        self.baselines = Baselines::default();
         // Token ids and notice numbers are per connection: the next server starts afresh.
         self.tokens = TokenInbox::default();
         self.inbox.restart();
@@ -345,8 +418,8 @@ impl<G: Game> Session<G> {
         {
             return; // Older or duplicate: a newer one already arrived.
         }
+        let gap = now.saturating_sub(self.latest_at);
         if self.latest.is_some() {
-            let gap = now.saturating_sub(self.latest_at);
             self.stats.max_snapshot_gap = self.stats.max_snapshot_gap.max(gap);
         }
         self.stats.snapshots += 1;
@@ -358,6 +431,7 @@ impl<G: Game> Session<G> {
         {
             self.unapplied.pop_front();
         }
+        self.observe_margin(now, gap, &snapshot, from_new_server);
         if self.fresh.len() >= 64 {
             self.fresh.pop_front();
         }
@@ -442,13 +516,74 @@ impl<G: Game> Session<G> {
             && now.saturating_sub(quiet_since) >= patience
     }
 
+    /// What a snapshot says about how early this client's inputs arrive: the lead adapts
+    /// to it, and frames applied late make the next frame skip a tick.
+    fn observe_margin(
+        &mut self,
+        now: Duration,
+        gap: Duration,
+        snapshot: &Snapshot<G>,
+        from_new_server: bool,
+    ) {
+        self.stats.inputs_arrived_late += u64::from(snapshot.inputs_arrived_late);
+        if from_new_server {
+            self.lead.new_server(now);
+            self.skipped_tick = None;
+            self.arrivals.clear();
+        }
+        self.arrivals.push_back((now, snapshot.tick));
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|&(at, _)| now.saturating_sub(at) > CLOCK_WINDOW)
+        {
+            self.arrivals.pop_front();
+        }
+        let age = self.acks.rtt().unwrap_or_default() + gap;
+        self.lead.observe(
+            now,
+            age,
+            snapshot.input_margin,
+            snapshot.inputs_arrived_late,
+        );
+        // The oldest frame not applied was for a tick that has run: it and those after
+        // it are being applied late, until a frame leaves a tick out.
+        let behind = self
+            .unapplied
+            .front()
+            .is_some_and(|f| f.tick <= snapshot.tick);
+        if behind && self.skipped_tick.is_none_or(|t| snapshot.tick >= t) {
+            self.skip_tick = true;
+        }
+    }
+
     /// Makes this tick's input frame and sends it with every other unapplied one; returns
     /// the frame. Does nothing before the first snapshot (the server's tick is not known).
+    /// While the session shortens its lead, a call now and then makes no frame: its input
+    /// is held for the next one, the unapplied frames are sent again, and it returns
+    /// `None` (see the module docs).
     pub fn send_input(&mut self, now: Duration, input: G::Input) -> Option<InputFrame<G::Input>> {
         if !self.netcode.is_connected() || self.latest.is_none() {
             return None;
         }
-        let tick = self.target_tick(now);
+        let input = match self.held_input.take() {
+            Some(held) => G::merge_late(held, input),
+            None => input,
+        };
+        let Some(tick) = self.target_tick(now) else {
+            self.held_input = Some(input);
+            self.since_held = 0;
+            self.stats.inputs_held += 1;
+            self.resend_inputs(now);
+            return None;
+        };
+        self.since_held = self.since_held.saturating_add(1);
+        if self.next_input_sequence > 1 && tick.0 > self.last_input_tick.0 + 1 {
+            // Any skip ends a run of frames applied late.
+            self.stats.input_ticks_skipped += tick.0 - self.last_input_tick.0 - 1;
+            self.skipped_tick = Some(Tick(tick.0 - 1));
+            self.skip_tick = false;
+        }
         self.last_input_tick = tick;
         if self.unapplied.len() >= MAX_UNAPPLIED_INPUTS {
             self.give_up_oldest();
@@ -489,16 +624,43 @@ impl<G: Game> Session<G> {
         }
     }
 
-    /// The tick the server will be at when an input sent now arrives, plus a margin.
-    fn target_tick(&self, now: Duration) -> Tick {
+    /// The tick for a frame made now: the one after the previous frame's, unless the aim
+    /// (the tick the server will be about to run when it arrives, plus the lead) is half
+    /// a tick or more past it, or the server is applying frames late: then it skips
+    /// ticks. `None`: make no frame now, the frames run a tick or more ahead of the aim
+    /// (at most one call in [`HOLD_ONE_INPUT_IN`]).
+    fn target_tick(&self, now: Duration) -> Option<Tick> {
         let Some(latest) = &self.latest else {
-            return self.last_input_tick;
+            return Some(self.last_input_tick);
         };
+        let hz = f64::from(self.tick_hz);
+        let server_tick = |&(at, tick): &(Duration, Tick)| {
+            tick.0 as f64 + now.saturating_sub(at).as_secs_f64() * hz
+        };
+        let server_now = self
+            .arrivals
+            .iter()
+            .map(server_tick)
+            .fold(server_tick(&(self.latest_at, latest.tick)), f64::max);
         let rtt = self.acks.rtt().unwrap_or_default().as_secs_f64();
-        let since = now.saturating_sub(self.latest_at).as_secs_f64();
-        let ahead = (since + rtt) * f64::from(self.tick_hz) + INPUT_LEAD_TICKS;
-        let estimate = Tick(latest.tick.0 + ahead.round().max(0.0) as u64);
-        estimate.max(self.last_input_tick)
+        let aim = server_now + rtt * hz + self.lead.lead_ticks();
+        if self.next_input_sequence == 1 {
+            return Some(Tick(aim.round() as u64).max(self.last_input_tick));
+        }
+        let next = self.last_input_tick.0 + 1 + u64::from(self.skip_tick);
+        let behind = aim - next as f64;
+        if behind >= 0.5 {
+            Some(Tick(aim.round() as u64))
+        } else if behind <= -1.0 && self.since_held + 1 >= HOLD_ONE_INPUT_IN && !self.skip_tick {
+            None
+        } else {
+            Some(Tick(next))
+        }
+    }
+
+    /// The current input lead, in ticks: how far past the round trip frames are aimed.
+    pub fn input_lead_ticks(&self) -> f64 {
+        self.lead.lead_ticks()
     }
 
     /// Leaves cleanly (disconnect packets), the connection opened ahead too.
@@ -662,19 +824,37 @@ fn address_after(token: &[u8], server: SocketAddr) -> usize {
     at.map_or(0, |i| (i + 1) % addresses.len().max(1))
 }
 
+/// One connection's layers, for [`receive_message`].
+struct Layers<'a, G: Game> {
+    netcode: &'a mut netcode::Client,
+    acks: &'a mut AckTracker,
+    baselines: &'a mut Baselines<G::Entity>,
+    /// The match's settings, once told (a snapshot is not read before).
+    config: Option<MatchConfig>,
+}
+
+/// What one datagram brought.
+enum Received<G: Game> {
+    /// A snapshot, its delta applied.
+    Snapshot(Snapshot<G>),
+    /// Any other message.
+    Message(ServerMessage<G>),
+}
+
 /// One datagram through a connection's layers: netcode (decrypt, replay), the game
-/// codec (a bad message is counted), the ack header (a stale packet is dropped). The
-/// current connection and the one opened ahead share it.
+/// codec (a bad message is counted), a snapshot's delta against its baseline (refused
+/// and counted if the baseline is not held), and the ack header (a stale packet is
+/// dropped). A refused snapshot is not acknowledged, so the server never takes it for a
+/// baseline. The current connection and the one opened ahead share it.
 fn receive_message<G: Game>(
-    netcode: &mut netcode::Client,
-    acks: &mut AckTracker,
+    layers: Layers<'_, G>,
     stats: &mut SessionStats,
     now: Duration,
     from: SocketAddr,
     datagram: &mut [u8],
-) -> Option<ServerMessage<G>> {
-    let payload = netcode.handle_packet(now, from, datagram)?;
-    let (header, message) = match decode_server::<G>(payload) {
+) -> Option<Received<G>> {
+    let payload = layers.netcode.handle_packet(now, from, datagram)?;
+    let (header, message, section) = match decode_server::<G>(payload) {
         Ok(decoded) => decoded,
         Err(error) => {
             stats.bad_messages += 1;
@@ -682,5 +862,36 @@ fn receive_message<G: Game>(
             return None;
         }
     };
-    acks.on_receive(now, header, |_| {}).then_some(message)
+    let received = match message {
+        ServerMessage::Snapshot(head) => {
+            let Some(config) = layers.config else {
+                stats.snapshots_before_config += 1;
+                return None;
+            };
+            let resolved = layers.baselines.resolve::<G>(
+                &config,
+                head.tick,
+                u32::from(head.baseline_ticks),
+                section,
+            );
+            match resolved {
+                Ok((entities, stale)) => {
+                    Received::Snapshot(Snapshot::new(head, config, entities, stale))
+                }
+                Err(error) => {
+                    match error {
+                        DeltaError::NoBaseline(_) => stats.snapshots_no_baseline += 1,
+                        DeltaError::Malformed(_) => stats.snapshots_malformed += 1,
+                    }
+                    tracing::trace!(%error, "snapshot refused");
+                    return None;
+                }
+            }
+        }
+        other => Received::Message(other),
+    };
+    layers
+        .acks
+        .on_receive(now, header, |_| {})
+        .then_some(received)
 }

@@ -6,14 +6,20 @@ use std::collections::VecDeque;
 use arena_shared::game::MatchConfig;
 use arena_shared::identity::{ARENA_PROTOCOL_ID, TokenRequest, mint_token};
 use arena_shared::netcode::{ClientIndex, Key, ServerEvent};
-use arena_shared::protocol::decode_client;
+use arena_shared::protocol::delta::SectionWriter;
 use arena_shared::protocol::messages::{TOKEN_PART_BYTES, TOKEN_PARTS};
 use arena_shared::protocol::reliable::Outbox;
+use arena_shared::protocol::{SnapshotHead, decode_client, encode_snapshot};
 use arena_shared::sim::{GameEvent, PlayerInput, PlayerStatus, Shooter, ShooterShared, World};
 
 use super::*;
 
 const KEY: Key = [3; 32];
+const CONFIG: MatchConfig = MatchConfig {
+    max_players: 8,
+    tick_hz: 60,
+    seed: 1,
+};
 const START: Duration = Duration::from_secs(1_800_000_000);
 const STEP: Duration = Duration::from_millis(10);
 const ME: SocketAddr = SocketAddr::new(
@@ -151,13 +157,15 @@ impl FakeServer {
     /// snapshot a tick after netcode's keep-alive told it it is connected.
     fn update(&mut self, now: Duration) {
         self.netcode.update(now);
-        self.tick_once(now);
+        // Notices first, as the real core does: the settings come before any snapshot.
         self.send_reliable(now);
+        self.tick_once(now);
         while let Some(event) = self.netcode.poll_event() {
             match event {
                 ServerEvent::ClientConnected { client, .. } => {
                     self.client = Some(client);
                     self.outbox = Outbox::default();
+                    self.outbox.push_config(CONFIG);
                     self.reliable_sent_below = 0;
                     self.connects += 1;
                 }
@@ -194,23 +202,31 @@ impl FakeServer {
             if !self.stale_reports {
                 self.reported = (self.last_applied, self.inputs_applied);
             }
-            let snapshot = Snapshot {
+            let head = SnapshotHead::<Shooter> {
                 tick: Tick(self.tick),
-                baseline_tick: None,
-                config: MatchConfig {
-                    max_players: 8,
-                    tick_hz: 60,
-                    seed: 1,
-                },
+                baseline_ticks: 0,
                 your_entity: None,
                 last_applied_input: self.reported.0,
                 inputs_applied: self.reported.1,
                 restored_from_tick: self.restored_from,
+                input_margin: None,
+                inputs_arrived_late: 0,
                 you: PlayerStatus::default(),
-                entities: Vec::new(),
-                deferred: 0,
             };
-            self.send(now, &ServerMessage::Snapshot(snapshot));
+            let Some(client) = self.client else {
+                return;
+            };
+            // A full snapshot with no entities.
+            let header = self.acks.next_header(now);
+            let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
+            let len = encode_snapshot(header, head, 1200, &mut out, |bits| {
+                let mut section = SectionWriter::default();
+                section.removed(bits, std::iter::empty());
+                section.begin_updates(bits, 0);
+                section.end(bits, 0);
+            })
+            .unwrap();
+            let _ = self.netcode.send_payload(now, client, &out[..len]);
         }
     }
 
@@ -856,5 +872,45 @@ fn a_new_connection_numbers_its_notices_afresh() {
     net.run_hearing(Duration::from_millis(300), &mut heard);
     assert_eq!(heard, kills(0, 5));
     let stats = net.session.inbox_stats();
-    assert_eq!((stats.gaps, stats.repeats), (0, 0), "{stats:?}");
+    assert_eq!(stats.gaps, 0, "{stats:?}");
+    // Both connections told the settings, then their events: numbered on from server 0's,
+    // server 1's would have been taken for repeats and not delivered. (A resent notice
+    // the client had not acknowledged yet is a repeat, and is allowed.)
+    assert_eq!(stats.delivered, 2 + 5, "{stats:?}");
+}
+
+#[test]
+fn a_delta_against_a_view_not_held_and_a_forged_section_are_refused_and_counted() {
+    let mut net = Net::new(1);
+    assert!(net.run_until(Duration::from_secs(1), |n| n.on(0)));
+    net.run(Duration::from_millis(100));
+    let tick = net.servers[0].tick;
+    let latest = net.session.latest_snapshot().map(|s| s.tick);
+    let head = |baseline_ticks| {
+        ServerMessage::Snapshot(SnapshotHead::<Shooter> {
+            tick: Tick(tick + 1000),
+            baseline_ticks,
+            your_entity: None,
+            last_applied_input: 0,
+            inputs_applied: 0,
+            restored_from_tick: None,
+            input_margin: None,
+            inputs_arrived_late: 0,
+            you: PlayerStatus::default(),
+        })
+    };
+    let now = net.now;
+    // A delta against tick + 995, which the client never had; then a full snapshot whose
+    // section is missing (it ends before its first count).
+    net.servers[0].send(now, &head(5));
+    net.servers[0].send(now, &head(0));
+    net.servers[0].ticking = false;
+    net.run(Duration::from_millis(50));
+    let stats = net.session.stats();
+    assert_eq!(stats.snapshots_no_baseline, 1);
+    assert_eq!(stats.snapshots_malformed, 1);
+    // Neither was taken: the newest snapshot is still the server's own.
+    let newest = net.session.latest_snapshot().map(|s| s.tick);
+    assert!(newest.is_some_and(|t| t.0 < tick + 1000), "{newest:?}");
+    assert!(latest.is_some());
 }

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use arena_shared::game::{Game, MatchConfig, NetEntityId, PlayerId, Seen, Tick, Viewer};
+use arena_shared::game::{Game, MatchConfig, NetEntityId, PlayerId, Seen, Tick, Viewer, nearness};
+use arena_shared::protocol::bits::{BitError, BitReader, BitWriter};
 use glam::Vec2;
 
 use crate::wire::{RunnerState, TagEvent, TagInput, TagShared, TagStatus, TicksFree};
@@ -67,13 +68,13 @@ impl Game for Tag {
             None => (Vec2::splat(state.size() / 2.0), f32::INFINITY),
         };
         for (&player, runner) in state.runners() {
-            let priority = runner.position.distance_squared(center);
-            if priority > radius * radius {
+            let distance = runner.position.distance(center);
+            if distance > radius {
                 continue;
             }
             out.push(Seen {
                 id: runner.entity_id(player),
-                priority,
+                priority: nearness(distance, radius),
                 state: RunnerState::of(runner.body(state.it() == Some(player))),
             });
         }
@@ -109,8 +110,23 @@ impl Game for Tag {
         }
     }
 
-    fn entity_len(entity: &RunnerState) -> usize {
-        entity.encoded_len()
+    fn write_entity(
+        config: &MatchConfig,
+        base: Option<&RunnerState>,
+        ticks: u32,
+        entity: &RunnerState,
+        out: &mut BitWriter,
+    ) {
+        entity.write(config.tick_hz, base.map(|b| (b, ticks)), out);
+    }
+
+    fn read_entity(
+        config: &MatchConfig,
+        base: Option<&RunnerState>,
+        ticks: u32,
+        input: &mut BitReader,
+    ) -> Result<RunnerState, BitError> {
+        RunnerState::read(config.tick_hz, base.map(|b| (b, ticks)), input)
     }
 
     fn hash(state: &TagState) -> u64 {

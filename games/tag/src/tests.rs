@@ -1,7 +1,6 @@
 use std::collections::BTreeMap;
 
 use arena_shared::game::{Game, MatchConfig, PlayerId, Viewer};
-use arena_shared::protocol::messages::encoded_len;
 use arena_shared::snapshot::{self, MatchState};
 use glam::Vec2;
 use rand::{RngExt, SeedableRng};
@@ -302,7 +301,8 @@ fn a_player_sees_the_runners_near_it_and_a_spectator_sees_all() {
     let seen = look(Some(p(1)));
     let ids: Vec<_> = seen.iter().map(|s| s.id.index).collect();
     assert_eq!(ids, vec![1, 2]);
-    assert_eq!(seen[1].priority, 25.0);
+    // 5 m away in a 10 m view: half way from 4 (at the viewer) to 1 (at the edge).
+    assert_eq!(seen[1].priority, 2.5);
     assert_eq!(seen[1].state.position(), Vec2::new(13.0, 14.0));
     assert_eq!(Tag::body_of(&state, p(1)), Some(seen[0].id));
     assert_eq!(look(None).len(), 3);
@@ -310,19 +310,33 @@ fn a_player_sees_the_runners_near_it_and_a_spectator_sees_all() {
 }
 
 #[test]
-fn entity_len_matches_the_codec() {
-    let unsigned = [0u16, 1, 250, 251, 640, u16::MAX];
-    let signed = [0i16, -1, 1, 125, -126, 126, -127, i16::MIN, i16::MAX];
+fn runners_round_trip_whole_and_against_a_base() {
+    use arena_shared::protocol::bits::{BitReader, BitWriter};
+    let unsigned = [0u16, 1, 640, u16::MAX];
+    let signed = [0i16, -1, 126, i16::MIN, i16::MAX];
+    let mut all = Vec::new();
     for &x in &unsigned {
-        for &y in &unsigned {
-            for &vx in &signed {
-                for &vy in &signed {
-                    for it in [false, true] {
-                        let e = RunnerState { x, y, vx, vy, it };
-                        assert_eq!(Some(Tag::entity_len(&e)), encoded_len(&e), "{e:?}");
-                    }
-                }
+        for &vx in &signed {
+            for it in [false, true] {
+                all.push(RunnerState {
+                    x,
+                    y: 65535 - x,
+                    vx,
+                    vy: -vx.saturating_add(1),
+                    it,
+                });
             }
+        }
+    }
+    for a in &all {
+        for base in std::iter::once(None).chain(all.iter().map(|b| Some((b, 5)))) {
+            let mut buf = [0u8; 32];
+            let mut w = BitWriter::new(&mut buf, 256);
+            a.write(60, base, &mut w);
+            let len = w.finish().expect("fits");
+            let mut r = BitReader::new(&buf[..len]);
+            assert_eq!(RunnerState::read(60, base, &mut r), Ok(*a));
+            r.finish().expect("all read");
         }
     }
 }

@@ -8,13 +8,22 @@
 //! 2. [`Server::update`] to run keep-alives and timeouts;
 //! 3. [`Server::send_payload`] for what the game wants to send;
 //! 4. drains [`Server::poll_event`] (connects, disconnects) and [`Server::poll_transmit`]
-//!    (datagrams to send).
+//!    (datagrams to send), handing each datagram's buffer back with [`Server::recycle`]
+//!    once it is sent.
 //!
 //! Time is a [`Duration`] since the unix epoch, passed in: token expiry is compared with
 //! its seconds, timeouts with the whole value. Nothing here reads a clock or a socket.
 //!
 //! Remote bytes never make an error escape: every refused datagram is a counted drop
 //! ([`DropReason`]), visible in [`Server::stats`], and traced at `trace` level.
+//!
+//! # Allocation
+//!
+//! Once warmed up, the per-datagram paths allocate nothing: a payload from a connected
+//! client is decrypted in place and handed back borrowing the caller's buffer, and every
+//! outgoing datagram is written into a buffer taken from a free list that
+//! [`Server::recycle`] refills. A driver that never recycles still works; each datagram
+//! then costs one allocation, as a fresh buffer.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -283,6 +292,9 @@ pub struct Server {
     /// Token tag (last 16 bytes of the sealed private part) to its first address.
     token_history: HashMap<[u8; MAC_BYTES], TokenUse>,
     transmits: VecDeque<Transmit>,
+    /// Emptied datagram buffers (capacity [`MAX_PACKET_BYTES`]) handed back by the driver
+    /// through [`Server::recycle`], so the send path allocates nothing once warmed up.
+    free_buffers: Vec<Vec<u8>>,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
     /// Whether new connections are accepted. A process that neither owns the match nor
@@ -311,6 +323,7 @@ impl Server {
             pending: HashMap::new(),
             token_history: HashMap::new(),
             transmits: VecDeque::new(),
+            free_buffers: Vec::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
             admitting: true,
@@ -439,10 +452,25 @@ impl Server {
         }
     }
 
-    /// The next datagram to send.
+    /// The next datagram to send. Hand its `contents` back with [`Server::recycle`] once
+    /// sent.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// Takes back a sent datagram's buffer (a [`Transmit`]'s `contents`) for a later
+    /// datagram: the send path then allocates nothing.
+    ///
+    /// Kept only up to about two buffers per slot (a tick's snapshots and keep-alives);
+    /// a buffer beyond that, or one not made by this server, is dropped.
+    pub fn recycle(&mut self, mut contents: Vec<u8>) {
+        if contents.capacity() >= MAX_PACKET_BYTES
+            && self.free_buffers.len() < self.max_free_buffers()
+        {
+            contents.clear();
+            self.free_buffers.push(contents);
+        }
     }
 
     /// The next connect or disconnect.
@@ -746,13 +774,22 @@ impl Server {
         packet: &Packet<'_>,
     ) -> Result<(), SendError> {
         let protocol_id = self.config.protocol_id;
-        let conn = self
+        let mut contents = self.take_buffer();
+        let Some(conn) = self
             .slots
             .get_mut(client.0 as usize)
             .and_then(Option::as_mut)
-            .ok_or(SendError::NotConnected(client))?;
-        let mut contents = vec![0u8; MAX_PACKET_BYTES];
-        let len = packet.write(&mut contents, conn.sequence, &conn.send_key, protocol_id)?;
+        else {
+            self.recycle(contents);
+            return Err(SendError::NotConnected(client));
+        };
+        let len = match packet.write(&mut contents, conn.sequence, &conn.send_key, protocol_id) {
+            Ok(len) => len,
+            Err(error) => {
+                self.recycle(contents);
+                return Err(error.into());
+            }
+        };
         contents.truncate(len);
         conn.sequence += 1;
         conn.last_send = now;
@@ -763,18 +800,32 @@ impl Server {
 
     /// Sends a denied or challenge packet at the global sequence.
     fn send_global(&mut self, _now: Duration, to: SocketAddr, key: &Key, packet: &Packet<'_>) {
-        let mut contents = vec![0u8; MAX_PACKET_BYTES];
+        let mut contents = self.take_buffer();
         // Denied and challenge packets are fixed-size and always fit.
-        if let Ok(len) = packet.write(
+        match packet.write(
             &mut contents,
             self.global_sequence,
             key,
             self.config.protocol_id,
         ) {
-            contents.truncate(len);
-            self.global_sequence += 1;
-            self.queue(to, contents);
+            Ok(len) => {
+                contents.truncate(len);
+                self.global_sequence += 1;
+                self.queue(to, contents);
+            }
+            Err(_) => self.recycle(contents),
         }
+    }
+
+    /// A buffer of [`MAX_PACKET_BYTES`] to write a datagram into: a recycled one if any.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        let mut buffer = self
+            .free_buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(MAX_PACKET_BYTES));
+        // Within the capacity: fills, never allocates.
+        buffer.resize(MAX_PACKET_BYTES, 0);
+        buffer
     }
 
     fn queue(&mut self, destination: SocketAddr, contents: Vec<u8>) {
@@ -817,6 +868,13 @@ impl Server {
     fn max_token_history(&self) -> usize {
         (self.config.max_clients * 8).max(1024)
     }
+
+    /// A tick queues about one snapshot per client, and a keep-alive before it while the
+    /// client is unconfirmed; bursts beyond that (shutdown's ten disconnect packets per
+    /// client) allocate.
+    fn max_free_buffers(&self) -> usize {
+        self.slots.len() * 2 + 64
+    }
 }
 
 /// Opens a request's private token, mapping failures to drop reasons.
@@ -835,4 +893,100 @@ fn open_request(
         TokenError::Decrypt(_) => DropReason::DecryptFailed,
         _ => DropReason::BadToken,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netcode::{Client, ConnectToken, TokenParams};
+
+    const PROTOCOL_ID: u64 = 0x4152_454e_4100_0001;
+    const KEY: Key = [7; 32];
+    const NOW: Duration = Duration::from_secs(1_800_000_000);
+
+    /// A server with one connected client, everything in flight delivered.
+    fn connected() -> (Server, Client, SocketAddr) {
+        let server_address = SocketAddr::from(([10, 0, 0, 1], 7777));
+        let client_address = SocketAddr::from(([10, 1, 0, 1], 40000));
+        let token = ConnectToken::generate(
+            &TokenParams {
+                protocol_id: PROTOCOL_ID,
+                create_timestamp: NOW.as_secs(),
+                expire_timestamp: NOW.as_secs() + 60,
+                timeout_seconds: 5,
+                public_addresses: vec![server_address],
+                internal_addresses: None,
+                client_id: 9,
+                user_data: [0; 256],
+            },
+            &KEY,
+        )
+        .unwrap();
+        let mut server = Server::new(ServerConfig {
+            protocol_id: PROTOCOL_ID,
+            private_key: KEY,
+            max_clients: 4,
+            addresses: vec![server_address],
+        });
+        let mut client = Client::with_token(NOW, token);
+        for _ in 0..10 {
+            client.update(NOW);
+            while let Some(mut t) = client.poll_transmit() {
+                let _ = server.handle_packet(NOW, client_address, &mut t.contents);
+            }
+            while let Some(mut t) = server.poll_transmit() {
+                let _ = client.handle_packet(NOW, server_address, &mut t.contents);
+            }
+        }
+        assert!(client.is_connected());
+        // The client's first payload confirms it: no keep-alive goes before ours.
+        client.send_payload(NOW, b"hello").unwrap();
+        let mut hello = client.poll_transmit().unwrap();
+        assert!(
+            server
+                .handle_packet(NOW, client_address, &mut hello.contents)
+                .is_some()
+        );
+        (server, client, server_address)
+    }
+
+    #[test]
+    fn a_recycled_buffer_carries_the_next_datagram() {
+        let (mut server, mut client, server_address) = connected();
+        let slot = ClientIndex(0);
+        server.send_payload(NOW, slot, b"first").unwrap();
+        let first = server.poll_transmit().unwrap();
+        let reused = first.contents.as_ptr();
+        server.recycle(first.contents);
+
+        server.send_payload(NOW, slot, b"second").unwrap();
+        let mut second = server.poll_transmit().unwrap();
+        assert_eq!(
+            second.contents.as_ptr(),
+            reused,
+            "a fresh buffer was allocated"
+        );
+        // What a recycled buffer carries is a whole datagram, not the previous one's tail.
+        client.update(NOW);
+        assert_eq!(
+            client.handle_packet(NOW, server_address, &mut second.contents),
+            Some(&b"second"[..])
+        );
+    }
+
+    #[test]
+    fn recycling_keeps_a_bounded_free_list() {
+        let (mut server, _, _) = connected();
+        for _ in 0..1000 {
+            server.recycle(Vec::with_capacity(MAX_PACKET_BYTES));
+        }
+        server.recycle(Vec::with_capacity(10));
+        assert_eq!(server.free_buffers.len(), server.max_free_buffers());
+        assert!(
+            server
+                .free_buffers
+                .iter()
+                .all(|b| b.capacity() >= MAX_PACKET_BYTES)
+        );
+    }
 }

@@ -92,6 +92,17 @@ impl Default for AckTracker {
 }
 
 impl AckTracker {
+    /// The header [`AckTracker::next_header`] would give now, without taking its sequence
+    /// (for a packet that may not be sent after all).
+    pub fn peek_header(&self) -> PacketHeader {
+        let (ack, ack_bits) = self.ack_fields();
+        PacketHeader {
+            sequence: self.next_sequence,
+            ack,
+            ack_bits,
+        }
+    }
+
     /// The header for the next packet, recorded as sent at `now`.
     pub fn next_header(&mut self, now: Duration) -> PacketHeader {
         let sequence = self.next_sequence;

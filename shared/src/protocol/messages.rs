@@ -9,6 +9,7 @@ use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{Deserialize, Serialize};
 
 use super::ack::{HEADER_BYTES, PacketHeader};
+use super::bits::BitWriter;
 use crate::game::{Game, InputFrame, MatchConfig, NetEntityId, PlayerId, Tick};
 use crate::netcode::MAX_PAYLOAD_BYTES;
 
@@ -46,8 +47,9 @@ pub enum ClientMessage<G: Game> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum ServerMessage<G: Game> {
-    /// What the client sees at a tick.
-    Snapshot(Snapshot<G>),
+    /// What the client sees at a tick: the head, then (after it, bit-packed) the
+    /// entities as a delta against a baseline ([`super::delta`]).
+    Snapshot(SnapshotHead<G>),
     /// The top of the scoreboard (sent about once a second).
     Scoreboard(Vec<ScoreEntry<G>>),
     /// Part of a connect token the server gives the client (a token is 2048 bytes, more
@@ -143,18 +145,20 @@ pub enum Notice<G: Game> {
     },
     /// Something that happened in the match.
     Event(G::Event),
+    /// The match's settings: told first, once per connection (they never change).
+    Config(MatchConfig),
 }
 
-/// The world as one client sees it at one tick.
+/// A snapshot's head on the wire: what is not an entity. The section that follows it
+/// carries the entities.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
-pub struct Snapshot<G: Game> {
+pub struct SnapshotHead<G: Game> {
     /// The tick this describes.
     pub tick: Tick,
-    /// The tick this is a delta against; `None`: a full snapshot.
-    pub baseline_tick: Option<Tick>,
-    /// What shapes the match (the client paces its inputs and its clock by it).
-    pub config: MatchConfig,
+    /// How many ticks before `tick` the baseline is (at most
+    /// [`super::delta::MAX_BASELINE_TICKS`]); 0: a full snapshot.
+    pub baseline_ticks: u8,
     /// The client's own body, if it has one.
     pub your_entity: Option<NetEntityId>,
     /// The newest input sequence the server has applied; every older one is applied too.
@@ -166,18 +170,81 @@ pub struct Snapshot<G: Game> {
     /// The tick this server restored the match from, if it took the match over from
     /// a snapshot after its owner died: a client measures its rollback from it.
     pub restored_from_tick: Option<Tick>,
+    /// How early the client's inputs arrived since its previous snapshot, in ticks: the
+    /// least, over the frames first received, of the tick a frame is for less the tick
+    /// the server was about to run (negative: late). `None`: no new frame arrived.
+    pub input_margin: Option<i8>,
+    /// Input frames first received since the client's previous snapshot after the tick
+    /// they were for had already run (saturating).
+    pub inputs_arrived_late: u8,
     /// The client's own standing.
     pub you: G::Status,
-    /// Entities in view, most important (nearest) first.
+}
+
+/// The world as one client sees it at one tick: a snapshot's head with its section
+/// applied to the client's baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot<G: Game> {
+    /// The tick this describes.
+    pub tick: Tick,
+    /// The tick this was a delta against; `None`: a full snapshot.
+    pub baseline_tick: Option<Tick>,
+    /// What shapes the match (told once per connection; the client paces its inputs and
+    /// its clock by it).
+    pub config: MatchConfig,
+    /// The client's own body, if it has one.
+    pub your_entity: Option<NetEntityId>,
+    /// See [`SnapshotHead::last_applied_input`].
+    pub last_applied_input: u32,
+    /// See [`SnapshotHead::inputs_applied`].
+    pub inputs_applied: u64,
+    /// See [`SnapshotHead::restored_from_tick`].
+    pub restored_from_tick: Option<Tick>,
+    /// See [`SnapshotHead::input_margin`].
+    pub input_margin: Option<i8>,
+    /// See [`SnapshotHead::inputs_arrived_late`].
+    pub inputs_arrived_late: u8,
+    /// The client's own standing.
+    pub you: G::Status,
+    /// Entities in view, sorted by index.
     pub entities: Vec<Replicated<G::Entity>>,
-    /// Entities in view that did not fit in this datagram.
+    /// Entities in view whose state is older than `tick` (the byte budget left them for a
+    /// later snapshot).
     pub deferred: u16,
 }
 
 impl<G: Game> Snapshot<G> {
+    /// The snapshot `head` describes, with `entities` (sorted by index) from its section.
+    pub fn new(
+        head: SnapshotHead<G>,
+        config: MatchConfig,
+        entities: Vec<Replicated<G::Entity>>,
+        deferred: u16,
+    ) -> Self {
+        Self {
+            tick: head.tick,
+            baseline_tick: (head.baseline_ticks > 0)
+                .then(|| Tick(head.tick.0.saturating_sub(u64::from(head.baseline_ticks)))),
+            config,
+            your_entity: head.your_entity,
+            last_applied_input: head.last_applied_input,
+            inputs_applied: head.inputs_applied,
+            restored_from_tick: head.restored_from_tick,
+            input_margin: head.input_margin,
+            inputs_arrived_late: head.inputs_arrived_late,
+            you: head.you,
+            entities,
+            deferred,
+        }
+    }
+
     /// The entity with this id, if it is in the snapshot.
     pub fn entity(&self, id: NetEntityId) -> Option<&Replicated<G::Entity>> {
-        self.entities.iter().find(|e| e.id == id)
+        self.entities
+            .binary_search_by_key(&id.index, |e| e.id.index)
+            .ok()
+            .map(|i| &self.entities[i])
+            .filter(|e| e.id == id)
     }
 
     /// The client's own entity, if it has one and it is in the snapshot.
@@ -193,26 +260,6 @@ pub struct Replicated<E> {
     pub id: NetEntityId,
     /// Its state, as the game replicates it.
     pub state: E,
-}
-
-/// Bytes a [`NetEntityId`] takes in the codec (bincode varints).
-pub fn net_id_len(id: NetEntityId) -> usize {
-    varint_len(u64::from(id.index)) + varint_len(u64::from(id.generation))
-}
-
-/// Bytes bincode's varint encoding takes for `v`.
-pub fn varint_len(v: u64) -> usize {
-    match v {
-        0..=250 => 1,
-        251..=0xffff => 3,
-        0x1_0000..=0xffff_ffff => 5,
-        _ => 9,
-    }
-}
-
-/// Bytes a zigzag-encoded signed varint takes.
-pub fn signed_varint_len(v: i64) -> usize {
-    varint_len(((v << 1) ^ (v >> 63)) as u64)
 }
 
 /// Why a datagram's body was refused.
@@ -237,6 +284,13 @@ pub enum DecodeError {
 #[error("message does not fit in a {MAX_PAYLOAD_BYTES}-byte datagram: {0}")]
 pub struct EncodeError(String);
 
+impl EncodeError {
+    /// An error saying `why`.
+    pub fn new(why: impl Into<String>) -> Self {
+        Self(why.into())
+    }
+}
+
 /// Writes `header ‖ message` into `out` (at least 1200 bytes) and returns the length.
 pub fn encode<T: Serialize>(
     header: PacketHeader,
@@ -249,26 +303,56 @@ pub fn encode<T: Serialize>(
     Ok(HEADER_BYTES + written)
 }
 
-/// Bytes `value` takes when encoded (used to fill a snapshot up to the budget).
+/// Writes `header ‖ head ‖ section` into `out` and returns the length: `section` writes
+/// the entities into a bit writer limited to `payload_budget` bytes in all (and to the
+/// datagram). Fails if the head does not fit or the section overflowed.
+pub fn encode_snapshot<G: Game>(
+    header: PacketHeader,
+    head: SnapshotHead<G>,
+    payload_budget: usize,
+    out: &mut [u8; MAX_PAYLOAD_BYTES],
+    section: impl FnOnce(&mut BitWriter),
+) -> Result<usize, EncodeError> {
+    let len = encode(header, &ServerMessage::Snapshot(head), out)?;
+    let budget = payload_budget.clamp(len, MAX_PAYLOAD_BYTES);
+    let mut writer = BitWriter::new(&mut out[len..budget], (budget - len) * 8);
+    section(&mut writer);
+    match writer.finish() {
+        Some(bits_len) => Ok(len + bits_len),
+        None => Err(EncodeError::new(
+            "the entities overflowed the snapshot's budget",
+        )),
+    }
+}
+
+/// Bytes `value` takes when encoded.
 pub fn encoded_len<T: Serialize>(value: &T) -> Option<usize> {
     bincode::serde::encode_into_std_write(value, &mut std::io::sink(), config()).ok()
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<(PacketHeader, T), DecodeError> {
+/// Decodes a message and returns it with the bytes that follow it.
+fn decode<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+) -> Result<(PacketHeader, T, &[u8]), DecodeError> {
     let (header, body) = PacketHeader::split(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
     let (message, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(DecodeError::TrailingBytes(body.len() - used));
+    Ok((header, message, &body[used..]))
+}
+
+fn no_trailing(rest: &[u8]) -> Result<(), DecodeError> {
+    match rest.len() {
+        0 => Ok(()),
+        n => Err(DecodeError::TrailingBytes(n)),
     }
-    Ok((header, message))
 }
 
 /// Decodes and validates what a client sent.
 pub fn decode_client<G: Game>(
     bytes: &[u8],
 ) -> Result<(PacketHeader, ClientMessage<G>), DecodeError> {
-    let (header, message) = decode::<ClientMessage<G>>(bytes)?;
+    let (header, message, rest) = decode::<ClientMessage<G>>(bytes)?;
+    no_trailing(rest)?;
     match &message {
         ClientMessage::Inputs { frames } => {
             if frames.len() > MAX_INPUT_FRAMES_PER_PACKET {
@@ -282,11 +366,68 @@ pub fn decode_client<G: Game>(
     Ok((header, message))
 }
 
-/// Decodes and validates what a server sent.
+/// [`decode_client`] for the server's hot path: the input frames go into `frames`
+/// (cleared first; its capacity reused), so a steady stream of packets allocates nothing.
+/// Same wire format, same checks.
+pub fn decode_inputs<G: Game>(
+    bytes: &[u8],
+    frames: &mut Vec<InputFrame<G::Input>>,
+) -> Result<PacketHeader, DecodeError> {
+    frames.clear();
+    let (header, body) = PacketHeader::split(bytes).ok_or(DecodeError::TooShort(bytes.len()))?;
+    let mut at = 0;
+    let variant: u32 = decode_part(body, &mut at)?;
+    if variant != 0 {
+        return Err(DecodeError::Malformed(format!(
+            "unknown client message {variant}"
+        )));
+    }
+    let count: u64 = decode_part(body, &mut at)?;
+    if count > MAX_INPUT_FRAMES_PER_PACKET as u64 {
+        return Err(DecodeError::OutOfBounds("more than 32 input frames"));
+    }
+    for _ in 0..count {
+        let frame: InputFrame<G::Input> = decode_part(body, &mut at)?;
+        if frames
+            .last()
+            .is_some_and(|last| frame.sequence <= last.sequence)
+        {
+            return Err(DecodeError::OutOfBounds("input frames out of order"));
+        }
+        frames.push(frame);
+    }
+    no_trailing(&body[at..])?;
+    Ok(header)
+}
+
+/// Decodes one value at `*at`, moving past it.
+fn decode_part<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    at: &mut usize,
+) -> Result<T, DecodeError> {
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(&body[*at..], config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    *at += used;
+    Ok(value)
+}
+
+/// Decodes and validates what a server sent. A snapshot's section (the bytes after its
+/// head) is returned for [`super::delta`] to read; any other message must end the datagram.
 pub fn decode_server<G: Game>(
     bytes: &[u8],
-) -> Result<(PacketHeader, ServerMessage<G>), DecodeError> {
-    let (header, message) = decode::<ServerMessage<G>>(bytes)?;
+) -> Result<(PacketHeader, ServerMessage<G>, &[u8]), DecodeError> {
+    let (header, message, rest) = decode::<ServerMessage<G>>(bytes)?;
+    match &message {
+        ServerMessage::Snapshot(head) => {
+            if u32::from(head.baseline_ticks) > super::delta::MAX_BASELINE_TICKS
+                || u64::from(head.baseline_ticks) > head.tick.0
+            {
+                return Err(DecodeError::OutOfBounds("snapshot baseline too old"));
+            }
+            return Ok((header, message, rest));
+        }
+        _ => no_trailing(rest)?,
+    }
     match &message {
         ServerMessage::TokenPart(part)
             if part.part >= TOKEN_PARTS || part.bytes.len() != TOKEN_PART_BYTES =>
@@ -296,7 +437,7 @@ pub fn decode_server<G: Game>(
         ServerMessage::Reliable(reliable) => check_reliable(reliable)?,
         _ => {}
     }
-    Ok((header, message))
+    Ok((header, message, &[]))
 }
 
 fn check_reliable<G: Game>(reliable: &Reliable<G>) -> Result<(), DecodeError> {
@@ -332,7 +473,7 @@ fn check_reliable<G: Game>(reliable: &Reliable<G>) -> Result<(), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{EntityState, NetEntityKind, PlayerInput, Shooter};
+    use crate::sim::{PlayerInput, Shooter};
 
     type Frame = InputFrame<PlayerInput>;
 
@@ -362,6 +503,37 @@ mod tests {
         let mut out = [0u8; MAX_PAYLOAD_BYTES];
         let len = encode(header, &message, &mut out).expect("fits");
         assert_eq!(decode_client(&out[..len]), Ok((header, message)));
+    }
+
+    #[test]
+    fn the_hot_path_decoder_reads_what_the_generic_one_reads() {
+        let header = PacketHeader {
+            sequence: 9,
+            ack: 8,
+            ack_bits: 7,
+        };
+        let mut out = [0u8; MAX_PAYLOAD_BYTES];
+        let mut frames = Vec::new();
+        for message in [
+            inputs(vec![]),
+            inputs((1..=32).map(frame).collect()),
+            inputs((1..=33).map(frame).collect()),
+            inputs(vec![frame(2), frame(1)]),
+        ] {
+            let len = encode(header, &message, &mut out).expect("fits");
+            for end in [len, len - 1, len + 1] {
+                let generic = decode_client::<Shooter>(&out[..end]);
+                let fast = decode_inputs::<Shooter>(&out[..end], &mut frames);
+                match generic {
+                    Ok((h, ClientMessage::Inputs { frames: f })) => {
+                        assert_eq!(fast, Ok(h));
+                        assert_eq!(frames, f);
+                    }
+                    // Refused too (the reason may differ: it checks the count first).
+                    Err(e) => assert!(fast.is_err(), "{e}"),
+                }
+            }
+        }
     }
 
     #[test]
@@ -417,7 +589,7 @@ mod tests {
             ],
         });
         let len = encode(header, &good, &mut out).expect("fits");
-        assert_eq!(decode_server(&out[..len]), Ok((header, good)));
+        assert_eq!(decode_server(&out[..len]), Ok((header, good, &[][..])));
         let bad = [
             Notice::Shared {
                 part: 2,
@@ -450,45 +622,53 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_snapshot_filling_the_datagram_decodes() {
-        let entity = Replicated {
-            id: NetEntityId {
-                index: 1,
-                generation: 1,
-            },
-            state: EntityState {
-                kind: NetEntityKind::Player,
-                x: 100,
-                y: 100,
-                vx: 1,
-                vy: 1,
-                health: 100,
-            },
-        };
-        // 10 wire bytes each, about 20 in memory: in-memory size far above the body size.
-        let each = net_id_len(entity.id) + <Shooter as Game>::entity_len(&entity.state);
-        let count = (MAX_BODY_BYTES - 40) / each;
-        let message: ServerMessage<Shooter> = ServerMessage::Snapshot(Snapshot {
-            tick: Tick(1),
-            baseline_tick: None,
-            config: MatchConfig {
-                max_players: 1024,
-                tick_hz: 60,
-                seed: u64::MAX,
-            },
+    fn head(tick: u64, baseline_ticks: u8) -> SnapshotHead<Shooter> {
+        SnapshotHead {
+            tick: Tick(tick),
+            baseline_ticks,
             your_entity: None,
             last_applied_input: 0,
             inputs_applied: 0,
             restored_from_tick: None,
+            input_margin: Some(-3),
+            inputs_arrived_late: 2,
             you: Default::default(),
-            entities: vec![entity; count],
-            deferred: 0,
-        });
+        }
+    }
+
+    #[test]
+    fn a_snapshot_carries_its_section_and_nothing_else_may() {
         let mut out = [0u8; MAX_PAYLOAD_BYTES];
-        let len = encode(PacketHeader::default(), &message, &mut out).expect("fits");
-        assert!(len > 1100, "{len}");
-        assert_eq!(decode_server(&out[..len]).map(|(_, m)| m), Ok(message));
+        let header = PacketHeader::default();
+        let len = encode_snapshot(header, head(9, 2), 1200, &mut out, |bits| {
+            bits.write_bits(0xabc, 12);
+        })
+        .expect("fits");
+        let (_, message, section) = decode_server::<Shooter>(&out[..len]).expect("decodes");
+        assert_eq!(message, ServerMessage::Snapshot(head(9, 2)));
+        assert_eq!(section, &[0xbc, 0x0a][..]);
+
+        // The budget bounds the section.
+        let overflow = encode_snapshot(header, head(9, 2), 40, &mut out, |bits| {
+            bits.write_bytes(&[1; 40]);
+        });
+        assert!(overflow.is_err());
+        // A baseline older than the client keeps, or before the match began, is refused.
+        for (tick, baseline) in [(100, 64), (3, 4)] {
+            let len = encode_snapshot(header, head(tick, baseline), 1200, &mut out, |_| {})
+                .expect("fits");
+            assert!(matches!(
+                decode_server::<Shooter>(&out[..len]),
+                Err(DecodeError::OutOfBounds(_))
+            ));
+        }
+        // Trailing bytes after any other message are refused.
+        let scores: ServerMessage<Shooter> = ServerMessage::Scoreboard(vec![]);
+        let len = encode(header, &scores, &mut out).expect("fits");
+        assert_eq!(
+            decode_server::<Shooter>(&out[..len + 1]),
+            Err(DecodeError::TrailingBytes(1))
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::messages::{
     MAX_BODY_BYTES, MAX_NOTICES_PER_PACKET, MAX_SHARED_PARTS, Notice, Reliable, SHARED_PART_BYTES,
     encoded_len,
 };
-use crate::game::{Game, PlayerId};
+use crate::game::{Game, MatchConfig, PlayerId};
 
 /// How often unacknowledged notices are sent again.
 pub const RESEND_EVERY: Duration = Duration::from_millis(100);
@@ -110,6 +110,11 @@ impl<G: Game> Outbox<G> {
                 bytes: chunk.to_vec(),
             });
         }
+    }
+
+    /// Queues the match's settings (first, on joining: a client reads no snapshot before).
+    pub fn push_config(&mut self, config: MatchConfig) {
+        self.push(Notice::Config(config));
     }
 
     /// Queues a player's name.
@@ -226,6 +231,8 @@ pub struct Inbox<G: Game> {
     next: u32,
     assembling: Vec<u8>,
     shared: Option<G::Shared>,
+    /// The match's settings, once told.
+    config: Option<MatchConfig>,
     /// Bumped each time new shared data arrives.
     shared_version: u64,
     names: BTreeMap<PlayerId, String>,
@@ -239,6 +246,7 @@ impl<G: Game> Default for Inbox<G> {
             next: 0,
             assembling: Vec::new(),
             shared: None,
+            config: None,
             shared_version: 0,
             names: BTreeMap::new(),
             events: VecDeque::new(),
@@ -263,6 +271,9 @@ impl<G: Game> Inbox<G> {
         if ahead.shared.is_some() {
             self.shared = ahead.shared;
             self.shared_version += 1;
+        }
+        if ahead.config.is_some() {
+            self.config = ahead.config;
         }
         self.names.extend(ahead.names);
         for event in ahead.events {
@@ -322,6 +333,7 @@ impl<G: Game> Inbox<G> {
                     self.assembling = Vec::new();
                 }
             }
+            Notice::Config(config) => self.config = Some(config),
             Notice::Name { player, name } => {
                 if self.names.len() >= MAX_NAMES && !self.names.contains_key(&player) {
                     self.names.pop_first();
@@ -341,6 +353,11 @@ impl<G: Game> Inbox<G> {
     /// The game's shared data, once it arrived.
     pub fn shared(&self) -> Option<&G::Shared> {
         self.shared.as_ref()
+    }
+
+    /// The match's settings, once told (kept across a new connection until it tells its own).
+    pub fn config(&self) -> Option<&MatchConfig> {
+        self.config.as_ref()
     }
 
     /// Goes up each time shared data arrives (a new server sends its own).

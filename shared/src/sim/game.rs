@@ -7,7 +7,8 @@ use glam::Vec2;
 use super::wire::{EntityState, NetEntityKind, PlayerStatus, ShooterShared, Standing, net_id};
 use super::world::{EntityKind, GameEvent, World, move_player};
 use super::{Buttons, PlayerInput};
-use crate::game::{Game, MatchConfig, NetEntityId, PlayerId, Seen, Tick, Viewer};
+use crate::game::{Game, MatchConfig, NetEntityId, PlayerId, Seen, Tick, Viewer, nearness};
+use crate::protocol::bits::{BitError, BitReader, BitWriter};
 
 /// The built-in game: a top-down arena shooter (see [`crate::sim`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,7 +94,7 @@ impl Game for Shooter {
             };
             out.push(Seen {
                 id: net_id(id),
-                priority: entity.position.distance_squared(center),
+                priority: nearness(entity.position.distance(center), radius),
                 state: EntityState {
                     kind,
                     x: EntityState::quantize_position(entity.position.x),
@@ -147,8 +148,23 @@ impl Game for Shooter {
         ShooterShared::of(state)
     }
 
-    fn entity_len(entity: &EntityState) -> usize {
-        entity.encoded_len()
+    fn write_entity(
+        config: &MatchConfig,
+        base: Option<&EntityState>,
+        ticks: u32,
+        entity: &EntityState,
+        out: &mut BitWriter,
+    ) {
+        entity.write(config.tick_hz, base.map(|b| (b, ticks)), out);
+    }
+
+    fn read_entity(
+        config: &MatchConfig,
+        base: Option<&EntityState>,
+        ticks: u32,
+        input: &mut BitReader,
+    ) -> Result<EntityState, BitError> {
+        EntityState::read(config.tick_hz, base.map(|b| (b, ticks)), input)
     }
 
     fn hash(state: &World) -> u64 {

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::world::{Wall, World, WorldConfig};
 use crate::game::NetEntityId;
-use crate::protocol::messages::{signed_varint_len, varint_len};
+use crate::protocol::bits::{BitError, BitReader, BitWriter};
+use crate::protocol::motion::{self, Motion, Units};
 
 /// What kind of entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +20,16 @@ pub enum NetEntityKind {
 pub const POSITION_UNIT_M: f32 = 1.0 / 32.0;
 /// Metres per second per velocity unit (velocities are i16: up to ±128 m/s).
 pub const VELOCITY_UNIT_MS: f32 = 1.0 / 256.0;
+
+/// Velocity units that move one position unit a second.
+const VELOCITY_PER_POSITION: i64 = (POSITION_UNIT_M / VELOCITY_UNIT_MS) as i64;
+
+fn units(tick_hz: u32) -> Units {
+    Units {
+        velocity_per_position: VELOCITY_PER_POSITION,
+        tick_hz,
+    }
+}
 
 /// One entity, quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,16 +63,80 @@ impl EntityState {
             .clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
     }
 
-    /// Bytes this state takes in the codec (bincode varint), without encoding it.
+    /// Writes this state for a client holding `base` as of `ticks` ago (`None`: whole).
     ///
-    /// Filling a snapshot asks this for every entity in view of every client every tick,
-    /// so it is arithmetic rather than a trial encode; a test pins it to the codec.
-    pub fn encoded_len(&self) -> usize {
-        1 + varint_len(u64::from(self.x))
-            + varint_len(u64::from(self.y))
-            + signed_varint_len(i64::from(self.vx))
-            + signed_varint_len(i64::from(self.vy))
-            + 1
+    /// Whole: kind (1 bit), health (8), motion whole. Against a base: 1 bit whether
+    /// health changed (then 8), then the motion delta ([`motion`]): a player running
+    /// steadily costs 3 bits. The kind is the base's: an entity never changes kind (a new
+    /// entity has a new id).
+    pub fn write(&self, tick_hz: u32, base: Option<(&Self, u32)>, out: &mut BitWriter) {
+        debug_assert!(base.is_none_or(|(b, _)| b.kind == self.kind));
+        let units = units(tick_hz);
+        match base {
+            None => {
+                out.write_bool(self.kind == NetEntityKind::Projectile);
+                out.write_bits(u64::from(self.health), 8);
+                motion::write(out, units, None, &self.motion());
+            }
+            Some((base, ticks)) => {
+                let health_changed = self.health != base.health;
+                out.write_bool(health_changed);
+                if health_changed {
+                    out.write_bits(u64::from(self.health), 8);
+                }
+                motion::write(out, units, Some((&base.motion(), ticks)), &self.motion());
+            }
+        }
+    }
+
+    /// Reads what [`EntityState::write`] wrote against the same `base`.
+    pub fn read(
+        tick_hz: u32,
+        base: Option<(&Self, u32)>,
+        input: &mut BitReader,
+    ) -> Result<Self, BitError> {
+        let units = units(tick_hz);
+        match base {
+            None => {
+                let kind = if input.read_bool()? {
+                    NetEntityKind::Projectile
+                } else {
+                    NetEntityKind::Player
+                };
+                let health = input.read_bits(8)? as u8;
+                let m = motion::read(input, units, None)?;
+                Ok(Self::from_motion(kind, health, m))
+            }
+            Some((base, ticks)) => {
+                let health = if input.read_bool()? {
+                    input.read_bits(8)? as u8
+                } else {
+                    base.health
+                };
+                let m = motion::read(input, units, Some((&base.motion(), ticks)))?;
+                Ok(Self::from_motion(base.kind, health, m))
+            }
+        }
+    }
+
+    fn motion(&self) -> Motion {
+        Motion {
+            x: self.x,
+            y: self.y,
+            vx: self.vx,
+            vy: self.vy,
+        }
+    }
+
+    fn from_motion(kind: NetEntityKind, health: u8, m: Motion) -> Self {
+        Self {
+            kind,
+            x: m.x,
+            y: m.y,
+            vx: m.vx,
+            vy: m.vy,
+            health,
+        }
     }
 
     /// Position in metres.
@@ -151,33 +226,55 @@ pub fn net_id(id: super::EntityId) -> NetEntityId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::messages::{encoded_len, net_id_len};
+
+    fn round_trip(base: Option<(&EntityState, u32)>, e: &EntityState) -> usize {
+        let mut buf = [0u8; 64];
+        let mut w = BitWriter::new(&mut buf, 512);
+        e.write(60, base, &mut w);
+        let bits = w.bits();
+        let len = w.finish().expect("fits");
+        let mut r = BitReader::new(&buf[..len]);
+        assert_eq!(EntityState::read(60, base, &mut r).as_ref(), Ok(e));
+        r.finish().expect("nothing left");
+        bits
+    }
 
     #[test]
-    fn entity_encoded_len_matches_the_codec() {
-        let values = [0u32, 1, 250, 251, 65535, 65536, u32::MAX];
+    fn entities_round_trip_whole_and_against_a_base() {
         let small = [0u16, 250, 251, u16::MAX];
         let signed = [0i16, -1, 125, -126, 126, i16::MIN, i16::MAX];
-        for (i, &index) in values.iter().enumerate() {
-            let id = NetEntityId {
-                index,
-                generation: values[(i + 3) % values.len()],
-            };
-            assert_eq!(Some(net_id_len(id)), encoded_len(&id), "{id:?}");
-            for &x in &small {
-                for &vx in &signed {
-                    let e = EntityState {
-                        kind: NetEntityKind::Projectile,
+        let mut all = Vec::new();
+        for (i, &x) in small.iter().enumerate() {
+            for &vx in &signed {
+                for kind in [NetEntityKind::Player, NetEntityKind::Projectile] {
+                    all.push(EntityState {
+                        kind,
                         x,
                         y: small[(i + 1) % small.len()],
                         vx,
                         vy: signed[(i + 2) % signed.len()],
-                        health: 255,
-                    };
-                    assert_eq!(Some(e.encoded_len()), encoded_len(&e), "{e:?}");
+                        health: if kind == NetEntityKind::Player { 99 } else { 0 },
+                    });
                 }
             }
         }
+        for a in &all {
+            round_trip(None, a);
+            for b in all.iter().filter(|b| b.kind == a.kind).step_by(5) {
+                round_trip(Some((b, 4)), a);
+            }
+        }
+        // A player running steadily: 2 velocity units a tick's worth, 4 ticks on.
+        let base = EntityState {
+            kind: NetEntityKind::Player,
+            x: 1000,
+            y: 1000,
+            vx: 960,
+            vy: 0,
+            health: 100,
+        };
+        let now = EntityState { x: 1008, ..base };
+        assert_eq!(round_trip(Some((&base, 4)), &now), 3);
     }
 
     #[test]

@@ -623,10 +623,7 @@ fn refill(grid: &mut Grid, arena_size: f32, items: impl Iterator<Item = (EntityI
     if grid.is_empty_layout() {
         *grid = Grid::new(arena_size, GRID_CELL);
     }
-    grid.clear();
-    for (id, position) in items {
-        grid.insert(id, position);
-    }
+    grid.fill(items);
 }
 
 /// Moves a circle out of a box along the shortest axis, if it overlaps.

@@ -202,6 +202,15 @@ fn soak(args: &Args) -> (Value, bool) {
     let bots_report: Value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
 
     let overruns = status["tick_overruns"].as_u64().unwrap_or(u64::MAX);
+    // Frames the server applied after the tick they were for, over all it applied (of
+    // the last owner: a handoff or a crash starts the count afresh).
+    let applied = status["inputs_applied"].as_u64().unwrap_or(0);
+    let late = status["inputs_late"].as_u64().unwrap_or(0);
+    let inputs_late_ratio = if applied > 0 {
+        late as f64 / applied as f64
+    } else {
+        0.0
+    };
     let count = |k: &str| bots_report[k].as_u64().unwrap_or(u64::MAX);
     // A crash rolls back at most one snapshot interval (60 ticks at the defaults), plus
     // the few ticks a snapshot takes to reach the disk.
@@ -251,6 +260,7 @@ fn soak(args: &Args) -> (Value, bool) {
             "snapshot_every_ticks": status["snapshot_every_ticks"],
             "inputs_applied": status["inputs_applied"],
             "inputs_late": status["inputs_late"],
+            "inputs_late_ratio": inputs_late_ratio,
             "drops": status["drops"],
         },
         "bots_report": bots_report,
