@@ -15,7 +15,7 @@ cargo build --release --workspace --quiet
 source scripts/lib.sh
 read -r b_udp b_admin _ < <(start_server standby --standby --watch default)
 read -r a_udp a_admin a_pid < <(start_server owner --peer "$b_udp")
-./target/release/arena-bots --server "$a_udp" --admin "http://$a_admin" --count "$bots" --duration 15 > "$dir/bots.json" &
+./target/release/arena-bots --admin "http://$a_admin" --count "$bots" --duration 15 > "$dir/bots.json" &
 bots_pid=$!
 sleep "${KILL_AT:-5}"
 echo "SIG$sig to the owner (pid $a_pid) at $(date +%T.%3N)"

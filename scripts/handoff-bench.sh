@@ -21,7 +21,7 @@ run_mode() {
     local mode=$1 prepare=$2
     read -r udp admin _ < <(start_server "$mode-s0" --match-id "$mode")
     local duration=$((handoffs * 3 + 6))
-    ./target/release/arena-bots --server "$udp" --admin "http://$admin" --count "$bots" \
+    ./target/release/arena-bots --admin "http://$admin" --count "$bots" \
         --duration "$duration" "${sim_args[@]}" > "$dir/$mode-bots.json" &
     local bots_pid=$!
     sleep 3

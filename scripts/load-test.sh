@@ -33,7 +33,7 @@ read -r udp admin server < <(start_server server --max-players "$max_players" "$
 ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 cpu_before=$(ticks)
 tick_before=$(curl -s "http://$admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["tick"])')
-./target/release/arena-bots --server "$udp" --admin "http://$admin" --count "$count" \
+./target/release/arena-bots --admin "http://$admin" --count "$count" \
     --duration "$duration" --behavior wander | tee "$dir/bots.json"
 status=$(curl -s "http://$admin/status")
 cpu_after=$(ticks)

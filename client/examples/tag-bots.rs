@@ -1,9 +1,10 @@
 //! `tag-bots`: headless bots that play tag ([`arena_tag::Tag`]) against a `tag-server`,
-//! then print the same one-line JSON report as `arena-bots` (and exit non-zero the same
-//! way if any bot failed to connect).
+//! then print the same one-line JSON report as `arena-bots` (and exit with the same codes:
+//! see [`arena_client::bots::cli`]).
 //!
-//! It takes the flags every Arena bot runner takes (`--server`, `--admin` or `--key-file`,
-//! `--count`, `--duration`, `--seed`, `--simulate`...; see `--help`):
+//! It takes the flags every Arena bot runner takes (`--admin` and `--admin-token`, or
+//! `--key-file` and `--server`, `--count`, `--duration`, `--seed`, `--simulate`...; see
+//! `--help`):
 //!
 //! ```text
 //! cargo run --release -p arena-client --example tag-bots -- --count 8 --duration 30
@@ -15,25 +16,24 @@
 use std::process::ExitCode;
 
 use arena_client::bots::Bot;
-use arena_client::bots::cli::{self, BotArgs};
+use arena_client::bots::cli::{self, BotArgs, EXIT_CODES_HELP};
 use arena_shared::protocol::Snapshot;
 use arena_tag::{RunnerState, Tag, TagInput, TagShared};
-use clap::Parser;
 use glam::Vec2;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
 /// Headless tag bots for load and soak tests: each has its own UDP socket and plays with
 /// a simple mind. Prints one JSON line with what they saw.
-#[derive(Debug, Parser)]
-#[command(name = "tag-bots", version)]
+#[derive(Debug, clap::Parser)]
+#[command(name = "tag-bots", version, after_help = EXIT_CODES_HELP)]
 struct Args {
     #[command(flatten)]
     bots: BotArgs,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::main::<Tag, TagBrain>("tag-bots", args.bots, TagBrain::new)
 }
 

@@ -97,25 +97,30 @@ struct TokenAnswer {
     token: String,
 }
 
-/// Asks the admin API at `admin_url` for a connect token for `name`.
-pub async fn fetch_token(admin_url: &str, name: &str) -> anyhow::Result<Vec<u8>> {
-    fetch_token_as(admin_url, name, false).await
-}
-
-/// Like [`fetch_token`], as a spectator when `spectate`.
-pub async fn fetch_token_as(
+/// Asks the admin API at `admin_url` for a connect token for `name`, as a spectator when
+/// `spectate`, sending `Authorization: Bearer <bearer>` when given (the server's
+/// `--admin-token`). A 401 says whether a token is missing or was refused.
+pub async fn fetch_token_with(
     admin_url: &str,
     name: &str,
     spectate: bool,
+    bearer: Option<&str>,
 ) -> anyhow::Result<Vec<u8>> {
     let url = format!("{}/token", admin_url.trim_end_matches('/'));
     let body = serde_json::json!({ "name": name, "spectate": spectate }).to_string();
-    let (status, answer) = request("POST", &url, Some(body)).await?;
-    if status != 200 {
-        bail!(
+    let (status, answer) = request_with("POST", &url, Some(body), bearer).await?;
+    match (status, bearer) {
+        (200, _) => {}
+        (401, None) => bail!(
+            "POST {url} answered 401: the admin API wants a token: pass --admin-token or set ARENA_ADMIN_TOKEN"
+        ),
+        (401, Some(_)) => bail!(
+            "POST {url} answered 401: the admin API refused the admin token (--admin-token or ARENA_ADMIN_TOKEN): it is not the server's"
+        ),
+        _ => bail!(
             "POST {url} answered {status}: {}",
             String::from_utf8_lossy(&answer)
-        );
+        ),
     }
     let answer: TokenAnswer = serde_json::from_slice(&answer)
         .with_context(|| format!("POST {url}: unexpected answer"))?;

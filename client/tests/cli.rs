@@ -37,8 +37,6 @@ fn an_unreachable_admin_api_is_a_clear_failure() {
         .port();
     let out = bots()
         .args([
-            "--server",
-            "127.0.0.1:9",
             "--admin",
             &format!("http://127.0.0.1:{port}"),
             "--count",

@@ -129,9 +129,10 @@ pub struct Args {
     #[arg(long)]
     pub agones: bool,
 
-    /// Require `Authorization: Bearer <TOKEN>` on the admin API's mutating endpoints
-    /// (/token, /handoff, /match); needed to bind --admin beyond loopback. Servers of one
-    /// fleet share it. Also read from ARENA_ADMIN_TOKEN.
+    /// Require `Authorization: Bearer <TOKEN>` on the admin API's mutating endpoints and
+    /// its client list (/token, /drain, /handoff, /match, /clients); needed to bind
+    /// --admin beyond loopback. Servers of one fleet share it, and clients pass it to get
+    /// tokens (arena-play, arena-bots: --admin-token). Also read from ARENA_ADMIN_TOKEN.
     #[arg(long, env = "ARENA_ADMIN_TOKEN", hide_env_values = true, value_parser = non_empty)]
     pub admin_token: Option<String>,
 
@@ -143,6 +144,12 @@ pub struct Args {
     /// last renewal (renewed four times per lease).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub lease_ms: u64,
+
+    /// Write a new private key to PATH (64 hex characters, readable by its owner only),
+    /// then exit without serving. Give the same file to every server of a match
+    /// (--key-file) and to whatever mints tokens (arena-bots --key-file). Never overwrites.
+    #[arg(long, value_name = "PATH")]
+    pub make_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -255,6 +262,32 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<Key> {
         )
     })?;
     parse_private_key(&text).map_err(|reason| anyhow!("bad key file {}: {reason}", path.display()))
+}
+
+/// `--make-key PATH`: writes a fresh random key to `path` (mode 0600 on Unix), refusing to
+/// replace a file that exists.
+pub fn make_key_file(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| anyhow!("the operating system's random source failed: {e}"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => anyhow!(
+            "{} exists: --make-key never replaces a key (servers and token minters using it would stop agreeing); remove it first or pick another path",
+            path.display()
+        ),
+        _ => anyhow!("cannot create {}: {e}", path.display()),
+    })?;
+    writeln!(file, "{}", hex::encode(key))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The key from --key-file, or the one in the data dir, generated there if absent.
@@ -377,6 +410,32 @@ mod tests {
                 .map_err(|e| e.to_string())?;
         args.check()?;
         Ok(args)
+    }
+
+    #[test]
+    fn make_key_writes_a_key_the_server_reads_and_never_overwrites() {
+        let dir = fresh_dir("make-key");
+        std::fs::create_dir_all(&dir).expect("creates");
+        let path = dir.join("fleet.key");
+        make_key_file(&path).expect("writes a key");
+        let key = read_key_file(&path).expect("a made key reads back");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "only the owner may read a key: {mode:o}");
+        }
+        let error = make_key_file(&path).expect_err("an existing key is never replaced");
+        assert!(error.to_string().contains("never replaces"), "{error:#}");
+        assert_eq!(read_key_file(&path).expect("still reads"), key);
+        let other = dir.join("other.key");
+        make_key_file(&other).expect("writes a second key");
+        assert_ne!(
+            read_key_file(&other).expect("reads"),
+            key,
+            "keys are random"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

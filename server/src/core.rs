@@ -136,7 +136,9 @@ pub struct CoreStats {
     pub snapshots_full: u64,
     /// Snapshots a client was due but not sent: its byte budget was spent.
     pub snapshots_throttled: u64,
-    /// Bytes of the snapshots sent (netcode payloads).
+    /// Bytes of the snapshots sent (netcode payloads). In `/status` as
+    /// `snapshot_bytes_sent`: `snapshot_bytes` there is the stored snapshot's size.
+    #[serde(rename = "snapshot_bytes_sent")]
     pub snapshot_bytes: u64,
     /// Entities in view that snapshots brought up to date (sent, or unchanged since the
     /// baseline), summed over clients.
@@ -150,6 +152,59 @@ pub struct CoreStats {
     pub events_queued: u64,
     /// Game events a client did not get because it had too many unacknowledged.
     pub events_dropped: u64,
+}
+
+/// One connected client as `GET /clients` shows it ([`ServerCore::report_clients`]).
+///
+/// Gathered by the loop when it publishes its status (every half second), never per tick.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClientInfo {
+    /// The name in its connect token.
+    pub name: String,
+    /// The client id in its connect token.
+    pub client_id: u64,
+    /// Where its packets come from (`ip:port`).
+    pub address: String,
+    /// Its player in the match; `null` for a spectator.
+    pub player: Option<u32>,
+    /// Whether it watches without a player.
+    pub spectator: bool,
+    /// Smoothed round-trip time, ms (`null` until the first acknowledgement): from the
+    /// time the server queued one of its packets (a snapshot, mostly) to the time the
+    /// client's packet acknowledging it was read, each sample folded in with weight 1/10
+    /// (TCP's SRTT uses 1/8). It includes what the client adds before it answers (up to
+    /// one of its send intervals) and the server's own latency in reading the socket, so
+    /// it is what an input's round trip costs, a little more than the network's.
+    pub rtt_ms: Option<f64>,
+    /// Share (0 to 1) of the server's packets to this client (snapshots, notices,
+    /// scoreboards, token parts) that were never acknowledged, smoothed with weight
+    /// 1/20 per packet. A packet is judged when it leaves the 256-packet ack window
+    /// (about 4 s at 60 snapshots a second), so a change shows with that delay; a packet
+    /// whose acknowledgement was lost on the way back counts as lost too.
+    pub loss: f64,
+    /// The server's packets to it acknowledged, ever.
+    pub packets_acked: u64,
+    /// The server's packets to it judged lost (left the window unacknowledged), ever.
+    pub packets_lost: u64,
+    /// Seconds since its last game packet arrived (netcode keep-alives, which a client
+    /// sends only when it has nothing else to send, are not seen here).
+    pub idle_s: f64,
+    /// Seconds since it connected to this process.
+    pub connected_s: f64,
+    /// Bytes of its packets that reached the game (whole netcode packets, sealed).
+    pub bytes_in: u64,
+    /// Bytes of the packets the game sent it (whole netcode packets, sealed: snapshots,
+    /// notices, scoreboards, token parts; not netcode's own keep-alives and disconnects).
+    pub bytes_out: u64,
+    /// Snapshots sent to it, ever.
+    pub snapshots_sent: u64,
+    /// Snapshots sent to it per second since the previous report (half a second before,
+    /// or since it connected).
+    pub snapshot_rate: f64,
+    /// Its input frames the match applied, ever (carried across handoffs).
+    pub inputs_applied: u64,
+    /// Its input frames received and waiting for their tick.
+    pub inputs_pending: usize,
 }
 
 /// How long a player whose connection timed out keeps its place, in seconds: enough to
@@ -197,6 +252,20 @@ struct ClientSlot<G: Game> {
     payload: Vec<u8>,
     /// Players whose names this client was told.
     named: BTreeSet<PlayerId>,
+    /// The name in its connect token (for `/clients`; set when it connects).
+    name: String,
+    /// When it connected, and when its last game packet arrived (driver time).
+    connected_at: Duration,
+    last_packet_at: Duration,
+    /// Netcode packets from it that reached the game, in bytes as they arrived
+    /// (sealed); and every packet the game sent it, sealed (see [`ClientInfo`]).
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Snapshots sent to it.
+    snapshots_sent: u64,
+    /// When [`ServerCore::report_clients`] last looked, and `snapshots_sent` then: the
+    /// start of the window its snapshot rate is measured over.
+    reported: Option<(Duration, u64)>,
 }
 
 /// The tokens on their way to one client.
@@ -232,9 +301,10 @@ impl<G: Game> ClientSlot<G> {
         (last_applied, inputs_applied): (u32, u64),
         (config, shared): (&MatchConfig, &G::Shared),
         bytes_per_s: u32,
+        view_radius_m: f32,
     ) -> Self {
         let mut outbox = Outbox::default();
-        outbox.push_config(*config);
+        outbox.push_config(*config, view_radius_m);
         outbox.push_shared(shared);
         Self {
             client_id,
@@ -251,6 +321,13 @@ impl<G: Game> ClientSlot<G> {
             built: None,
             payload: Vec::with_capacity(netcode::MAX_PAYLOAD_BYTES),
             named: BTreeSet::new(),
+            name: String::new(),
+            connected_at: Duration::ZERO,
+            last_packet_at: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            snapshots_sent: 0,
+            reported: None,
         }
     }
 }
@@ -400,6 +477,7 @@ impl<G: Game> ServerCore<G> {
 
     /// Takes one datagram from the socket.
     pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &mut [u8]) {
+        let sealed_len = datagram.len() as u64;
         let Some((client, payload)) = self.netcode.handle_packet(now, from, datagram) else {
             return;
         };
@@ -410,6 +488,8 @@ impl<G: Game> ServerCore<G> {
         else {
             return;
         };
+        slot.bytes_in += sealed_len;
+        slot.last_packet_at = now;
         let header = match decode_inputs::<G>(payload, &mut self.frames) {
             Ok(header) => header,
             Err(error) => {
@@ -444,7 +524,7 @@ impl<G: Game> ServerCore<G> {
     /// clients that hear them).
     pub fn tick(&mut self, now: Duration) -> &[G::Event] {
         self.netcode.update(now);
-        self.handle_connection_events();
+        self.handle_connection_events(now);
         self.remove_expired_detached();
         let tick = G::tick(&self.world).next();
         self.gather_inputs(tick);
@@ -536,9 +616,13 @@ impl<G: Game> ServerCore<G> {
             let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
             match encode(header, &ServerMessage::<G>::Reliable(reliable), &mut out) {
                 Ok(len) => {
-                    let _ = self
-                        .netcode
-                        .send_payload(now, ClientIndex(index as u32), &out[..len]);
+                    let _ = send_counted(
+                        &mut self.netcode,
+                        now,
+                        index,
+                        &out[..len],
+                        &mut slot.bytes_out,
+                    );
                 }
                 Err(error) => {
                     tracing::error!(%error, "notices did not fit; this is a bug in the budget");
@@ -602,9 +686,13 @@ impl<G: Game> ServerCore<G> {
             let header = slot.acks.next_header(now);
             let message = ServerMessage::<G>::Scoreboard(entries);
             if let Ok(bytes) = encode(header, &message, &mut self.out) {
-                let _ =
-                    self.netcode
-                        .send_payload(now, ClientIndex(index as u32), &self.out[..bytes]);
+                let _ = send_counted(
+                    &mut self.netcode,
+                    now,
+                    index,
+                    &self.out[..bytes],
+                    &mut slot.bytes_out,
+                );
             }
             let ServerMessage::Scoreboard(back) = message else {
                 unreachable!("built as a scoreboard above")
@@ -748,16 +836,23 @@ impl<G: Game> ServerCore<G> {
         }
     }
 
-    /// Whether new connections are admitted (an owner: yes; retired or fenced: denied,
-    /// so clients move to the next address of their token at once).
+    /// Whether new connections are admitted (an owner: yes; draining, retired or fenced:
+    /// denied, so clients move to the next address of their token at once). A valid
+    /// request that is refused gets netcode's connection-denied packet and is counted
+    /// as `not_admitting`; connected clients are not touched.
     pub fn set_admitting(&mut self, admitting: bool) {
         self.netcode.set_admitting(admitting);
+    }
+
+    /// Whether new connections are admitted.
+    pub fn is_admitting(&self) -> bool {
+        self.netcode.is_admitting()
     }
 
     /// After [`ServerCore::redirect_all`]: keeps connections alive and resends redirects.
     pub fn serve_redirects(&mut self, now: Duration) {
         self.netcode.update(now);
-        self.handle_connection_events();
+        self.handle_connection_events(now);
         self.send_tokens(now, false);
     }
 
@@ -858,7 +953,12 @@ impl<G: Game> ServerCore<G> {
             return;
         };
         let mut datagrams = Vec::new();
-        let ClientSlot { acks, tokens, .. } = slot;
+        let ClientSlot {
+            acks,
+            tokens,
+            bytes_out,
+            ..
+        } = slot;
         for token in tokens.iter_mut() {
             let due = token
                 .last_sent
@@ -888,9 +988,7 @@ impl<G: Game> ServerCore<G> {
             }
         }
         for datagram in datagrams {
-            let _ = self
-                .netcode
-                .send_payload(now, ClientIndex(index as u32), &datagram);
+            let _ = send_counted(&mut self.netcode, now, index, &datagram, bytes_out);
         }
     }
 
@@ -931,7 +1029,7 @@ impl<G: Game> ServerCore<G> {
     /// Disconnects everyone (10 disconnect packets each); for shutdown.
     pub fn disconnect_all(&mut self, now: Duration) {
         self.netcode.disconnect_all(now);
-        self.handle_connection_events();
+        self.handle_connection_events(now);
     }
 
     /// The match's id.
@@ -965,7 +1063,53 @@ impl<G: Game> ServerCore<G> {
         self.netcode.stats()
     }
 
-    fn handle_connection_events(&mut self) {
+    /// Every connected client, in slot order, as of `now`. Each report starts the
+    /// window of the next one's `snapshot_rate`: call it from one place, at a steady
+    /// pace (the driver does when it publishes its status). Allocates the list: not for
+    /// the per-tick path.
+    pub fn report_clients(&mut self, now: Duration) -> Vec<ClientInfo> {
+        let mut report = Vec::with_capacity(self.netcode.num_connected());
+        for (index, slot) in self.clients.iter_mut().enumerate() {
+            let Some(slot) = slot else {
+                continue;
+            };
+            let (since, sent_then) = slot.reported.unwrap_or((slot.connected_at, 0));
+            let window_s = now.saturating_sub(since).as_secs_f64();
+            let sent = slot.snapshots_sent.saturating_sub(sent_then);
+            slot.reported = Some((now, slot.snapshots_sent));
+            let (packets_acked, packets_lost) = slot.acks.totals();
+            report.push(ClientInfo {
+                name: slot.name.clone(),
+                client_id: slot.client_id,
+                address: self
+                    .netcode
+                    .client_address(ClientIndex(index as u32))
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                player: slot.player.map(|p| p.0),
+                spectator: slot.player.is_none(),
+                rtt_ms: slot.acks.rtt().map(|rtt| rtt.as_secs_f64() * 1000.0),
+                loss: f64::from(slot.acks.loss()),
+                packets_acked,
+                packets_lost,
+                idle_s: now.saturating_sub(slot.last_packet_at).as_secs_f64(),
+                connected_s: now.saturating_sub(slot.connected_at).as_secs_f64(),
+                bytes_in: slot.bytes_in,
+                bytes_out: slot.bytes_out,
+                snapshots_sent: slot.snapshots_sent,
+                snapshot_rate: if window_s > 0.0 {
+                    sent as f64 / window_s
+                } else {
+                    0.0
+                },
+                inputs_applied: slot.inputs_applied,
+                inputs_pending: slot.pending.len(),
+            });
+        }
+        report
+    }
+
+    fn handle_connection_events(&mut self, now: Duration) {
         while let Some(event) = self.netcode.poll_event() {
             match event {
                 ServerEvent::ClientConnected {
@@ -979,6 +1123,15 @@ impl<G: Game> ServerCore<G> {
                         self.attach_spectator(client, client_id, address, &name);
                     } else {
                         self.attach(client, client_id, address, &name);
+                    }
+                    if let Some(slot) = self
+                        .clients
+                        .get_mut(client.0 as usize)
+                        .and_then(Option::as_mut)
+                    {
+                        slot.name = name;
+                        slot.connected_at = now;
+                        slot.last_packet_at = now;
                     }
                 }
                 ServerEvent::ClientDisconnected {
@@ -1028,6 +1181,7 @@ impl<G: Game> ServerCore<G> {
                 (last_applied, applied),
                 (G::config(&self.world), &shared),
                 self.config.client_bytes_per_s,
+                self.config.view_radius_m,
             ));
         }
     }
@@ -1056,6 +1210,7 @@ impl<G: Game> ServerCore<G> {
                 (0, 0),
                 (G::config(&self.world), &shared),
                 self.config.client_bytes_per_s,
+                self.config.view_radius_m,
             ));
         }
     }
@@ -1168,11 +1323,16 @@ impl<G: Game> ServerCore<G> {
                 slot.inputs_arrived_late = 0;
                 self.wait_ticks_max = self.wait_ticks_max.max(written.wait_max);
                 self.stats.entities_deferred += written.stale as u64;
-                if self
-                    .netcode
-                    .send_payload(now, ClientIndex(index as u32), &slot.payload)
-                    .is_ok()
+                if send_counted(
+                    &mut self.netcode,
+                    now,
+                    index,
+                    &slot.payload,
+                    &mut slot.bytes_out,
+                )
+                .is_ok()
                 {
+                    slot.snapshots_sent += 1;
                     self.stats.snapshots_sent += 1;
                     self.stats.snapshots_full += u64::from(written.full);
                     self.stats.snapshot_bytes += written.len as u64;
@@ -1196,6 +1356,22 @@ impl<G: Game> ServerCore<G> {
     pub fn wait_ticks_max(&self) -> u32 {
         self.wait_ticks_max
     }
+}
+
+/// Queues `payload` for client `index` and adds what that put on the wire to
+/// `bytes_out`: the sealed packet, and the keep-alive netcode sends before it while the
+/// client has not yet confirmed its slot.
+fn send_counted(
+    netcode: &mut netcode::Server,
+    now: Duration,
+    index: usize,
+    payload: &[u8],
+    bytes_out: &mut u64,
+) -> Result<(), netcode::SendError> {
+    let before = netcode.stats().bytes_sent;
+    let sent = netcode.send_payload(now, ClientIndex(index as u32), payload);
+    *bytes_out += netcode.stats().bytes_sent.saturating_sub(before);
+    sent
 }
 
 /// What one snapshot-building thread reuses from tick to tick.
@@ -1393,8 +1569,14 @@ mod tests {
         };
         let world = Shooter::new_state(&config);
         let shared = Shooter::shared(&world);
-        let mut slot =
-            ClientSlot::<Shooter>::new(7, Some(PlayerId(1)), (0, 0), (&config, &shared), 16_000);
+        let mut slot = ClientSlot::<Shooter>::new(
+            7,
+            Some(PlayerId(1)),
+            (0, 0),
+            (&config, &shared),
+            16_000,
+            30.0,
+        );
         let mut stats = CoreStats::default();
         let frame = |sequence, tick| InputFrame {
             sequence,

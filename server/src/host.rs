@@ -125,6 +125,8 @@ pub struct Host<G: Game> {
     handing_off: std::sync::atomic::AtomicBool,
     /// Beaten by the loop serving the socket (see [`Host::loop_alive`]).
     heartbeat: Arc<Heartbeat>,
+    /// Set by [`Host::drain`], never cleared: no new connection, no new match.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The tick loop's thread and how main learns that it ended.
@@ -162,6 +164,7 @@ impl<G: Game> Host<G> {
         let clock = Clock::start();
         let prepare = Arc::new(PrepareSlot::default());
         let heartbeat = Arc::new(Heartbeat::default());
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let host = Arc::new(Self {
             config: config.clone(),
             store: Arc::clone(&store),
@@ -175,12 +178,14 @@ impl<G: Game> Host<G> {
             snapshots_refused: Mutex::new(0),
             handing_off: std::sync::atomic::AtomicBool::new(false),
             heartbeat: Arc::clone(&heartbeat),
+            draining: Arc::clone(&draining),
         });
         let thread = LoopParts {
             config,
             store,
             clock,
             heartbeat,
+            draining,
             prepare,
             start: start_rx,
             commands: commands_rx,
@@ -226,7 +231,111 @@ impl<G: Game> Host<G> {
         status.store = store.kind;
         status.store_address = store.address;
         status.store_error = self.store.unavailable();
+        status.draining = self.draining();
+        status.version = env!("CARGO_PKG_VERSION");
         status
+    }
+
+    /// `GET /healthz`: `Ok` while the loop serving the socket (the lobby, or the match's
+    /// tick loop) keeps its rate: it came round within [`health_bound`] of now. The
+    /// reason otherwise.
+    pub fn health(&self) -> Result<(), String> {
+        let status = self.status.borrow();
+        let bound = health_bound(status.tick_hz);
+        if matches!(status.role, "stopped" | "fenced") {
+            return Err(format!(
+                "the match loop has ended (role {}): this process is exiting",
+                status.role
+            ));
+        }
+        drop(status);
+        if self.heartbeat.alive(self.clock.now(), bound) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the loop serving the socket has not come round within {} ms: stuck, or not started yet",
+                bound.as_millis()
+            ))
+        }
+    }
+
+    /// `GET /readyz`: whether this process can do its job now, with its role: an owner
+    /// that admits players (not draining, not handing off, its lease held, its store
+    /// answering, room left), or a standby (also one preparing a handoff) that can
+    /// receive a match (not draining, its store answering). The reason otherwise.
+    pub fn readiness(&self) -> Result<&'static str, (&'static str, String)> {
+        use std::sync::atomic::Ordering;
+        let status = self.status();
+        let role = status.role;
+        let refuse = |reason: String| Err((role, reason));
+        if status.draining {
+            return refuse("draining: admitting no new connection or match".into());
+        }
+        match role {
+            "owner" | "standby" | "preparing" => {}
+            "starting" => return refuse("starting: the match is being loaded".into()),
+            "retired" => {
+                return refuse("retired: the match was handed to another process".into());
+            }
+            "fenced" => return refuse("fenced: another process owns the match".into()),
+            "stopped" => return refuse("stopped: the match was stopped".into()),
+            other => return refuse(format!("{other}: not serving")),
+        }
+        if let Some(error) = status.store_error {
+            return refuse(format!("the store does not answer: {error}"));
+        }
+        if let Err(reason) = self.health() {
+            return refuse(reason);
+        }
+        if role == "owner" {
+            if status.lease_lapsed {
+                return refuse("lease lapsed: holding the ticks until the store renews it".into());
+            }
+            if self.handing_off.load(Ordering::SeqCst) {
+                return refuse("handing the match off".into());
+            }
+            if status.max_players > 0 && status.players >= status.max_players {
+                return refuse(format!(
+                    "full: {} of {} players",
+                    status.players, status.max_players
+                ));
+            }
+        }
+        Ok(role)
+    }
+
+    /// Whether this process drains ([`Host::drain`]).
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `POST /drain`: from now on this process admits no new connection (a valid request
+    /// gets netcode's connection-denied packet, counted in `drops.not_admitting`) and
+    /// takes no match (a standby refuses prepares, commits and takeovers, and leaves the
+    /// store's standby registry); the players connected keep playing. For good: nothing
+    /// undoes it but a restart. Returns once a running match refuses new connections.
+    pub async fn drain(&self) {
+        use std::sync::atomic::Ordering;
+        let first = !self.draining.swap(true, Ordering::SeqCst);
+        let running = matches!(self.role(), "owner" | "retired");
+        if first {
+            tracing::info!(
+                role = self.role(),
+                "draining: no new connections or matches"
+            );
+        }
+        if !(first || running) {
+            return;
+        }
+        // A loop not running yet reads the flag when its match starts (and this command
+        // then finds it already done).
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if self.commands.send(LoopCommand::Drain { reply }).is_err() || !running {
+            return;
+        }
+        if tokio::time::timeout(DRAIN_WAIT, done).await.is_err() {
+            tracing::warn!("the match loop did not confirm the drain in time");
+        }
     }
 
     /// Whether the loop serving the socket (the lobby, or the tick loop) came round
@@ -346,6 +455,11 @@ impl<G: Game> Host<G> {
     /// Phase one of a handoff, on the standby: whether it can take this match; if so it
     /// admits the match's clients until the commit (or [`handoff::PREPARE_TTL`]).
     pub fn prepare(&self, request: &PrepareRequest) -> Result<Prepared, ReceiveError> {
+        if self.draining() {
+            return Err(ReceiveError::Busy(
+                "this standby is draining: it takes no match".into(),
+            ));
+        }
         let role = self.role();
         if role != "standby" && role != "preparing" {
             return Err(ReceiveError::Busy(format!(
@@ -418,6 +532,14 @@ impl<G: Game> Host<G> {
         frozen_at_us: Option<u64>,
     ) -> Result<Accepted, ReceiveError> {
         self.config.faults.pause_if("standby-pauses-on-commit");
+        if self.draining() {
+            // Refused before anything is taken: the owner finds epoch e+1 free in the
+            // store and resumes the match there.
+            self.prepare.clear();
+            return Err(ReceiveError::Busy(
+                "this standby started draining: it takes no match".into(),
+            ));
+        }
         let (commit, bytes) = handoff::open(&self.config.private_key, sealed)
             .map_err(|e| ReceiveError::Refused(e.to_string()))?;
         if commit.recipient != self.config.owner_id {
@@ -555,7 +677,7 @@ impl<G: Game> Host<G> {
     /// One look at the lease: takes the match if it lapsed (with `crashed_only`, only if
     /// its owner did not release it). `Ok(true)`: we own it now.
     fn try_take_over(&self, match_id: &str, crashed_only: bool) -> anyhow::Result<bool> {
-        if self.role() == "owner" {
+        if self.role() == "owner" || self.draining() {
             return Ok(false);
         }
         let now_ms = self.clock_ms();
@@ -793,7 +915,8 @@ impl<G: Game> Host<G> {
             if role != "standby" && role != "preparing" {
                 break;
             }
-            let free = role == "standby";
+            // A draining standby leaves the registry: no owner's `auto` picks it.
+            let free = role == "standby" && !self.draining();
             let (store, standby) = (Arc::clone(&self.store), entry.clone());
             let done = tokio::task::spawn_blocking(move || {
                 if free {
@@ -921,6 +1044,7 @@ struct LoopParts<G: Game> {
     store: Arc<dyn SnapshotStore>,
     clock: Clock,
     heartbeat: Arc<Heartbeat>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     prepare: Arc<PrepareSlot>,
     start: mpsc::UnboundedReceiver<Start<G>>,
     commands: mpsc::UnboundedReceiver<LoopCommand>,
@@ -1024,10 +1148,24 @@ impl<G: Game> LoopParts<G> {
                 history: start.history,
                 clock: self.clock,
                 heartbeat: self.heartbeat,
+                draining: self.draining,
             },
         )
         .await
     }
+}
+
+/// How long [`Host::drain`] waits for the match loop to confirm.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// How recently the loop serving the socket must have come round for `/healthz`: six
+/// tick periods ([`MAX_CATCH_UP_TICKS`](crate::net::MAX_CATCH_UP_TICKS) + 2; a loop
+/// later than its catch-up allowance drops simulated time, so it no longer keeps its
+/// rate), and at least three wake-ups of a standby's lobby
+/// ([`lobby::LOBBY_PERIOD`]): 150 ms at 60 Hz, 600 ms at 10 Hz.
+pub fn health_bound(tick_hz: u32) -> Duration {
+    let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz.max(1)));
+    (period * (crate::net::MAX_CATCH_UP_TICKS + 2)).max(lobby::LOBBY_PERIOD * 3)
 }
 
 /// `--watch any`: a standby that takes over any match of the store's directory whose
@@ -1060,4 +1198,19 @@ pub fn parse_admin_target(text: &str) -> Result<String, String> {
         .map_err(|e| {
             format!("expected host:port of a standby's admin API, or \"auto\", got {text:?}: {e}")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_allows_the_catch_up_and_a_few_lobby_wake_ups() {
+        // 60 Hz: six periods are 100 ms, less than three lobby wake-ups.
+        assert_eq!(health_bound(60), Duration::from_millis(150));
+        // 10 Hz: six periods.
+        assert_eq!(health_bound(10), Duration::from_millis(600));
+        // A nonsense rate does not divide by zero.
+        assert_eq!(health_bound(0), Duration::from_secs(6));
+    }
 }

@@ -23,11 +23,13 @@
 //! - [`agones`]: the Agones SDK sidecar's client (ready, health, allocate, shutdown).
 //! - [`lobby`]: a standby's transport before it has a match (denies, or admits a prepare's clients).
 //! - [`faults`]: test-only fault hooks (`ARENA_TEST_FAULT_DIR`).
-//! - [`admin`]: the HTTP admin API (`/status`, `/metrics`, `/token`).
+//! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`, `/clients`,
+//!   `/token`, `/drain`, `/handoff`, `/match`), its limits and its server loop.
 //! - [`runner`]: the whole process (flags, bind, admin API, signals), generic over the game.
 //! - [`config`]: command-line flags and the private key file.
 //! - [`store`]: snapshots and ownership leases on disk, with epoch fencing.
 //! - [`status`]: the figures the tick loop publishes for the admin API.
+//! - [`metrics`]: `/metrics`, a status in the Prometheus text format (`prometheus-client`).
 
 pub mod admin;
 pub mod agones;
@@ -39,6 +41,7 @@ pub mod handoff;
 pub mod host;
 pub(crate) mod http;
 pub mod lobby;
+pub mod metrics;
 pub mod net;
 pub mod ownership;
 pub mod replication;

@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::net::Clock;
 
+/// How often the lobby does its upkeep (and beats the heartbeat) when no datagram wakes it.
+pub const LOBBY_PERIOD: Duration = Duration::from_millis(50);
+
 /// A handoff being prepared on this standby.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preparation {
@@ -108,7 +111,7 @@ pub async fn serve<T>(
     shutdown: &mut watch::Receiver<bool>,
     heartbeat: &crate::status::Heartbeat,
 ) -> Option<(T, netcode::Server)> {
-    let period = Duration::from_millis(50);
+    let period = LOBBY_PERIOD;
     let mut lobby = Lobby {
         config,
         slot,

@@ -159,6 +159,12 @@ pub enum LoopCommand {
         /// Their UDP addresses, in order.
         peers: Vec<SocketAddr>,
     },
+    /// Drain: admit no new connection from now on, for the rest of this process's life
+    /// (a handoff that comes back does not re-open the doors); connected players stay.
+    Drain {
+        /// Answered once new connections are refused.
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A match frozen for a handoff.
@@ -207,6 +213,9 @@ pub struct MatchRun {
     pub clock: Clock,
     /// Beaten each time the loop's timer comes round.
     pub heartbeat: std::sync::Arc<crate::status::Heartbeat>,
+    /// Set once the process drains ([`LoopCommand::Drain`]); read when the match starts,
+    /// for a drain that came before it.
+    pub draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Counters that outlive one loop (shown in the status).
@@ -261,6 +270,7 @@ pub async fn run_match<G: Game>(
         history,
         clock,
         heartbeat,
+        draining,
     } = run;
     let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz));
     let mut driver = Driver {
@@ -280,7 +290,11 @@ pub async fn run_match<G: Game>(
         snapshots_dropped: 0,
         lapsed: false,
         role: "owner",
+        draining: draining.load(std::sync::atomic::Ordering::SeqCst),
     };
+    if driver.draining {
+        core.set_admitting(false);
+    }
     // A match handed to us resumes at once: the pause is the players' to feel.
     let mut next_tick = clock.now();
     let mut next_status = clock.now();
@@ -341,7 +355,8 @@ pub async fn run_match<G: Game>(
                             epoch = ownership.epoch, was = ?phase, "the match is ours again: resuming here");
                         core.cancel_prepare();
                         core.cancel_redirects();
-                        core.set_admitting(true);
+                        // A drain outlives the handoff it may have asked for.
+                        core.set_admitting(!driver.draining);
                         driver.role = "owner";
                         phase = Phase::Running;
                         next_tick = now;
@@ -364,6 +379,15 @@ pub async fn run_match<G: Game>(
                     }
                     LoopCommand::Lost { reason } => break LoopExit::LostOwnership(reason),
                     LoopCommand::Peers { peers } => core.set_peers(peers),
+                    LoopCommand::Drain { reply } => {
+                        if !driver.draining {
+                            tracing::info!(match_id = core.match_id(), tick = G::tick(core.world()).0,
+                                players = core.num_players(), "draining: admitting no new connection");
+                        }
+                        driver.draining = true;
+                        core.set_admitting(false);
+                        let _ = reply.send(());
+                    }
                 }
                 if stop_requested {
                     match phase {
@@ -427,7 +451,7 @@ pub async fn run_match<G: Game>(
                                 driver.flush(&mut core).await;
                                 next_tick = now + period;
                                 if now >= next_status {
-                                    let _ = status_tx.send_replace(driver.status(&core, tick_hz, &ownership));
+                                    let _ = status_tx.send_replace(driver.status(&mut core, tick_hz, &ownership));
                                     next_status = now + STATUS_INTERVAL;
                                 }
                                 continue;
@@ -457,18 +481,20 @@ pub async fn run_match<G: Game>(
                     }
                 }
                 if driver.clock.now() >= next_status {
-                    let _ = status_tx.send_replace(driver.status(&core, tick_hz, &ownership));
+                    let _ = status_tx.send_replace(driver.status(&mut core, tick_hz, &ownership));
                     next_status = driver.clock.now() + STATUS_INTERVAL;
                 }
             }
         }
     };
-    let mut status = driver.status(&core, tick_hz, &ownership);
+    let mut status = driver.status(&mut core, tick_hz, &ownership);
     if exit == LoopExit::Shutdown {
         driver.stop(&mut core, ownership, period).await;
     } else {
         ownership.stop();
     }
+    // The loop and its connections are gone: nobody is listed as connected any more.
+    status.clients = std::sync::Arc::default();
     status.role = match exit {
         LoopExit::Shutdown => "stopped",
         LoopExit::HandedOff => "retired",
@@ -515,6 +541,8 @@ struct Driver {
     /// Whether the loop is holding its ticks because the lease is about to lapse.
     lapsed: bool,
     role: &'static str,
+    /// Told to drain: new connections stay refused whatever the phase.
+    draining: bool,
 }
 
 impl Driver {
@@ -780,7 +808,15 @@ impl Driver {
         }
     }
 
-    fn status<G: Game>(&self, core: &ServerCore<G>, tick_hz: u32, ownership: &Ownership) -> Status {
+    /// The status to publish, with the clients' report (every [`STATUS_INTERVAL`]: the
+    /// per-client figures are gathered here, never per tick).
+    fn status<G: Game>(
+        &self,
+        core: &mut ServerCore<G>,
+        tick_hz: u32,
+        ownership: &Ownership,
+    ) -> Status {
+        let clients = std::sync::Arc::new(core.report_clients(self.clock.now()));
         let mut status = Status {
             role: self.role,
             game_name: G::NAME,
@@ -823,6 +859,8 @@ impl Driver {
                 .map(|(reason, n)| (reason.name(), n))
                 .collect(),
             uptime_s: self.clock.now().saturating_sub(self.started).as_secs_f64(),
+            draining: self.draining,
+            clients,
             ..Status::default()
         };
         self.window.fill(&mut status);

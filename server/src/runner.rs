@@ -24,6 +24,18 @@ use crate::net::{LoopExit, bind_udp};
 /// match of game `G` until a signal; an error is printed and exits 1.
 pub fn main<G: Game>() -> ExitCode {
     let (args, match_flags) = Args::parse_with_sources();
+    if let Some(path) = &args.make_key {
+        return match crate::config::make_key_file(path) {
+            Ok(()) => {
+                println!("wrote a new private key to {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{}: {error:#}", program_name());
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging();
     match run::<G>(args, match_flags) {
         Ok(code) => code,
@@ -191,14 +203,12 @@ pub fn run<G: Game>(args: Args, match_flags: MatchFlags) -> anyhow::Result<ExitC
                 timeout_s: args.client_timeout_s,
             },
         });
-        let mut admin_shutdown = shutdown_rx.clone();
-        let admin = tokio::spawn(async move {
-            axum::serve(admin_listener, admin::router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = admin_shutdown.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let admin = tokio::spawn(admin::serve(
+            admin_listener,
+            admin::router(state),
+            admin::AdminLimits::default(),
+            shutdown_rx.clone(),
+        ));
         tracing::info!(
             match_id = %args.match_id,
             role = host.role(),

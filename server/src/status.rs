@@ -1,7 +1,11 @@
-//! The figures the tick loop publishes for operators (`/status`, `/metrics`).
+//! The figures the tick loop publishes for operators (`/status`, and `/metrics` through
+//! [`crate::metrics`]).
 //!
 //! The loop owns the world; the admin API never touches it. Every half second the loop
 //! fills a [`Status`] and sends it over a `watch` channel, and the API serves the latest.
+//! Counts are cumulative since the loop started (what Prometheus takes rates of); the
+//! percentiles and per-second rates beside them cover the last 10 s (for people reading
+//! `/status`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -111,7 +115,7 @@ pub struct Status {
     pub ticks_skipped: u64,
     /// Inputs, snapshots and game events, as the core counts them (flattened into the JSON:
     /// `inputs_applied`, `inputs_late`, `inputs_dropped`, `inputs_skipped`, `bad_messages`,
-    /// `snapshots_sent`, `snapshots_full`, `snapshots_throttled`, `snapshot_bytes`,
+    /// `snapshots_sent`, `snapshots_full`, `snapshots_throttled`, `snapshot_bytes_sent`,
     /// `entity_updates`, `entities_deferred`, `game_events`, `events_queued`, `events_dropped`).
     #[serde(flatten)]
     pub game: CoreStats,
@@ -125,14 +129,89 @@ pub struct Status {
     pub drops: BTreeMap<&'static str, u64>,
     /// Seconds since the process started serving.
     pub uptime_s: f64,
+    /// UDP payload bytes received since the loop started (`bytes_in_per_s` is its rate).
+    pub bytes_in: u64,
+    /// UDP payload bytes sent since the loop started.
+    pub bytes_out: u64,
+    /// Datagrams received since the loop started.
+    pub packets_in: u64,
+    /// Datagrams sent since the loop started.
+    pub packets_out: u64,
+    /// Time the loop thread was busy (tick work and socket calls) since it started, µs
+    /// (`loop_utilization` is its share of the last 10 s).
+    pub loop_busy_us: u64,
+    /// Every tick's work since the loop started, as a histogram (`/metrics` serves it as
+    /// `arena_tick_duration_seconds`).
+    pub tick_us_histogram: TickHistogram,
+    /// Whether this process was told to drain (`POST /drain`): it admits no new
+    /// connection; the players connected keep playing.
+    pub draining: bool,
+    /// This build's version (`CARGO_PKG_VERSION` of arena-server).
+    pub version: &'static str,
+    /// The connected clients as the loop last saw them (`GET /clients`; left out of
+    /// `/status`, which stays small however many clients there are). Shared, so that a
+    /// status read does not copy the list.
+    #[serde(skip)]
+    pub clients: std::sync::Arc<Vec<crate::core::ClientInfo>>,
 }
 
-/// Per-tick figures over a sliding window, for percentiles and rates.
+/// Upper bounds of the tick-work histogram's buckets, µs: from a quarter of a millisecond
+/// to three 60 Hz periods, with a bound at the 60 Hz budget (16 666 µs, the last whole
+/// microsecond within 1/60 s), so "ticks over budget" is a bucket, not an interpolation.
+pub const TICK_BUCKETS_US: [u64; 11] = [
+    250, 500, 1_000, 2_000, 4_000, 8_000, 12_000, 16_666, 20_000, 33_333, 50_000,
+];
+
+/// Tick work as a Prometheus histogram: cumulative counts per upper bound, the sum and the
+/// count, since the loop started (never windowed, so a scraper's `rate()` is exact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TickHistogram {
+    /// The buckets' upper bounds, µs ([`TICK_BUCKETS_US`]).
+    pub le_us: [u64; TICK_BUCKETS_US.len()],
+    /// Ticks whose work took at most the bound of the same index: cumulative, so each is
+    /// at least the one before and at most `count` (the rest are above the last bound).
+    pub cumulative: [u64; TICK_BUCKETS_US.len()],
+    /// The ticks' work added up, µs.
+    pub sum_us: u64,
+    /// Ticks recorded.
+    pub count: u64,
+}
+
+impl Default for TickHistogram {
+    fn default() -> Self {
+        Self {
+            le_us: TICK_BUCKETS_US,
+            cumulative: [0; TICK_BUCKETS_US.len()],
+            sum_us: 0,
+            count: 0,
+        }
+    }
+}
+
+impl TickHistogram {
+    /// Counts one tick whose work took `tick_us`.
+    pub fn record(&mut self, tick_us: u64) {
+        for (bound, ticks) in self.le_us.iter().zip(&mut self.cumulative) {
+            if tick_us <= *bound {
+                *ticks += 1;
+            }
+        }
+        self.sum_us = self.sum_us.saturating_add(tick_us);
+        self.count += 1;
+    }
+}
+
+/// Per-tick figures over a sliding window, for percentiles and rates, and the cumulative
+/// figures since the loop started (every tick passes through [`Window::push`]).
 #[derive(Debug)]
 pub struct Window {
     span: Duration,
     /// (end of tick, tick work µs, busy µs, bytes in, bytes out, packets in, packets out)
     samples: VecDeque<Sample>,
+    /// Every tick's work, never forgotten.
+    ticks: TickHistogram,
+    /// Every sample's busy time added up, µs.
+    busy_us: u64,
 }
 
 /// One tick's figures.
@@ -166,11 +245,16 @@ impl Window {
         Self {
             span,
             samples: VecDeque::new(),
+            ticks: TickHistogram::default(),
+            busy_us: 0,
         }
     }
 
-    /// Adds a tick's figures and forgets those older than the span.
+    /// Adds a tick's figures to the cumulative ones and to the window, and forgets those
+    /// older than the span.
     pub fn push(&mut self, sample: Sample) {
+        self.ticks.record(sample.tick_us);
+        self.busy_us = self.busy_us.saturating_add(sample.busy_us);
         self.samples.push_back(sample);
         while let Some(front) = self.samples.front() {
             if sample.at.saturating_sub(front.at) > self.span {
@@ -181,8 +265,16 @@ impl Window {
         }
     }
 
-    /// Fills the windowed fields of `status`.
+    /// Fills the windowed and the cumulative fields of `status`.
     pub fn fill(&self, status: &mut Status) {
+        status.tick_us_histogram = self.ticks.clone();
+        status.loop_busy_us = self.busy_us;
+        if let Some(last) = self.samples.back() {
+            status.bytes_in = last.bytes_in;
+            status.bytes_out = last.bytes_out;
+            status.packets_in = last.packets_in;
+            status.packets_out = last.packets_out;
+        }
         let mut ticks: Vec<u64> = self.samples.iter().map(|s| s.tick_us).collect();
         ticks.sort_unstable();
         let pick = |q: f64| -> u64 {
@@ -220,221 +312,45 @@ impl Window {
     }
 }
 
-/// `status` in Prometheus text format.
-pub fn prometheus(status: &Status) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let label = format!(
-        "match_id=\"{}\"",
-        status.match_id.replace(['"', '\\', '\n'], "_")
-    );
-    let mut metric = |kind: &str, name: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP arena_{name} {help}");
-        let _ = writeln!(out, "# TYPE arena_{name} {kind}");
-        let _ = writeln!(out, "arena_{name}{{{label}}} {value}");
-    };
-    // Ownership: what an operator alerts on ("no owner", "a rollback happened", "snapshots
-    // are not being written").
-    let flag = |on: bool| if on { 1.0 } else { 0.0 };
-    metric(
-        "gauge",
-        "owner",
-        "1 while this process owns the match.",
-        flag(status.role == "owner"),
-    );
-    metric("gauge", "epoch", "Ownership epoch.", status.epoch as f64);
-    metric(
-        "gauge",
-        "lease_lapsed",
-        "1 while the loop holds its ticks: the lease could not be renewed.",
-        flag(status.lease_lapsed),
-    );
-    metric(
-        "gauge",
-        "store_unavailable",
-        "1 while the store's latest call failed (Redis down or unreachable).",
-        flag(status.store_error.is_some()),
-    );
-    metric(
-        "gauge",
-        "rollback_bound_ticks",
-        "Ticks a crash now would roll back.",
-        status.rollback_bound_ticks.unwrap_or(0) as f64,
-    );
-    metric(
-        "counter",
-        "snapshot_write_errors_total",
-        "Snapshot writes that failed.",
-        status.snapshot_write_errors as f64,
-    );
-    metric(
-        "counter",
-        "lease_renewal_errors_total",
-        "Lease renewals that failed in this epoch.",
-        status.lease_renewal_errors as f64,
-    );
-    metric(
-        "counter",
-        "snapshots_refused_total",
-        "Stored snapshots a restore refused.",
-        status.snapshots_refused as f64,
-    );
-    metric(
-        "counter",
-        "restores_total",
-        "Matches restored after an owner died.",
-        status.restores as f64,
-    );
-    metric(
-        "counter",
-        "handoffs_total",
-        "Handoffs given or received.",
-        status.handoffs as f64,
-    );
-    metric(
-        "counter",
-        "handoffs_aborted_total",
-        "Handoffs begun here that left the match here.",
-        status.handoffs_aborted as f64,
-    );
-    metric(
-        "counter",
-        "takebacks_total",
-        "Matches taken back after the successor died before serving.",
-        status.takebacks as f64,
-    );
-    let mut gauge = |name: &str, help: &str, value: f64| metric("gauge", name, help, value);
-    gauge("tick", "Last tick simulated.", status.tick as f64);
-    gauge("tick_hz", "Ticks per second.", f64::from(status.tick_hz));
-    gauge("players", "Connected players.", status.players as f64);
-    gauge("max_players", "Player capacity.", status.max_players as f64);
-    gauge(
-        "tick_us_p50",
-        "Tick work, microseconds, median over 10 s.",
-        status.tick_us_p50 as f64,
-    );
-    gauge(
-        "tick_us_p99",
-        "Tick work, microseconds, p99 over 10 s.",
-        status.tick_us_p99 as f64,
-    );
-    gauge(
-        "tick_us_max",
-        "Tick work, microseconds, max over 10 s.",
-        status.tick_us_max as f64,
-    );
-    gauge(
-        "loop_utilization",
-        "Share of wall time the loop was busy.",
-        status.loop_utilization,
-    );
-    gauge(
-        "bytes_in_per_s",
-        "UDP payload bytes received per second.",
-        status.bytes_in_per_s,
-    );
-    gauge(
-        "bytes_out_per_s",
-        "UDP payload bytes sent per second.",
-        status.bytes_out_per_s,
-    );
-    gauge(
-        "packets_in_per_s",
-        "Datagrams received per second.",
-        status.packets_in_per_s,
-    );
-    gauge(
-        "packets_out_per_s",
-        "Datagrams sent per second.",
-        status.packets_out_per_s,
-    );
-    gauge(
-        "snapshot_bytes_per_s",
-        "Snapshot bytes sent per second, all clients.",
-        status.snapshot_bytes_per_s,
-    );
-    gauge(
-        "entity_updates_per_s",
-        "Entities in view that snapshots brought up to date per second, all clients.",
-        status.entity_updates_per_s,
-    );
-    gauge(
-        "entity_wait_ticks_max",
-        "Longest an entity in a client's view waited for an update, ticks (last 10 s).",
-        f64::from(status.entity_wait_ticks_max),
-    );
-    gauge(
-        "tick_overruns_total",
-        "Times the loop fell behind its catch-up allowance.",
-        status.tick_overruns as f64,
-    );
-    gauge(
-        "ticks_skipped_total",
-        "Ticks not simulated because of overruns.",
-        status.ticks_skipped as f64,
-    );
-    gauge(
-        "inputs_applied_total",
-        "Input frames applied.",
-        status.game.inputs_applied as f64,
-    );
-    gauge(
-        "inputs_late_total",
-        "Input frames applied after their tick.",
-        status.game.inputs_late as f64,
-    );
-    gauge(
-        "inputs_dropped_total",
-        "Input frames dropped: client buffer full.",
-        status.game.inputs_dropped as f64,
-    );
-    gauge(
-        "inputs_skipped_total",
-        "Input frames clients gave up on.",
-        status.game.inputs_skipped as f64,
-    );
-    gauge(
-        "bad_messages_total",
-        "Payloads that were not a valid game message.",
-        status.game.bad_messages as f64,
-    );
-    gauge(
-        "snapshots_sent_total",
-        "Snapshots sent.",
-        status.game.snapshots_sent as f64,
-    );
-    gauge(
-        "entities_deferred_total",
-        "Entities in view that did not fit.",
-        status.game.entities_deferred as f64,
-    );
-    gauge(
-        "socket_errors_total",
-        "Socket errors.",
-        status.socket_errors as f64,
-    );
-    gauge(
-        "uptime_seconds",
-        "Seconds since serving started.",
-        status.uptime_s,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP arena_drops_total Datagrams dropped by the transport, by reason."
-    );
-    let _ = writeln!(out, "# TYPE arena_drops_total counter");
-    for (reason, count) in &status.drops {
-        let _ = writeln!(
-            out,
-            "arena_drops_total{{{label},reason=\"{reason}\"}} {count}"
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_json_names_each_figure_once() {
+        let mut status = Status {
+            snapshot_bytes: 111,
+            ..Status::default()
+        };
+        status.game.snapshot_bytes = 222;
+        let Ok(text) = serde_json::to_string(&status) else {
+            panic!("a status serializes");
+        };
+        assert_eq!(text.matches("\"snapshot_bytes\":").count(), 1, "{text}");
+        assert!(text.contains("\"snapshot_bytes\":111"), "{text}");
+        assert!(text.contains("\"snapshot_bytes_sent\":222"), "{text}");
+        // No key twice anywhere (the core's counters are flattened into the same object).
+        let Ok(serde_json::Value::Object(fields)) =
+            serde_json::from_str::<serde_json::Value>(&text)
+        else {
+            panic!("a status is a JSON object");
+        };
+        assert_eq!(
+            text.matches("\":").count(),
+            count_keys(&serde_json::Value::Object(fields))
+        );
+    }
+
+    /// Keys in a JSON value, nested ones included.
+    fn count_keys(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Object(fields) => {
+                fields.len() + fields.values().map(count_keys).sum::<usize>()
+            }
+            serde_json::Value::Array(items) => items.iter().map(count_keys).sum(),
+            _ => 0,
+        }
+    }
 
     #[test]
     fn window_gives_percentiles_and_rates() {
@@ -475,38 +391,46 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_lists_every_drop_reason() {
-        let mut status = Status {
-            match_id: "m\"1".into(),
-            ..Status::default()
+    fn every_tick_counts_in_a_cumulative_histogram_that_the_window_never_forgets() {
+        let mut window = Window::new(Duration::from_secs(10));
+        // 0.1 ms, exactly 1 ms (on a bound), 16.666 ms (the 60 Hz budget), 17 ms (over
+        // it), 60 ms (over every bound), a minute apart: the window keeps only the last.
+        let ticks_us = [100, 1_000, 16_666, 17_000, 60_000];
+        for (i, tick_us) in ticks_us.into_iter().enumerate() {
+            window.push(Sample {
+                at: Duration::from_secs(60 * i as u64),
+                tick_us,
+                busy_us: tick_us + 10,
+                bytes_in: 100 * (i as u64 + 1),
+                packets_out: 2 * (i as u64 + 1),
+                ..Sample::default()
+            });
+        }
+        let mut status = Status::default();
+        window.fill(&mut status);
+        let h = &status.tick_us_histogram;
+        assert_eq!(h.count, 5);
+        assert_eq!(h.sum_us, 100 + 1_000 + 16_666 + 17_000 + 60_000);
+        assert_eq!(h.le_us, TICK_BUCKETS_US);
+        let at = |bound_us: u64| {
+            let i = TICK_BUCKETS_US.iter().position(|b| *b == bound_us).unwrap();
+            h.cumulative[i]
         };
-        status.drops.insert("replayed", 3);
-        let text = prometheus(&status);
-        assert!(text.contains("arena_drops_total{match_id=\"m_1\",reason=\"replayed\"} 3"));
-        assert!(text.contains("arena_tick_us_p99{match_id=\"m_1\"} 0"));
-    }
-
-    #[test]
-    fn prometheus_shows_who_owns_the_match_and_what_a_crash_would_cost() {
-        let status = Status {
-            match_id: "m".into(),
-            role: "owner",
-            epoch: 4,
-            rollback_bound_ticks: Some(75),
-            takebacks: 1,
-            ..Status::default()
-        };
-        let text = prometheus(&status);
-        assert!(text.contains("arena_owner{match_id=\"m\"} 1"), "{text}");
-        assert!(text.contains("arena_epoch{match_id=\"m\"} 4"));
-        assert!(text.contains("arena_rollback_bound_ticks{match_id=\"m\"} 75"));
-        assert!(text.contains("# TYPE arena_takebacks_total counter"));
-        assert!(text.contains("arena_takebacks_total{match_id=\"m\"} 1"));
-        let standby = prometheus(&Status {
-            role: "standby",
-            ..Status::default()
-        });
-        assert!(standby.contains("arena_owner{match_id=\"\"} 0"));
+        assert_eq!(at(250), 1);
+        assert_eq!(at(500), 1);
+        assert_eq!(at(1_000), 2, "a bound is inclusive (le)");
+        assert_eq!(at(12_000), 2);
+        assert_eq!(at(16_666), 3);
+        assert_eq!(at(20_000), 4);
+        assert_eq!(at(50_000), 4, "60 ms is only in +Inf (the count)");
+        assert!(h.cumulative.windows(2).all(|w| w[0] <= w[1]), "{h:?}");
+        // The cumulative totals come from the newest sample, the busy time from all.
+        assert_eq!(status.bytes_in, 500);
+        assert_eq!(status.packets_out, 10);
+        assert_eq!(status.loop_busy_us, h.sum_us + 50);
+        // The windowed figures cover only the newest tick.
+        assert_eq!(status.tick_us_max, 60_000);
+        assert_eq!(status.tick_us_p50, 60_000);
     }
 }
 

@@ -300,8 +300,19 @@ pub fn spawn_bots(args: &[&str]) -> BotsRun {
 
 /// Starts another bots program built on Arena's bot runner (such as `tag-bots`).
 pub fn spawn_bots_program(program: &Path, args: &[&str]) -> BotsRun {
+    spawn_bots_program_with(program, args, &[])
+}
+
+/// Starts `arena-bots` with `args` and environment variables (such as
+/// `ARENA_ADMIN_TOKEN`).
+pub fn spawn_bots_with_env(args: &[&str], env: &[(&str, &str)]) -> BotsRun {
+    spawn_bots_program_with(&bin_path("arena-bots"), args, env)
+}
+
+fn spawn_bots_program_with(program: &Path, args: &[&str], env: &[(&str, &str)]) -> BotsRun {
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -316,6 +327,11 @@ pub fn spawn_bots_program(program: &Path, args: &[&str]) -> BotsRun {
 }
 
 impl BotsRun {
+    /// The process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the bots to finish (at most `limit`): exit status, stdout, stderr.
     pub fn wait(mut self, limit: Duration) -> (ExitStatus, String, String) {
         let status = wait_bounded(&mut self.child, limit);
@@ -447,8 +463,8 @@ pub fn wait_status(
     wait_status_for(server, what, Duration::from_secs(30), done)
 }
 
-/// `count` bots against `server` (tokens from its admin API) for `seconds`, plus `extra`
-/// arguments.
+/// `count` bots against `server` (tokens from its admin API, which name its address) for
+/// `seconds`, plus `extra` arguments.
 pub fn bots_against(server: &ServerProcess, count: u32, seconds: f64, extra: &[&str]) -> BotsRun {
     bots_program_against(&bin_path("arena-bots"), server, count, seconds, extra)
 }
@@ -461,20 +477,10 @@ pub fn bots_program_against(
     seconds: f64,
     extra: &[&str],
 ) -> BotsRun {
-    let udp = server.udp.to_string();
     let admin = server.admin_url();
     let count = count.to_string();
     let seconds = seconds.to_string();
-    let mut args = vec![
-        "--server",
-        &udp,
-        "--admin",
-        &admin,
-        "--count",
-        &count,
-        "--duration",
-        &seconds,
-    ];
+    let mut args = vec!["--admin", &admin, "--count", &count, "--duration", &seconds];
     args.extend_from_slice(extra);
     spawn_bots_program(program, &args)
 }

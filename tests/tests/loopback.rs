@@ -12,12 +12,9 @@ use serde_json::Value;
 fn twenty_bots_play_against_the_real_server() {
     let dir = temp_dir("loopback");
     let server = ServerProcess::start(&dir, &["--max-players", "64", "--match-id", "loop"]);
-    let udp = server.udp.to_string();
     let admin = server.admin_url();
     let (status, stdout, stderr) = run_bots(
         &[
-            "--server",
-            &udp,
             "--admin",
             &admin,
             "--count",
@@ -84,7 +81,13 @@ fn twenty_bots_play_against_the_real_server() {
     assert_eq!(code, 200);
     let metrics = String::from_utf8(body).unwrap();
     assert!(
-        metrics.contains("arena_tick_us_p99{match_id=\"loop\"}"),
+        metrics.contains("arena_tick_duration_seconds_count{match_id=\"loop\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "arena_inputs_applied_total{{match_id=\"loop\"}} {applied}"
+        )),
         "{metrics}"
     );
 

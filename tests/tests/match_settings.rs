@@ -98,19 +98,9 @@ fn a_standby_with_more_slots_keeps_the_capacity_of_the_match_it_receives() {
     });
     assert_eq!(took["max_players"], 4, "{took}");
     // Five players try: four get in, the fifth is denied as by a full server.
-    let udp = standby.udp.to_string();
     let admin = standby.admin_url();
     let (exit, stdout, stderr) = run_bots(
-        &[
-            "--server",
-            &udp,
-            "--admin",
-            &admin,
-            "--count",
-            "5",
-            "--duration",
-            "1",
-        ],
+        &["--admin", &admin, "--count", "5", "--duration", "1"],
         Duration::from_secs(60),
     );
     assert!(

@@ -11,9 +11,10 @@ use anyhow::{Context, bail};
 use arena_client::clock::Clock;
 use arena_client::conditioner::LinkSpec;
 use arena_client::driver::SessionSocket;
-use arena_client::http::fetch_token_as;
+use arena_client::http::fetch_token_with;
 use arena_client::play::{Game, Key, describe_failure, screen_text};
 use arena_client::session::Session;
+use arena_shared::protocol::messages::MAX_TICK_HZ;
 use arena_shared::sim::Shooter;
 use clap::Parser;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -23,15 +24,19 @@ use tokio::sync::mpsc;
 
 /// Play Arena in the terminal: WASD or arrows move, space fires where you last moved,
 /// Tab shows the scores, q or Esc quits.
+///
+/// The connect token from the admin API names the server to play on (its UDP address,
+/// then its standbys'), and the server tells its tick rate and view radius: the admin
+/// API's address is all a player needs.
 #[derive(Debug, Parser)]
 #[command(name = "arena-play", version)]
 struct Args {
-    /// The server's UDP address.
-    #[arg(long, default_value = "127.0.0.1:7777")]
-    server: SocketAddr,
-    /// The server's admin API, where the connect token comes from.
+    /// The server's admin API, where the connect token comes from (POST /token).
     #[arg(long, default_value = "http://127.0.0.1:7700")]
     admin: String,
+    /// Bearer token for that admin API, when the server runs with --admin-token.
+    #[arg(long, env = "ARENA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Your name on the scoreboard.
     #[arg(long, default_value = "player")]
     name: String,
@@ -47,10 +52,13 @@ struct Args {
     /// With --headless: frames to draw before leaving.
     #[arg(long, default_value_t = 120)]
     frames: u64,
-    /// The server's tick rate.
-    #[arg(long, default_value_t = 60)]
-    tick_hz: u32,
+    /// With --headless: the in-memory screen's size, COLUMNSxROWS.
+    #[arg(long, default_value = "80x24", value_parser = parse_screen)]
+    screen: (u16, u16),
 }
+
+/// The tick rate assumed until the server tells its own (before the first snapshot).
+const ASSUMED_TICK_HZ: u32 = 60;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -70,15 +78,26 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Everything that can fail plainly happens before the terminal changes.
-        let token = fetch_token_as(&args.admin, &args.name, args.spectate)
-            .await
-            .context("cannot get a connect token")?;
-        let socket = SessionSocket::bind(args.server, args.simulate, 1).await?;
+        let token = fetch_token_with(
+            &args.admin,
+            &args.name,
+            args.spectate,
+            args.admin_token.as_deref(),
+        )
+        .await
+        .context("cannot get a connect token")?;
+        // The token names the server (an admin API's lists its standbys after it).
+        let server = arena_shared::netcode::ConnectToken::read(&token)
+            .ok()
+            .and_then(|t| t.server_addresses.first().copied())
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let socket = SessionSocket::bind(server, args.simulate, 1).await?;
         let clock = Clock::start();
-        let session = Session::<Shooter>::new(clock.now(), &token, args.tick_hz);
+        let session = Session::<Shooter>::new(clock.now(), &token, ASSUMED_TICK_HZ);
         let game = Game::new(session, args.spectate);
         if args.headless {
-            let mut terminal = Terminal::new(TestBackend::new(100, 30))?;
+            let (columns, rows) = args.screen;
+            let mut terminal = Terminal::new(TestBackend::new(columns, rows))?;
             let outcome = play(game, &mut terminal, socket, clock, &args, None).await?;
             let screen = screen_text(terminal.backend().buffer());
             println!(
@@ -114,6 +133,33 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `COLUMNSxROWS`, each from 20 to 1000 (a screen the layout fits in).
+fn parse_screen(text: &str) -> Result<(u16, u16), String> {
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (20..=1000).contains(n))
+    };
+    match text
+        .split_once(['x', 'X'])
+        .map(|(c, r)| (parse(c), parse(r)))
+    {
+        Some((Some(columns), Some(rows))) => Ok((columns, rows)),
+        _ => Err(format!(
+            "expected COLUMNSxROWS, each from 20 to 1000 (like 80x24), got {text:?}"
+        )),
+    }
+}
+
+/// A ticker at `tick_hz` that skips the ticks it missed.
+fn pacer(tick_hz: u32) -> tokio::time::Interval {
+    let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz.clamp(1, MAX_TICK_HZ)));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker
+}
+
 /// How a game ended.
 struct Outcome {
     connected: bool,
@@ -143,9 +189,8 @@ async fn play<B: Backend>(
 where
     B::Error: Send + Sync + 'static,
 {
-    let period = Duration::from_secs_f64(1.0 / f64::from(args.tick_hz.max(1)));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut tick_hz = game.session.tick_hz();
+    let mut ticker = pacer(tick_hz);
     let mut frames = 0;
     let mut ticks: u64 = 0;
     let mut connected = false;
@@ -170,8 +215,13 @@ where
                 let now = clock.now();
                 socket.deliver_due(&mut game.session, now);
                 game.session.update(now);
+                // Inputs go at the server's rate, once it told it.
+                if game.session.tick_hz() != tick_hz {
+                    tick_hz = game.session.tick_hz();
+                    ticker = pacer(tick_hz);
+                }
                 game.absorb_snapshots(now);
-                game.absorb_events();
+                game.absorb_events(now);
                 if args.headless {
                     // Something to predict: walk right, fire now and then.
                     game.key_down(now, Key::Right);
@@ -183,7 +233,10 @@ where
                 socket.flush(&mut game.session, now).await;
                 connected |= game.session.latest_snapshot().is_some();
                 if game.session.is_lost() {
-                    failure = Some(describe_failure(game.session.state()).to_owned());
+                    failure = Some(match game.session.connect_failure() {
+                        Some(why) => why.to_string(),
+                        None => describe_failure(game.session.state()).to_owned(),
+                    });
                     break;
                 }
                 // Draw at half the tick rate: plenty for a terminal.

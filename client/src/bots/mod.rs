@@ -1,6 +1,16 @@
 //! Headless bots for any [`Game`]: many sessions in one process, each with its own UDP
 //! socket, each played by a [`Bot`], and one report at the end.
 //!
+//! Each bot gets a token (from the admin API, or minted locally with the private key),
+//! connects, and paces its inputs at the tick rate the server tells it on connecting. It
+//! plays for the run's duration, then waits up to a second for its last inputs to be
+//! applied. A bot whose server went silent or disconnected it follows the session's
+//! reconnects (to a standby listed in its reconnect token); if it is still without a
+//! server when its time is up (or the session gave up), it has lost its match: counted in
+//! `disconnects`, with what happened in `first_error`. A stop (a signal) ends every bot at
+//! once, each leaving cleanly, and the report is made of what they saw so far. The exit
+//! codes of a bots binary are in [`cli`].
+//!
 //! # Layout
 //!
 //! - this file: the [`Bot`] trait, the runner ([`run_bots`]) and its report;
@@ -14,10 +24,12 @@ use std::time::Duration;
 use anyhow::Context;
 use arena_shared::game::Game;
 use arena_shared::identity::{TokenRequest, mint_token, random_client_id};
-use arena_shared::netcode::Key;
+use arena_shared::netcode::{self, Key};
 use arena_shared::protocol::Snapshot;
+use arena_shared::protocol::messages::MAX_TICK_HZ;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::conditioner::LinkSpec;
@@ -42,10 +54,17 @@ pub trait Bot<G: Game>: Send + 'static {
 /// Where bots get their connect tokens.
 #[derive(Debug, Clone)]
 pub enum TokenSource {
-    /// `POST /token` on this admin API base URL.
-    Admin(String),
+    /// `POST /token` on an admin API. The token lists the server's addresses.
+    Admin {
+        /// The admin API's base URL.
+        url: String,
+        /// Its bearer token (the server's `--admin-token`), if it has one.
+        bearer: Option<String>,
+    },
     /// Minted locally with the fleet's private key.
     Local {
+        /// The game server's UDP address, written into the tokens.
+        server: SocketAddr,
         /// The private key.
         key: Key,
         /// The protocol id.
@@ -56,9 +75,7 @@ pub enum TokenSource {
 /// A bot run.
 #[derive(Debug, Clone)]
 pub struct BotsConfig {
-    /// The game server's UDP address.
-    pub server: SocketAddr,
-    /// Where tokens come from.
+    /// Where tokens come from (and so which server the bots join).
     pub tokens: TokenSource,
     /// How many bots.
     pub count: usize,
@@ -66,11 +83,19 @@ pub struct BotsConfig {
     pub duration: Duration,
     /// Seeds every bot's choices (bot i's [`Bot`] is made from seed + i).
     pub seed: u64,
-    /// Inputs per second (the server's tick rate).
-    pub tick_hz: u32,
     /// A simulated bad network between each bot and the server (both ways).
     pub link: Option<LinkSpec>,
 }
+
+/// The tick rate a bot assumes until its server tells its own (before its first
+/// snapshot, so no input is paced by the guess).
+const ASSUMED_TICK_HZ: u32 = 60;
+/// How long a bot tries to connect at all (the session gives up sooner on silence or a
+/// denial; this bounds a token listing many dead addresses).
+const CONNECT_FOR: Duration = Duration::from_secs(10);
+/// How long a bot that played its time waits for its last inputs to be applied (and,
+/// mid-reconnect, for a server to take it back).
+const DRAIN_FOR: Duration = Duration::from_secs(1);
 
 /// What one bot saw.
 #[derive(Debug)]
@@ -105,11 +130,15 @@ struct BotResult {
 pub struct BotsReport {
     /// Bots started.
     pub bots: usize,
-    /// Bots connected when the run ended.
+    /// Bots in their match when the run ended: connected, and nothing broke since their
+    /// last snapshot.
     pub connected: usize,
     /// Bots that never connected.
     pub connect_failures: usize,
-    /// Bots that lost their connection during the run.
+    /// Bots that lost their match during the run: connected once, and without a server
+    /// at the end (it stopped or died and no server took the match over in time, or the
+    /// session gave up reconnecting). Following a handoff, or reconnecting to a standby
+    /// after a crash, is not a loss.
     pub disconnects: usize,
     /// Snapshots received per bot per second connected.
     pub snapshots_per_bot_per_s: f64,
@@ -166,14 +195,18 @@ pub struct BotsReport {
     /// The most ticks any bot saw the match go back (exact for a server that restored a
     /// crashed owner's snapshot: the newest tick the bot saw minus the restored one).
     pub max_rollback_ticks: u64,
-    /// The first error a bot met, if any.
+    /// The first error of the lowest-numbered bot that met one: why it could not connect
+    /// (with what is likely wrong), or how it lost its match.
     pub first_error: Option<String>,
 }
 
-/// Runs the bots to the end and reports. Bot `i` plays with `brain(seed + i)`.
+/// Runs the bots to the end and reports. Bot `i` plays with `brain(seed + i)`. When `stop`
+/// turns true, every bot stops at once (leaving cleanly) and the report covers what
+/// they did so far.
 pub async fn run_bots<G: Game, B: Bot<G>>(
     config: BotsConfig,
     brain: impl Fn(u64) -> B + Send + Sync + 'static,
+    mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<BotsReport> {
     let config = Arc::new(config);
     let mut tasks = Vec::with_capacity(config.count);
@@ -181,21 +214,41 @@ pub async fn run_bots<G: Game, B: Bot<G>>(
     for index in 0..config.count {
         let config = Arc::clone(&config);
         let bot = brain(config.seed.wrapping_add(index as u64));
+        let bot_stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            run_bot::<G, B>(&config, index, bot).await
+            run_bot::<G, B>(&config, index, bot, bot_stop).await
         }));
         if index % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                () = stopped(&mut stop) => break,
+            }
         }
     }
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
         results.push(task.await.context("a bot task panicked")?);
     }
-    Ok(report(&results))
+    // Bots a stop kept from starting never connected.
+    let mut report = report(&results);
+    report.bots = config.count;
+    report.connect_failures += config.count - results.len();
+    Ok(report)
 }
 
-async fn run_bot<G: Game, B: Bot<G>>(config: &BotsConfig, index: usize, bot: B) -> BotResult {
+/// Resolves once `stop` says stop (never, if its sender is gone without saying so).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|&stop| stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn run_bot<G: Game, B: Bot<G>>(
+    config: &BotsConfig,
+    index: usize,
+    bot: B,
+    stop: watch::Receiver<bool>,
+) -> BotResult {
     let mut result = BotResult {
         connected_ever: false,
         connected_at_end: false,
@@ -220,7 +273,7 @@ async fn run_bot<G: Game, B: Bot<G>>(config: &BotsConfig, index: usize, bot: B) 
         input_lead_ticks: 0.0,
         rtt_us: new_histogram(),
     };
-    if let Err(error) = play::<G, B>(config, index, bot, &mut result).await {
+    if let Err(error) = play::<G, B>(config, index, bot, &mut result, stop).await {
         result.error = Some(format!("bot {index}: {error:#}"));
     }
     result
@@ -237,27 +290,30 @@ async fn play<G: Game, B: Bot<G>>(
     index: usize,
     mut brain: B,
     result: &mut BotResult,
+    mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let name = format!("bot-{index}");
-    let token = match &config.tokens {
-        TokenSource::Admin(url) => crate::http::fetch_token(url, &name).await?,
-        TokenSource::Local { key, protocol_id } => {
-            local_token(config.server, *key, *protocol_id, &name)?
-        }
+    let token = tokio::select! {
+        token = fetch_token(&config.tokens, &name) => token?,
+        () = stopped(&mut stop) => return Ok(()),
     };
+    // The token names the server (an admin API's lists its standbys after it).
+    let server = netcode::ConnectToken::read(&token)
+        .ok()
+        .and_then(|t| t.server_addresses.first().copied())
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let seed = config.seed.wrapping_add(index as u64).wrapping_mul(2);
-    let mut socket = SessionSocket::bind(config.server, config.link, seed).await?;
+    let mut socket = SessionSocket::bind(server, config.link, seed).await?;
     let clock = Clock::start();
     let start = clock.now();
-    let mut session = Session::<G>::new(start, &token, config.tick_hz);
-    let period = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut session = Session::<G>::new(start, &token, ASSUMED_TICK_HZ);
+    let mut tick_hz = session.tick_hz();
+    let mut ticker = pacer(tick_hz);
     let mut connected_at = None;
     let mut play_until = None;
-    // Bounded: a bot ends at its play time plus one second of draining, or 10 s of failing
-    // to connect, whichever first; the loop cannot outlive that.
-    let hard_stop = start + config.duration + Duration::from_secs(15);
+    // Bounded: a bot ends at its play time plus the drain, or when it fails to connect
+    // (within CONNECT_FOR), whichever first; the loop cannot outlive this.
+    let hard_stop = start + config.duration + CONNECT_FOR + DRAIN_FOR + Duration::from_secs(4);
     let mut draining_until = None;
     loop {
         tokio::select! {
@@ -266,22 +322,37 @@ async fn play<G: Game, B: Bot<G>>(
                     socket.receive(&mut session, || clock.now());
                 }
             }
+            () = stopped(&mut stop) => break,
             _ = ticker.tick() => {
                 let now = clock.now();
                 socket.deliver_due(&mut session, now);
                 session.update(now);
+                // Inputs go at the server's rate, once it told it.
+                if session.tick_hz() != tick_hz {
+                    tick_hz = session.tick_hz();
+                    ticker = pacer(tick_hz);
+                }
                 if session.is_connected() && connected_at.is_none() {
                     connected_at = Some(now);
                     play_until = Some(now + config.duration);
                     result.connected_ever = true;
                 }
-                // Moving to another server (a handoff or a reconnect) is not losing it.
+                // Moving to another server (a handoff or a reconnect) is not losing it;
+                // a session that gave up reconnecting has.
                 if result.connected_ever && session.is_lost() {
-                    result.lost_connection = true;
                     break;
                 }
-                if !result.connected_ever && (session.state().is_error() || now >= start + Duration::from_secs(10)) {
-                    anyhow::bail!("could not connect: {:?}", session.state());
+                if !result.connected_ever {
+                    if let Some(failure) = session.connect_failure() {
+                        anyhow::bail!("could not connect: {failure}");
+                    }
+                    if now >= start + CONNECT_FOR {
+                        anyhow::bail!(
+                            "could not connect within {} s (still {:?})",
+                            CONNECT_FOR.as_secs(),
+                            session.state()
+                        );
+                    }
                 }
                 observe(&mut session, &mut brain);
                 match (play_until, draining_until) {
@@ -289,9 +360,10 @@ async fn play<G: Game, B: Bot<G>>(
                         let input = brain.decide();
                         let _ = session.send_input(now, input);
                     }
-                    (Some(_), None) => draining_until = Some(now + Duration::from_secs(1)),
+                    (Some(_), None) => draining_until = Some(now + DRAIN_FOR),
                     (_, Some(until)) => {
-                        if session.unapplied_inputs() == 0 || now >= until {
+                        let settled = session.unapplied_inputs() == 0 && is_playing(&session);
+                        if settled || now >= until {
                             break;
                         }
                         session.resend_inputs(now);
@@ -309,7 +381,11 @@ async fn play<G: Game, B: Bot<G>>(
         }
     }
     let now = clock.now();
-    result.connected_at_end = session.is_connected();
+    result.connected_at_end = is_playing(&session);
+    if result.connected_ever && !result.connected_at_end {
+        result.lost_connection = true;
+        result.error = Some(format!("bot {index}: {}", lost_match(&session, now)));
+    }
     result.connected_for = connected_at.map_or(Duration::ZERO, |at| now.saturating_sub(at));
     let stats = session.stats();
     result.snapshots = stats.snapshots;
@@ -332,6 +408,61 @@ async fn play<G: Game, B: Bot<G>>(
     session.disconnect(now);
     socket.flush_direct(&mut session).await;
     Ok(())
+}
+
+/// A token from where the run gets them.
+async fn fetch_token(tokens: &TokenSource, name: &str) -> anyhow::Result<Vec<u8>> {
+    match tokens {
+        TokenSource::Admin { url, bearer } => {
+            crate::http::fetch_token_with(url, name, false, bearer.as_deref()).await
+        }
+        TokenSource::Local {
+            server,
+            key,
+            protocol_id,
+        } => local_token(*server, *key, *protocol_id, name),
+    }
+}
+
+/// A timer for one input per tick at `tick_hz`.
+fn pacer(tick_hz: u32) -> tokio::time::Interval {
+    let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz.clamp(1, MAX_TICK_HZ)));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker
+}
+
+/// Whether the session is in its match: connected, and nothing broke since its last
+/// snapshot.
+fn is_playing<G: Game>(session: &Session<G>) -> bool {
+    session.is_connected() && session.interruption().is_none()
+}
+
+/// What a bot that lost its match says about it.
+fn lost_match<G: Game>(session: &Session<G>, now: Duration) -> String {
+    let Some(interruption) = session.interruption() else {
+        return format!(
+            "lost the match: the connection to {} ended ({:?})",
+            session
+                .server_address()
+                .map_or_else(|| "the server".to_owned(), |s| s.to_string()),
+            session.state()
+        );
+    };
+    let after = if session.gave_up() {
+        format!(
+            "gave up reconnecting after {} s",
+            crate::session::RECONNECT_FOR.as_secs()
+        )
+    } else if session.has_reconnect_token() {
+        format!(
+            "no server took it back in {:.1} s",
+            now.saturating_sub(interruption.at).as_secs_f64()
+        )
+    } else {
+        "no reconnect token to try another server with".to_owned()
+    };
+    format!("lost the match: {interruption}; {after}")
 }
 
 /// Shows the bot the snapshots that arrived. Bots do not read the game's events: they are

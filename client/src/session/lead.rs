@@ -113,6 +113,11 @@ impl InputLead {
         }
     }
 
+    /// The match ticks `tick_hz` times a second after all (the server told its own).
+    pub fn set_tick_hz(&mut self, tick_hz: u32) {
+        self.tick_hz = f64::from(tick_hz.max(1));
+    }
+
     /// The lead to aim with now, in ticks.
     pub fn lead_ticks(&self) -> f64 {
         self.lead

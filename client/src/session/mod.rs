@@ -62,13 +62,30 @@
 //! ([`Session::inputs_unacknowledged`]). Their sum is [`SessionStats::inputs_sent`] as long
 //! as the server applies in order and skips only frames it never received.
 //!
+//! # The server's settings
+//!
+//! A server tells each connection the match's settings and its view radius first
+//! ([`Session::match_config`], [`Session::view_radius`]). Until then the session assumes
+//! the tick rate it was made with; from then on it aims its inputs by the server's
+//! ([`Session::tick_hz`]), and a driver paces them by it too.
+//!
+//! # What went wrong
+//!
+//! The first connect gives up on an address after [`CONNECT_ATTEMPT_TIMEOUT`] of silence
+//! and [`Session::connect_failure`] says what is likely wrong (a wrong key or protocol id
+//! looks exactly like a server that is down: netcode servers do not answer). Once
+//! connected, [`Session::interruption`] says what broke the connection (silence,
+//! disconnect packets, a timeout) until a snapshot arrives again; a handoff is not an
+//! interruption, and a reconnect that finds the match clears it.
+//!
 //! # Layout
 //!
 //! - this file: the session, its timers and reconnects, and what it reports;
 //! - `ahead`: the connection opened ahead of a handoff (make before break);
 //! - `accounting`: what each snapshot says about this player's inputs and rollbacks;
 //! - `lead`: choosing the input lead from the margins the server reports;
-//! - `tokens`: tokens arriving in parts.
+//! - `tokens`: tokens arriving in parts;
+//! - [`trouble`]: why a connect failed, why a connection was lost, in words.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -90,10 +107,12 @@ pub mod lead;
 #[cfg(test)]
 mod tests;
 mod tokens;
+pub mod trouble;
 
 use ahead::Prepared;
 pub use lead::InputLead;
 use tokens::TokenInbox;
+pub use trouble::{ConnectFailure, Interruption, InterruptionCause};
 
 /// Unapplied input frames a client keeps (two seconds at 60 Hz). Past this the oldest is
 /// given up: the server notices the gap and moves on.
@@ -113,6 +132,11 @@ pub const SILENCE_BEFORE_RECONNECT: Duration = Duration::from_millis(1000);
 /// snapshot arrives on that connection or, if the handoff is called off, the owner resumes.
 /// Reconnecting in between would only get in the way of both.
 pub const SILENCE_DURING_HANDOFF: Duration = Duration::from_millis(3000);
+/// How long the first connect waits for an answer from one address before it tries the
+/// token's next one or gives up (instead of the token's timeout, 5 to 10 s): a server
+/// answers a request at once, and silence means a wrong key or protocol id, or a server
+/// that is down (see [`trouble`]).
+pub const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
 /// How long a reconnect or a redirect waits for an answer from one address before it
 /// tries the token's next one: a dead standby must not cost the token's whole timeout.
 pub const MOVE_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -204,7 +228,14 @@ pub struct Moved {
 #[derive(Debug)]
 pub struct Session<G: Game> {
     netcode: netcode::Client,
+    /// The tick rate inputs are aimed by: the one the session was made with until the
+    /// server tells its own.
     tick_hz: u32,
+    /// The transport was connected at least once (a failure after it is not a failure
+    /// to connect).
+    connected_once: bool,
+    /// What broke the connection, since the last snapshot.
+    interruption: Option<Interruption>,
     acks: AckTracker,
     /// The views the current connection's snapshots left (the baselines its deltas name).
     baselines: Baselines<G::Entity>,
@@ -270,11 +301,17 @@ pub struct Session<G: Game> {
 }
 
 impl<G: Game> Session<G> {
-    /// A session that starts connecting with a 2048-byte connect token.
+    /// A session that starts connecting with a 2048-byte connect token. `tick_hz` is the
+    /// rate assumed until the server tells its own (the match's settings arrive before
+    /// the first snapshot, so no input is aimed by the guess).
     pub fn new(now: Duration, token: &[u8], tick_hz: u32) -> Self {
+        let mut netcode = netcode::Client::new(now, token);
+        netcode.set_attempt_timeout(CONNECT_ATTEMPT_TIMEOUT);
         Self {
-            netcode: netcode::Client::new(now, token),
+            netcode,
             tick_hz: tick_hz.max(1),
+            connected_once: false,
+            interruption: None,
             acks: AckTracker::default(),
             baselines: Baselines::default(),
             inbox: Inbox::default(),
@@ -324,7 +361,9 @@ impl<G: Game> Session<G> {
             baselines: &mut self.baselines,
             config: self.inbox.config().copied(),
         };
-        let Some(message) = receive_message(layers, &mut self.stats, now, from, datagram) else {
+        let message = receive_message(layers, &mut self.stats, now, from, datagram);
+        self.connected_once |= self.netcode.is_connected();
+        let Some(message) = message else {
             return;
         };
         match message {
@@ -422,6 +461,12 @@ impl<G: Game> Session<G> {
         if self.latest.is_some() {
             self.stats.max_snapshot_gap = self.stats.max_snapshot_gap.max(gap);
         }
+        // The match's own rate (bounded by the decoder): inputs are aimed by it.
+        let tick_hz = snapshot.config.tick_hz.max(1);
+        if tick_hz != self.tick_hz {
+            self.tick_hz = tick_hz;
+            self.lead.set_tick_hz(tick_hz);
+        }
         self.stats.snapshots += 1;
         self.account_inputs(&snapshot, from_new_server);
         while self
@@ -442,6 +487,7 @@ impl<G: Game> Session<G> {
         self.reconnecting_since = None;
         self.went_silent = None;
         self.retry_at = None;
+        self.interruption = None;
         if let Some(moved) = &mut self.moved
             && moved.done_at.is_none()
         {
@@ -459,6 +505,9 @@ impl<G: Game> Session<G> {
         let failed = state.is_error() || state == ClientState::Disconnected;
         if !(silent || failed) || self.leaving || self.gave_up {
             return;
+        }
+        if self.connected_once && self.interruption.is_none() {
+            self.interruption = Some(self.interruption_now(now, silent, state));
         }
         let Some(token) = self.reconnect_token.clone() else {
             return;
@@ -498,14 +547,37 @@ impl<G: Game> Session<G> {
         self.replace_transport(now, &token, first, false);
     }
 
+    /// What went wrong, noticed at `now`: silence, or the transport's failure.
+    fn interruption_now(&self, now: Duration, silent: bool, state: ClientState) -> Interruption {
+        let cause = if silent {
+            InterruptionCause::Silent(now.saturating_sub(self.quiet_since()))
+        } else {
+            match state {
+                ClientState::Disconnected => InterruptionCause::Disconnected,
+                ClientState::ConnectionTimedOut => InterruptionCause::TimedOut,
+                other => InterruptionCause::Failed(other),
+            }
+        };
+        Interruption {
+            server: self.netcode.server_address(),
+            cause,
+            at: now,
+        }
+    }
+
+    /// Since when the connected server has been quiet: the newest snapshot or the
+    /// connection's start, whichever is later.
+    fn quiet_since(&self) -> Duration {
+        self.netcode
+            .connected_at()
+            .map_or(self.last_heard, |at| at.max(self.last_heard))
+    }
+
     /// Whether the connected server has been quiet too long. Measured from the newest
     /// snapshot or from when the connection was made, whichever is later: a handshake
     /// that took a while must not count as silence the moment it succeeds.
     fn is_silent(&self, now: Duration) -> bool {
-        let quiet_since = self
-            .netcode
-            .connected_at()
-            .map_or(self.last_heard, |at| at.max(self.last_heard));
+        let quiet_since = self.quiet_since();
         let patience = if self.is_prepared() {
             SILENCE_DURING_HANDOFF
         } else {
@@ -703,6 +775,54 @@ impl<G: Game> Session<G> {
         let state = self.netcode.state();
         (state.is_error() || state == ClientState::Disconnected)
             && (self.reconnect_token.is_none() || self.gave_up || self.leaving)
+    }
+
+    /// Why the session never connected, once it has given up trying (`None` while it
+    /// tries, and once it has connected).
+    pub fn connect_failure(&self) -> Option<ConnectFailure> {
+        if self.connected_once {
+            return None;
+        }
+        ConnectFailure::from_state(
+            self.netcode.state(),
+            self.netcode.server_address(),
+            self.netcode.server_addresses().len(),
+        )
+    }
+
+    /// Whether the transport was ever connected.
+    pub fn was_connected(&self) -> bool {
+        self.connected_once
+    }
+
+    /// What broke the connection, if something did since the last snapshot (see the
+    /// module docs): kept while the session reconnects, cleared by the next snapshot.
+    pub fn interruption(&self) -> Option<Interruption> {
+        self.interruption
+    }
+
+    /// Whether the session gave up reconnecting ([`RECONNECT_FOR`] without a snapshot).
+    pub fn gave_up(&self) -> bool {
+        self.gave_up
+    }
+
+    /// The tick rate inputs are aimed by: the server's, once its settings arrived,
+    /// else the one the session was made with. A driver paces its inputs by it.
+    pub fn tick_hz(&self) -> u32 {
+        self.inbox
+            .config()
+            .map_or(self.tick_hz, |c| c.tick_hz.max(1))
+    }
+
+    /// The match's settings, once the server told them (before its first snapshot).
+    pub fn match_config(&self) -> Option<&MatchConfig> {
+        self.inbox.config()
+    }
+
+    /// How far a player sees on the server, metres (`arena-server --view-radius`), once
+    /// it told (with the match's settings). A spectator sees the whole arena.
+    pub fn view_radius(&self) -> Option<f32> {
+        self.inbox.view_radius_m()
     }
 
     /// Whether a reconnect token has arrived.

@@ -20,6 +20,7 @@ const CONFIG: MatchConfig = MatchConfig {
     tick_hz: 60,
     seed: 1,
 };
+const VIEW_RADIUS_M: f32 = 25.0;
 const START: Duration = Duration::from_secs(1_800_000_000);
 const STEP: Duration = Duration::from_millis(10);
 const ME: SocketAddr = SocketAddr::new(
@@ -32,9 +33,20 @@ fn addr(n: u8) -> SocketAddr {
 }
 
 fn token(now: Duration, addresses: &[SocketAddr]) -> Vec<u8> {
+    token_sealed_with(now, addresses, &KEY, ARENA_PROTOCOL_ID)
+}
+
+/// A token sealed with `key` for `protocol_id` (the servers' are [`KEY`] and
+/// [`ARENA_PROTOCOL_ID`]).
+fn token_sealed_with(
+    now: Duration,
+    addresses: &[SocketAddr],
+    key: &Key,
+    protocol_id: u64,
+) -> Vec<u8> {
     mint_token(
         &TokenRequest {
-            protocol_id: ARENA_PROTOCOL_ID,
+            protocol_id,
             server_addresses: addresses.to_vec(),
             client_id: 77,
             name: "ann".into(),
@@ -43,7 +55,7 @@ fn token(now: Duration, addresses: &[SocketAddr]) -> Vec<u8> {
             timeout_s: 5,
             spectator: false,
         },
-        &KEY,
+        key,
     )
     .unwrap()
     .write()
@@ -64,6 +76,8 @@ struct FakeServer {
     client: Option<ClientIndex>,
     /// The connected client's reliable notices (a new one for each connection).
     outbox: Outbox<Shooter>,
+    /// The match's settings it tells each connection first.
+    config: MatchConfig,
     /// Sends every reliable message twice, in two packets (a resend that crossed an ack).
     repeat_reliable: bool,
     /// Sends unacknowledged notices again (false: each goes out once, as if every packet
@@ -100,6 +114,7 @@ impl FakeServer {
             acks: AckTracker::default(),
             client: None,
             outbox: Outbox::default(),
+            config: CONFIG,
             repeat_reliable: false,
             resend_reliable: true,
             reliable_sent_below: 0,
@@ -165,7 +180,7 @@ impl FakeServer {
                 ServerEvent::ClientConnected { client, .. } => {
                     self.client = Some(client);
                     self.outbox = Outbox::default();
-                    self.outbox.push_config(CONFIG);
+                    self.outbox.push_config(self.config, VIEW_RADIUS_M);
                     self.reliable_sent_below = 0;
                     self.connects += 1;
                 }
@@ -913,4 +928,141 @@ fn a_delta_against_a_view_not_held_and_a_forged_section_are_refused_and_counted(
     let newest = net.session.latest_snapshot().map(|s| s.tick);
     assert!(newest.is_some_and(|t| t.0 < tick + 1000), "{newest:?}");
     assert!(latest.is_some());
+}
+
+/// A session with `token` against server 1 (ticking, admitting unless `admitting` is
+/// false) alone, stepped until it connects or fails; returns the net and how long it
+/// took.
+fn connect_with(token: Vec<u8>, admitting: bool) -> (Net, Duration) {
+    let mut servers = vec![FakeServer::new(addr(1))];
+    servers[0].ticking = true;
+    servers[0].netcode.set_admitting(admitting);
+    let mut net = Net {
+        now: START,
+        session: Session::new(START, &token, 60),
+        servers,
+        playing: true,
+        duplicate_to_client: false,
+        wire: VecDeque::new(),
+    };
+    net.run_until(Duration::from_secs(12), |n| {
+        n.session.is_connected() || n.session.state().is_error()
+    });
+    let took = net.now - START;
+    (net, took)
+}
+
+#[test]
+fn a_token_sealed_with_another_key_or_protocol_fails_in_under_three_seconds_and_says_why() {
+    for (key, protocol_id) in [([9; 32], ARENA_PROTOCOL_ID), (KEY, ARENA_PROTOCOL_ID + 1)] {
+        let (net, took) = connect_with(
+            token_sealed_with(START, &[addr(1)], &key, protocol_id),
+            true,
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert!(took >= CONNECT_ATTEMPT_TIMEOUT, "{took:?}");
+        let failure = net.session.connect_failure();
+        assert_eq!(
+            failure,
+            Some(ConnectFailure::NoAnswer {
+                server: addr(1),
+                servers: 1
+            })
+        );
+        let text = failure.map(|f| f.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("wrong key or protocol id, or the server is down"),
+            "{text}"
+        );
+        assert!(!net.session.was_connected());
+    }
+}
+
+#[test]
+fn a_server_that_denies_is_told_apart_from_one_that_is_silent() {
+    let (net, took) = connect_with(token(START, &[addr(1)]), false);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let text = net.session.connect_failure().map(|f| f.to_string());
+    assert!(
+        text.as_deref()
+            .is_some_and(|t| t.contains("the server is full or refused the token")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn the_servers_tick_rate_and_view_radius_replace_the_guess() {
+    let mut servers = vec![FakeServer::new(addr(1))];
+    servers[0].ticking = true;
+    servers[0].config.tick_hz = 30;
+    let mut net = Net {
+        now: START,
+        session: Session::new(START, &token(START, &[addr(1)]), 60),
+        servers,
+        playing: true,
+        duplicate_to_client: false,
+        wire: VecDeque::new(),
+    };
+    assert_eq!(
+        (net.session.tick_hz(), net.session.view_radius()),
+        (60, None)
+    );
+    assert!(net.run_until(Duration::from_secs(1), |n| {
+        n.session.latest_snapshot().is_some()
+    }));
+    assert_eq!(net.session.tick_hz(), 30);
+    assert_eq!(net.session.view_radius(), Some(VIEW_RADIUS_M));
+    assert_eq!(net.session.match_config().map(|c| c.tick_hz), Some(30));
+    assert_eq!(net.session.connect_failure(), None);
+}
+
+#[test]
+fn a_server_that_dies_is_an_interruption_until_a_standby_takes_the_match() {
+    let mut net = Net::new(2);
+    net.send_reconnect_token(0, &[addr(1), addr(2)]);
+    assert_eq!(net.session.interruption(), None);
+    net.servers[1].netcode.set_admitting(false);
+    net.servers[0].alive = false;
+    assert!(net.run_until(Duration::from_secs(2), |n| {
+        n.session.interruption().is_some()
+    }));
+    let Some(interruption) = net.session.interruption() else {
+        panic!("no interruption");
+    };
+    assert_eq!(interruption.server, Some(addr(1)));
+    assert!(
+        matches!(interruption.cause, InterruptionCause::Silent(quiet) if quiet >= SILENCE_BEFORE_RECONNECT),
+        "{interruption:?}"
+    );
+    // Reconnect rounds to a denying standby do not replace what happened first.
+    net.run(Duration::from_millis(1500));
+    assert_eq!(net.session.interruption(), Some(interruption));
+    assert_eq!(net.session.connect_failure(), None);
+    // The standby takes over: its first snapshot ends the interruption.
+    net.servers[1].netcode.set_admitting(true);
+    net.servers[1].ticking = true;
+    assert!(net.run_until(Duration::from_secs(3), |n| n.on(1)));
+    net.run(Duration::from_millis(100));
+    assert_eq!(net.session.interruption(), None);
+}
+
+#[test]
+fn a_server_that_stops_says_it_disconnected_the_client() {
+    let mut net = Net::new(1);
+    net.send_reconnect_token(0, &[addr(1)]);
+    let now = net.now;
+    net.servers[0].netcode.set_admitting(false);
+    net.servers[0].netcode.disconnect_all(now);
+    net.servers[0].ticking = false;
+    net.run(Duration::from_millis(200));
+    let cause = net.session.interruption().map(|i| i.cause);
+    assert_eq!(cause, Some(InterruptionCause::Disconnected));
+    // Leaving on purpose afterwards does not change what happened.
+    let now = net.now;
+    net.session.disconnect(now);
+    net.run(Duration::from_millis(100));
+    assert_eq!(
+        net.session.interruption().map(|i| i.cause),
+        Some(InterruptionCause::Disconnected)
+    );
 }

@@ -17,6 +17,9 @@ use crate::netcode::MAX_PAYLOAD_BYTES;
 pub const MAX_INPUT_FRAMES_PER_PACKET: usize = 32;
 /// Largest body after the header.
 pub const MAX_BODY_BYTES: usize = MAX_PAYLOAD_BYTES - HEADER_BYTES;
+/// The fastest tick a client accepts from a server's settings (`arena-server --tick-hz`
+/// takes 1 to 1000): a client paces its inputs by it.
+pub const MAX_TICK_HZ: u32 = 1000;
 
 /// The decoder's allocation limit. bincode 2 checks a container's *in-memory* size
 /// (elements × `size_of`) against it before reading, so it must exceed what 1192 wire
@@ -145,8 +148,16 @@ pub enum Notice<G: Game> {
     },
     /// Something that happened in the match.
     Event(G::Event),
-    /// The match's settings: told first, once per connection (they never change).
-    Config(MatchConfig),
+    /// The match's settings and the server's own: told first, once per connection (they
+    /// never change while it lasts).
+    Config {
+        /// The match's settings (its tick rate paces the client's inputs).
+        config: MatchConfig,
+        /// How far a player sees on this server, metres (`--view-radius`: entities
+        /// farther away are not replicated; a spectator sees the whole arena). Finite and
+        /// above 0.
+        view_radius_m: f32,
+    },
 }
 
 /// A snapshot's head on the wire: what is not an entity. The section that follows it
@@ -464,6 +475,17 @@ fn check_reliable<G: Game>(reliable: &Reliable<G>) -> Result<(), DecodeError> {
             Notice::Name { name, .. } if name.len() > crate::identity::MAX_NAME_BYTES => {
                 return Err(DecodeError::OutOfBounds("name over 64 bytes"));
             }
+            Notice::Config {
+                config,
+                view_radius_m,
+            } if !((1..=MAX_TICK_HZ).contains(&config.tick_hz)
+                && view_radius_m.is_finite()
+                && *view_radius_m > 0.0) =>
+            {
+                return Err(DecodeError::OutOfBounds(
+                    "settings: tick rate not 1 to 1000 Hz, or view radius not above 0",
+                ));
+            }
             _ => {}
         }
     }
@@ -586,6 +608,10 @@ mod tests {
                     player: PlayerId(3),
                     name: "ann".into(),
                 },
+                Notice::Config {
+                    config: settings(30),
+                    view_radius_m: 12.5,
+                },
             ],
         });
         let len = encode(header, &good, &mut out).expect("fits");
@@ -605,6 +631,22 @@ mod tests {
                 player: PlayerId(1),
                 name: "x".repeat(65),
             },
+            Notice::Config {
+                config: settings(0),
+                view_radius_m: 30.0,
+            },
+            Notice::Config {
+                config: settings(MAX_TICK_HZ + 1),
+                view_radius_m: 30.0,
+            },
+            Notice::Config {
+                config: settings(60),
+                view_radius_m: f32::NAN,
+            },
+            Notice::Config {
+                config: settings(60),
+                view_radius_m: 0.0,
+            },
         ];
         for notice in bad {
             let message: ServerMessage<Shooter> = ServerMessage::Reliable(Reliable {
@@ -619,6 +661,14 @@ mod tests {
                 ),
                 "{notice:?}"
             );
+        }
+    }
+
+    fn settings(tick_hz: u32) -> MatchConfig {
+        MatchConfig {
+            max_players: 8,
+            tick_hz,
+            seed: 1,
         }
     }
 

@@ -112,9 +112,13 @@ impl<G: Game> Outbox<G> {
         }
     }
 
-    /// Queues the match's settings (first, on joining: a client reads no snapshot before).
-    pub fn push_config(&mut self, config: MatchConfig) {
-        self.push(Notice::Config(config));
+    /// Queues the match's settings and how far a player sees on this server, metres
+    /// (first, on joining: a client reads no snapshot before).
+    pub fn push_config(&mut self, config: MatchConfig, view_radius_m: f32) {
+        self.push(Notice::Config {
+            config,
+            view_radius_m,
+        });
     }
 
     /// Queues a player's name.
@@ -233,6 +237,8 @@ pub struct Inbox<G: Game> {
     shared: Option<G::Shared>,
     /// The match's settings, once told.
     config: Option<MatchConfig>,
+    /// How far a player sees on the server, metres, once told.
+    view_radius_m: Option<f32>,
     /// Bumped each time new shared data arrives.
     shared_version: u64,
     names: BTreeMap<PlayerId, String>,
@@ -247,6 +253,7 @@ impl<G: Game> Default for Inbox<G> {
             assembling: Vec::new(),
             shared: None,
             config: None,
+            view_radius_m: None,
             shared_version: 0,
             names: BTreeMap::new(),
             events: VecDeque::new(),
@@ -274,6 +281,7 @@ impl<G: Game> Inbox<G> {
         }
         if ahead.config.is_some() {
             self.config = ahead.config;
+            self.view_radius_m = ahead.view_radius_m;
         }
         self.names.extend(ahead.names);
         for event in ahead.events {
@@ -333,7 +341,13 @@ impl<G: Game> Inbox<G> {
                     self.assembling = Vec::new();
                 }
             }
-            Notice::Config(config) => self.config = Some(config),
+            Notice::Config {
+                config,
+                view_radius_m,
+            } => {
+                self.config = Some(config);
+                self.view_radius_m = Some(view_radius_m);
+            }
             Notice::Name { player, name } => {
                 if self.names.len() >= MAX_NAMES && !self.names.contains_key(&player) {
                     self.names.pop_first();
@@ -358,6 +372,12 @@ impl<G: Game> Inbox<G> {
     /// The match's settings, once told (kept across a new connection until it tells its own).
     pub fn config(&self) -> Option<&MatchConfig> {
         self.config.as_ref()
+    }
+
+    /// How far a player sees on the server, metres, once told (kept across a new
+    /// connection until it tells its own).
+    pub fn view_radius_m(&self) -> Option<f32> {
+        self.view_radius_m
     }
 
     /// Goes up each time shared data arrives (a new server sends its own).
@@ -429,6 +449,28 @@ mod tests {
         assert_eq!(outbox.unacknowledged(), 0);
         assert!(inbox.stats().repeats > 0);
         assert_eq!(inbox.stats().gaps, 0);
+    }
+
+    #[test]
+    fn the_settings_and_view_radius_arrive_first_and_survive_a_new_connection() {
+        let config = MatchConfig {
+            max_players: 8,
+            tick_hz: 30,
+            seed: 5,
+        };
+        let mut outbox = Outbox::<Shooter>::default();
+        outbox.push_config(config, 12.5);
+        outbox.push_name(PlayerId(1), "ann");
+        let mut inbox = Inbox::<Shooter>::default();
+        assert_eq!((inbox.config(), inbox.view_radius_m()), (None, None));
+        let reliable = outbox.poll(ms(0)).expect("something to send");
+        assert!(matches!(reliable.notices[0], Notice::Config { .. }));
+        inbox.handle(reliable);
+        assert_eq!(inbox.config(), Some(&config));
+        assert_eq!(inbox.view_radius_m(), Some(12.5));
+        // A new connection: what was told stays until the new server tells its own.
+        inbox.restart();
+        assert_eq!(inbox.view_radius_m(), Some(12.5));
     }
 
     #[test]

@@ -26,6 +26,10 @@ const PROJECTILE_LIFETIME_S: f32 = 1.0;
 const PROJECTILE_DAMAGE: u8 = 25;
 const FIRE_COOLDOWN_S: f32 = 0.25;
 const RESPAWN_DELAY_S: f32 = 2.0;
+/// Spawn points a (re)spawn chooses among, the farthest from living players winning.
+const SPAWN_CANDIDATES: u32 = 12;
+/// Points a (re)spawn draws at most to find [`SPAWN_CANDIDATES`] clear of pillars.
+const SPAWN_TRIES: u32 = 32;
 /// Area per player slot, m²: the arena grows with capacity so density stays playable.
 const AREA_PER_PLAYER_M2: f32 = 100.0;
 const MIN_ARENA_SIZE: f32 = 40.0;
@@ -552,26 +556,56 @@ impl World {
         }
     }
 
+    /// Where a joining or respawning player appears: of [`SPAWN_CANDIDATES`] points the
+    /// match RNG draws clear of pillars, the one farthest from the nearest living player
+    /// (ties: the first drawn), so a player killed by a group is not put back in front of
+    /// it. Bounded ([`SPAWN_TRIES`] draws; if none is clear, the last one is kept: movement
+    /// pushes a player out of a pillar on the next step) and a function of the state: the
+    /// same world gives the same point. The one spawning is never counted as its own enemy:
+    /// a joining player is not in the world yet and a respawning one is dead.
     fn spawn_point(&mut self) -> Vec2 {
         let size = self.config.arena_size();
         let margin = PLAYER_RADIUS + 1.0;
-        let mut candidate = Vec2::splat(size / 2.0);
-        // Bounded: a few tries to land clear of pillars; the last one is kept regardless
-        // (movement pushes a player out of a pillar on the next step).
-        for _ in 0..8 {
-            candidate = Vec2::new(
+        let mut best: Option<(f32, Vec2)> = None;
+        let mut last = Vec2::splat(size / 2.0);
+        let mut clear_found = 0;
+        for _ in 0..SPAWN_TRIES {
+            if clear_found == SPAWN_CANDIDATES {
+                break;
+            }
+            let candidate = Vec2::new(
                 self.rng.random_range(margin..size - margin),
                 self.rng.random_range(margin..size - margin),
             );
+            last = candidate;
             let clear = self
                 .walls
                 .iter()
                 .all(|w| push_out_of_box(candidate, PLAYER_RADIUS, w) == candidate);
-            if clear {
-                break;
+            if !clear {
+                continue;
+            }
+            clear_found += 1;
+            let nearest_sq = self.nearest_living_player_sq(candidate);
+            if best.is_none_or(|(d, _)| nearest_sq > d) {
+                best = Some((nearest_sq, candidate));
+            }
+            if nearest_sq == f32::INFINITY {
+                break; // Nobody alive: any clear point is as good as another.
             }
         }
-        candidate
+        best.map_or(last, |(_, point)| point)
+    }
+
+    /// The squared distance from `point` to the nearest living player's body (infinite
+    /// if none is alive). Players in id order, so float ties resolve the same way.
+    fn nearest_living_player_sq(&self, point: Vec2) -> f32 {
+        self.players
+            .values()
+            .filter(|p| p.is_alive())
+            .filter_map(|p| self.entities.get(p.entity))
+            .map(|e| e.position.distance_squared(point))
+            .fold(f32::INFINITY, f32::min)
     }
 }
 
@@ -732,5 +766,72 @@ mod tests {
         let events = hold(&mut w, &[(shooter, PlayerInput::default())], 130);
         assert!(events.contains(&GameEvent::Respawned { player: victim }));
         assert_eq!(w.player(victim).map(|p| p.health), Some(PLAYER_MAX_HEALTH));
+    }
+
+    /// A world of `max_players` slots where every player but `victim` stands within 3 m of
+    /// `corner` and `victim` is dead, due back next tick.
+    fn clustered(seed: u64, max_players: u32, corner: Vec2, victim: PlayerId) -> World {
+        let mut w = World::new(WorldConfig {
+            max_players,
+            tick_hz: 60,
+            seed,
+        });
+        for id in 1..=6 {
+            let body = w.add_player(PlayerId(id));
+            if PlayerId(id) == victim {
+                continue;
+            }
+            let offset = Vec2::new((id % 3) as f32, (id / 3) as f32);
+            if let Some(e) = w.entities.get_mut(body) {
+                e.position = corner + offset;
+            }
+        }
+        if let Some(p) = w.players.get_mut(&victim) {
+            p.health = 0;
+            p.respawn_at = Some(Tick(w.tick.0 + 1));
+        }
+        w.rebuild_grids();
+        w
+    }
+
+    #[test]
+    fn a_respawn_lands_away_from_a_group_of_enemies_and_the_same_state_gives_the_same_spot() {
+        let victim = PlayerId(1);
+        // Two arena sizes (40 m and 80 m), enemies in a corner and in the middle.
+        for (max_players, corner, at_least_m) in [
+            (16, Vec2::splat(6.0), 20.0),
+            (16, Vec2::splat(20.0), 12.0),
+            (64, Vec2::splat(10.0), 40.0),
+        ] {
+            for seed in 0..20 {
+                let mut w = clustered(seed, max_players, corner, victim);
+                let mut twin = w.clone();
+                let events = hold(&mut w, &[], 1);
+                assert!(events.contains(&GameEvent::Respawned { player: victim }));
+                hold(&mut twin, &[], 1);
+                let at = |w: &World| {
+                    w.player(victim)
+                        .and_then(|p| w.entity(p.entity))
+                        .map(|e| e.position)
+                };
+                let Some(spot) = at(&w) else {
+                    panic!("the victim has no body");
+                };
+                assert_eq!(at(&twin), Some(spot), "same state, same spot (seed {seed})");
+                assert_eq!(w.hash(), twin.hash(), "seed {seed}");
+                for (id, p) in w.players() {
+                    let Some(enemy) = w.entity(p.entity).filter(|_| *id != victim) else {
+                        continue;
+                    };
+                    let distance = enemy.position.distance(spot);
+                    assert!(
+                        distance >= at_least_m,
+                        "seed {seed}, {max_players} slots: respawned {distance:.1} m from \
+                         player {id:?} at {:?} (spot {spot:?})",
+                        enemy.position
+                    );
+                }
+            }
+        }
     }
 }

@@ -145,8 +145,6 @@ fn soak(args: &Args) -> (Value, bool) {
     let mut fleet = Fleet::start(args);
     let rss_start = rss_kb(fleet.owner.pid());
     let mut bot_args = vec![
-        "--server".to_owned(),
-        fleet.owner.udp.to_string(),
         "--admin".to_owned(),
         fleet.owner.admin_url(),
         "--count".to_owned(),
