@@ -2,9 +2,14 @@
 //! handshake in progress, so that every branch of `handle_packet` is reachable.
 //! The first byte picks the source address: the connected client, the pending one, or a
 //! stranger. Nothing may panic, and nothing may change who is connected.
+//!
+//! Time advances 50 ms per input, the rate at which one source's connection requests stay
+//! within the server's per-source limit, so requests keep reaching the token opener
+//! rather than all being rate-limited after the first burst.
 #![no_main]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -25,14 +30,19 @@ fn token(client_id: u64) -> Vec<u8> {
     let params = TokenParams {
         protocol_id: PROTOCOL_ID,
         create_timestamp: NOW.as_secs(),
-        expire_timestamp: NOW.as_secs() + 60,
+        // Far off: time advances with every input.
+        expire_timestamp: NOW.as_secs() + 1_000_000_000,
         timeout_seconds: 5,
         public_addresses: vec!["127.0.0.1:40000".parse().unwrap()],
         internal_addresses: None,
         client_id,
         user_data: [0; 256],
     };
-    ConnectToken::generate(&params, &KEY).unwrap().write().unwrap().to_vec()
+    ConnectToken::generate(&params, &KEY)
+        .unwrap()
+        .write()
+        .unwrap()
+        .to_vec()
 }
 
 /// A server with one connected client and one client half-way through the handshake.
@@ -67,10 +77,15 @@ fn setup() -> Setup {
     let mut request = half.poll_transmit().unwrap().contents;
     let _ = server.handle_packet(NOW, pending, &mut request);
     while server.poll_event().is_some() {}
-    Setup { server, connected, pending }
+    Setup {
+        server,
+        connected,
+        pending,
+    }
 }
 
 static SETUP: OnceLock<Mutex<Setup>> = OnceLock::new();
+static INPUTS: AtomicU64 = AtomicU64::new(0);
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, datagram)) = data.split_first() else {
@@ -84,7 +99,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut buf = datagram.to_vec();
     let before = setup.server.stats().total_drops();
-    let payload = setup.server.handle_packet(NOW, from, &mut buf).is_some();
+    let now = NOW + Duration::from_millis(50 * INPUTS.fetch_add(1, Ordering::Relaxed));
+    let payload = setup.server.handle_packet(now, from, &mut buf).is_some();
     // Random bytes cannot forge a MAC: every datagram is dropped and counted.
     assert!(!payload);
     assert_eq!(setup.server.stats().total_drops(), before + 1);

@@ -15,7 +15,18 @@
 //! its seconds, timeouts with the whole value. Nothing here reads a clock or a socket.
 //!
 //! Remote bytes never make an error escape: every refused datagram is a counted drop
-//! ([`DropReason`]), visible in [`Server::stats`], and traced at `trace` level.
+//! ([`DropReason`]), visible in [`Server::stats`], traced at `trace` level, and logged
+//! (a warning for the reasons that point at a misconfigured client or an attack) at most
+//! once per reason per [`DROP_LOG_INTERVAL`], the line naming the source and counting
+//! the drops it stands for.
+//!
+//! # Floods
+//!
+//! Every reply is smaller than the request that caused it (no amplification), and a
+//! connection request reaches the decryption of its token only if its source address
+//! (IP and port) and the server as a whole are under their rates ([`REQUEST_LIMITS`]);
+//! the rest are dropped as [`DropReason::RateLimited`] before any cryptography. The
+//! per-source table has a fixed size, so memory does not grow with the number of sources.
 //!
 //! # Allocation
 //!
@@ -24,6 +35,8 @@
 //! outgoing datagram is written into a buffer taken from a free list that
 //! [`Server::recycle`] refills. A driver that never recycles still works; each datagram
 //! then costs one allocation, as a fresh buffer.
+
+mod limits;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -40,6 +53,8 @@ use super::{
     CONNECT_TOKEN_PRIVATE_BYTES, Key, MAC_BYTES, NUM_DISCONNECT_PACKETS, SEND_INTERVAL,
     SERVER_GLOBAL_SEQUENCE_START, Transmit, UserData, timeout_from_seconds,
 };
+pub use limits::{DROP_LOG_INTERVAL, REQUEST_LIMITS, RequestLimits};
+use limits::{DropLine, DropLog, DropLogLevel, RequestLimiter};
 
 /// A client's slot on the server: stable for the connection's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,11 +109,14 @@ pub enum DropReason {
     NotAdmitting,
     /// A packet type that is valid but means nothing in this state.
     Unexpected,
+    /// A connection request beyond its source address's rate or the server's overall
+    /// rate of decryptions: ignored before its token is opened (see [`REQUEST_LIMITS`]).
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for metrics).
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::BadSize,
         Self::BadPrefix,
         Self::BadVersion,
@@ -115,6 +133,7 @@ impl DropReason {
         Self::PendingFull,
         Self::NotAdmitting,
         Self::Unexpected,
+        Self::RateLimited,
     ];
 
     /// A snake_case name for logs, JSON and metrics.
@@ -136,6 +155,34 @@ impl DropReason {
             Self::PendingFull => "pending_full",
             Self::NotAdmitting => "not_admitting",
             Self::Unexpected => "unexpected",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+
+    /// How loudly a drop is logged (at most once per [`DROP_LOG_INTERVAL`] per reason):
+    /// a warning for what points at a misconfigured client (another key, protocol id or
+    /// version, an expired token) or at an attack (forgeries, floods); debug for what a
+    /// healthy server sees every day (duplicates, stragglers after a disconnect, clients
+    /// trying a standby listed in their token).
+    fn log_level(self) -> DropLogLevel {
+        match self {
+            Self::BadSize
+            | Self::BadPrefix
+            | Self::BadVersion
+            | Self::WrongProtocolId
+            | Self::DecryptFailed
+            | Self::BadBodySize
+            | Self::ExpiredToken
+            | Self::BadToken
+            | Self::TokenReuse
+            | Self::PendingFull
+            | Self::RateLimited => DropLogLevel::Warn,
+            Self::ServerFull => DropLogLevel::Info,
+            Self::Replayed
+            | Self::UnknownAddress
+            | Self::AlreadyConnected
+            | Self::NotAdmitting
+            | Self::Unexpected => DropLogLevel::Debug,
         }
     }
 
@@ -302,6 +349,10 @@ pub struct Server {
     admitting: bool,
     /// Connections admitted at most ([`Server::set_capacity`]); at most the slots.
     capacity: usize,
+    /// Which connection requests may cost a decryption ([`REQUEST_LIMITS`]).
+    limiter: RequestLimiter,
+    /// Which drops are worth a log line ([`DROP_LOG_INTERVAL`]).
+    drop_log: DropLog,
 }
 
 impl Server {
@@ -315,7 +366,18 @@ impl Server {
     /// A server with a given challenge key (reproducible tests).
     pub fn with_challenge_key(config: ServerConfig, challenge_key: Key) -> Self {
         let max_clients = config.max_clients.clamp(1, u32::MAX as usize);
+        // The limiter's hash key comes from the challenge key: secret, and reproducible
+        // in tests that choose the challenge key.
+        let mut hash_key = [0u8; 8];
+        hash_key.copy_from_slice(&challenge_key[..8]);
+        let limiter = RequestLimiter::new(
+            REQUEST_LIMITS,
+            max_clients,
+            u64::from_le_bytes(hash_key).rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+        );
         Self {
+            limiter,
+            drop_log: DropLog::default(),
             slots: (0..max_clients).map(|_| None).collect(),
             free_slots: (0..max_clients as u32).collect(),
             by_address: HashMap::with_capacity(max_clients),
@@ -388,6 +450,9 @@ impl Server {
             Err(reason) => {
                 self.stats.drops[reason as usize] += 1;
                 tracing::trace!(%from, reason = reason.name(), "netcode drop");
+                if let Some(line) = self.drop_log.note(now, reason, from) {
+                    log_drop(&line);
+                }
                 None
             }
         }
@@ -419,6 +484,7 @@ impl Server {
         });
         self.token_history
             .retain(|_, used| used.expire_timestamp > now_secs);
+        self.drop_log.flush(now, |line| log_drop(&line));
     }
 
     /// Queues one payload (1 to 1200 bytes) for a connected client.
@@ -578,6 +644,10 @@ impl Server {
         let now_secs = now.as_secs();
         if request.expire_timestamp <= now_secs {
             return Err(DropReason::ExpiredToken);
+        }
+        // Everything above is free; opening the token is the cost a flood would impose.
+        if !self.limiter.allow(now, from) {
+            return Err(DropReason::RateLimited);
         }
         let private = open_request(&request, &self.config.private_key)?;
         if !private.server_addresses.iter().any(|listed| {
@@ -877,6 +947,24 @@ impl Server {
     }
 }
 
+/// Logs one drop line at its reason's level, naming the reason and the source:
+/// `dropped datagrams (and 41 more in the last 10 s) reason=decrypt_failed from=…`.
+fn log_drop(line: &DropLine) {
+    let reason = line.reason.name();
+    let from = line.from;
+    match line.reason.log_level() {
+        DropLogLevel::Warn => {
+            tracing::warn!(reason = %reason, %from, "dropped datagrams{line}");
+        }
+        DropLogLevel::Info => {
+            tracing::info!(reason = %reason, %from, "dropped datagrams{line}");
+        }
+        DropLogLevel::Debug => {
+            tracing::debug!(reason = %reason, %from, "dropped datagrams{line}");
+        }
+    }
+}
+
 /// Opens a request's private token, mapping failures to drop reasons.
 fn open_request(
     request: &ConnectionRequest<'_>,
@@ -988,5 +1076,145 @@ mod tests {
                 .iter()
                 .all(|b| b.capacity() >= MAX_PACKET_BYTES)
         );
+    }
+
+    /// A request-shaped datagram with the right version, protocol id and a future
+    /// expiry, and garbage where the sealed token goes: it costs a decryption.
+    fn forged_request(seed: u8) -> Vec<u8> {
+        let mut request = vec![seed; crate::netcode::CONNECTION_REQUEST_BYTES];
+        request[0] = 0;
+        request[1..14].copy_from_slice(crate::netcode::VERSION_INFO);
+        request[14..22].copy_from_slice(&PROTOCOL_ID.to_le_bytes());
+        request[22..30].copy_from_slice(&(NOW.as_secs() + 60).to_le_bytes());
+        request
+    }
+
+    fn server(max_clients: usize) -> (Server, SocketAddr) {
+        let address = SocketAddr::from(([10, 0, 0, 1], 7777));
+        let server = Server::with_challenge_key(
+            ServerConfig {
+                protocol_id: PROTOCOL_ID,
+                private_key: KEY,
+                max_clients,
+                addresses: vec![address],
+            },
+            [5; 32],
+        );
+        (server, address)
+    }
+
+    fn token(client_id: u64, server_address: SocketAddr) -> ConnectToken {
+        ConnectToken::generate(
+            &TokenParams {
+                protocol_id: PROTOCOL_ID,
+                create_timestamp: NOW.as_secs(),
+                expire_timestamp: NOW.as_secs() + 60,
+                timeout_seconds: 5,
+                public_addresses: vec![server_address],
+                internal_addresses: None,
+                client_id,
+                user_data: [0; 256],
+            },
+            &KEY,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_burst_of_requests_from_one_address_beyond_its_rate_is_dropped_and_counted() {
+        let (mut server, _) = server(8);
+        let flooder = SocketAddr::from(([10, 66, 0, 1], 5000));
+        for i in 0..100 {
+            let mut request = forged_request(i);
+            assert!(server.handle_packet(NOW, flooder, &mut request).is_none());
+        }
+        let burst = u64::from(REQUEST_LIMITS.per_source_burst);
+        assert_eq!(server.stats().drops(DropReason::DecryptFailed), burst);
+        assert_eq!(server.stats().drops(DropReason::RateLimited), 100 - burst);
+        assert_eq!(server.stats().total_drops(), 100);
+        // Nothing was answered: a forged request earns no reply.
+        assert!(server.poll_transmit().is_none());
+        // Cheap refusals come first and are not rate-limited: a request of the wrong
+        // size or protocol id costs no decryption and keeps its own reason.
+        let mut short = forged_request(1);
+        short.pop();
+        let _ = server.handle_packet(NOW, flooder, &mut short);
+        assert_eq!(server.stats().drops(DropReason::BadSize), 1);
+        // Its rate comes back with time.
+        let later = NOW + Duration::from_secs(1);
+        let mut request = forged_request(200);
+        let _ = server.handle_packet(later, flooder, &mut request);
+        assert_eq!(server.stats().drops(DropReason::DecryptFailed), burst + 1);
+    }
+
+    #[test]
+    fn a_client_connects_while_many_addresses_flood_the_server() {
+        let (mut server, server_address) = server(8);
+        let client_address = SocketAddr::from(([10, 1, 0, 1], 40000));
+        let mut client = Client::with_token(NOW, token(9, server_address));
+        let mut replies_to_flood = 0;
+        // A flood from 250 addresses, each at 1000 requests a second (250,000 a second in
+        // all; 5000 a second within their own rates, more than the overall rate). After
+        // a second of it, a client starts connecting at its usual 10 Hz. Each millisecond
+        // the flood goes first, so the overall bucket is always empty when the client asks.
+        let mut connected_after = None;
+        for ms in 0..3000u64 {
+            let now = NOW + Duration::from_millis(ms);
+            for n in 0..250u32 {
+                let from = SocketAddr::from(([10, 66, (n >> 8) as u8, n as u8], 5000));
+                let mut request = forged_request(n as u8);
+                let _ = server.handle_packet(now, from, &mut request);
+            }
+            if ms >= 1000 {
+                client.update(now);
+                while let Some(mut t) = client.poll_transmit() {
+                    let _ = server.handle_packet(now, client_address, &mut t.contents);
+                }
+            }
+            server.update(now);
+            while let Some(mut t) = server.poll_transmit() {
+                if t.destination == client_address {
+                    let _ = client.handle_packet(now, server_address, &mut t.contents);
+                } else {
+                    replies_to_flood += 1;
+                }
+            }
+            if client.is_connected() {
+                connected_after = Some(ms - 1000);
+                break;
+            }
+        }
+        println!("connected after {connected_after:?} ms of flood");
+        assert!(client.is_connected(), "the client did not connect");
+        assert_eq!(replies_to_flood, 0);
+        let stats = server.stats();
+        assert!(stats.drops(DropReason::RateLimited) > 0);
+        // The decryptions stayed within the overall rates: their bursts and at most
+        // 4096 + 1024 a second since.
+        let limits = REQUEST_LIMITS;
+        assert!(
+            stats.drops(DropReason::DecryptFailed)
+                <= u64::from(limits.burst + limits.quiet_burst)
+                    + 3 * u64::from(limits.per_s + limits.quiet_per_s),
+            "{} decryptions",
+            stats.drops(DropReason::DecryptFailed)
+        );
+    }
+
+    #[test]
+    fn a_flood_from_a_million_addresses_leaves_memory_as_it_was() {
+        let (mut server, _) = server(8);
+        let buckets = server.limiter.num_buckets();
+        for n in 0..1_000_000u32 {
+            let now = NOW + Duration::from_micros(u64::from(n));
+            let from = SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 5000));
+            let mut request = forged_request(n as u8);
+            let _ = server.handle_packet(now, from, &mut request);
+        }
+        assert_eq!(server.limiter.num_buckets(), buckets);
+        assert_eq!(server.num_pending(), 0);
+        assert!(server.token_history.is_empty());
+        assert_eq!(server.stats().total_drops(), 1_000_000);
+        assert!(server.stats().drops(DropReason::RateLimited) > 900_000);
     }
 }
