@@ -434,12 +434,7 @@ async fn drain<G: Game>(State(state): State<Arc<AdminState<G>>>, body: Bytes) ->
     match state.host.hand_off(to, request.prepare).await {
         Ok((to, accepted)) => axum::Json(serde_json::json!({
             "draining": true,
-            "handoff": {
-                "to": to,
-                "udp": accepted.udp,
-                "epoch": accepted.epoch,
-                "tick": accepted.tick,
-            },
+            "handoff": handed_off(&to, &accepted),
         }))
         .into_response(),
         Err(reason) => (
@@ -452,6 +447,16 @@ async fn drain<G: Game>(State(state): State<Arc<AdminState<G>>>, body: Bytes) ->
         )
             .into_response(),
     }
+}
+
+/// A handoff's outcome as `/handoff` answers it (and `/drain` under `"handoff"`).
+fn handed_off(to: &str, accepted: &crate::handoff::Accepted) -> serde_json::Value {
+    serde_json::json!({
+        "to": to,
+        "udp": accepted.udp,
+        "epoch": accepted.epoch,
+        "tick": accepted.tick,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -482,13 +487,7 @@ async fn handoff<G: Game>(State(state): State<Arc<AdminState<G>>>, body: Bytes) 
         Err(reason) => return bad_request(reason),
     };
     match state.host.hand_off(to, request.prepare).await {
-        Ok((to, accepted)) => axum::Json(serde_json::json!({
-            "to": to,
-            "udp": accepted.udp,
-            "epoch": accepted.epoch,
-            "tick": accepted.tick,
-        }))
-        .into_response(),
+        Ok((to, accepted)) => axum::Json(handed_off(&to, &accepted)).into_response(),
         Err(reason) => (
             StatusCode::BAD_GATEWAY,
             axum::Json(serde_json::json!({ "error": reason })),
