@@ -275,7 +275,7 @@ impl Game {
         }
     }
 
-    /// For [`MOVED_NOTICE_FOR`] after a handoff or a reconnect: where the match moved and
+    /// For 8 s (`MOVED_NOTICE_FOR`) after a handoff or a reconnect: where the match moved and
     /// how long play stopped, from the last snapshot before to the first one after (not
     /// just the reconnect's handshake).
     pub fn moved_notice(&self, now: Duration) -> Option<String> {

@@ -5,7 +5,7 @@
 //! - `GET /readyz`: 200 while this process can do its job (an owner admitting players, a
 //!   standby able to receive a match), 503 with the reason otherwise
 //!   ([`Host::readiness`]). For readiness probes: no token.
-//! - `GET /status`: the match and process figures as JSON ([`Status`]).
+//! - `GET /status`: the match and process figures as JSON ([`crate::status::Status`]).
 //! - `GET /metrics`: the same in Prometheus text format.
 //! - `GET /clients`: every connected client ([`crate::core::ClientInfo`]), as of the
 //!   loop's last report (at most half a second old).

@@ -10,7 +10,7 @@
 //!    - epoch e+1 is the standby's: the match is given away. The loop redirects anyone
 //!      left and keeps the frozen world until the successor's own snapshot is durable;
 //!      if the successor's lease lapses first (it died before serving), this process
-//!      takes the match back at e+2 from exactly what it shipped ([`watch_successor`]).
+//!      takes the match back at e+2 from exactly what it shipped (`watch_successor`).
 //!    - the lease is still at e: nobody took e+1, so we take it ourselves, which makes
 //!      sure nobody can any more (a standby waking from a pause finds it taken), and the
 //!      match resumes here. Clients felt only the pause.

@@ -73,7 +73,7 @@ pub fn write(out: &mut BitWriter, units: Units, base: Option<(&Motion, u32)>, no
     }
 }
 
-/// Reads what [`write`] wrote with the same `units` and `base`.
+/// Reads what [`write()`] wrote with the same `units` and `base`.
 pub fn read(
     input: &mut BitReader,
     units: Units,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::DropReason;
 
-/// The rates [`RequestLimiter`] enforces. The numbers, and why:
+/// The rates the server's connection-request limiter enforces. The numbers, and why:
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
     /// Requests one source address (IP and port) may send at once. A client sends one
