@@ -754,6 +754,59 @@ mod tests {
     }
 
     #[test]
+    fn a_throttled_client_gets_every_tick_again_once_its_view_quiets() {
+        // 120 entities changing every tick need about 400 bytes a tick; 4 KB/s refills 67,
+        // less than a snapshot may start with, so a busy view waits every other tick.
+        let mut world = World::new(120, 11);
+        let mut replicator = Replicator::<EntityState>::new(4_000, CONFIG.tick_hz);
+        let mut scratch = Scratch::default();
+        let mut sequence = 0u16;
+        let mut tick = 0;
+        // Plays `ticks` ticks, the world moving or not; every snapshot is acknowledged at
+        // once. Returns the snapshots sent in the last half, and the stale count of the last.
+        let mut phase = |moving: bool, ticks: u64| {
+            let (mut sent, mut stale) = (0, usize::MAX);
+            for i in 0..ticks {
+                tick += 1;
+                if moving {
+                    world.step();
+                }
+                replicator.refill();
+                let header = PacketHeader {
+                    sequence,
+                    ack: 0,
+                    ack_bits: 0,
+                };
+                let written = replicator
+                    .write::<Shooter>(
+                        &CONFIG,
+                        header,
+                        head(tick),
+                        &world.entities,
+                        None,
+                        &mut scratch,
+                    )
+                    .expect("fits");
+                if let Some(w) = written {
+                    replicator.on_ack(sequence);
+                    sequence = sequence.wrapping_add(1);
+                    stale = w.stale;
+                    sent += u64::from(i >= ticks / 2);
+                }
+            }
+            (sent, stale)
+        };
+        let (busy, _) = phase(true, 600);
+        assert!(
+            busy < 240,
+            "a busy view over budget is throttled: {busy} of 300 ticks had a snapshot"
+        );
+        let (quiet, stale) = phase(false, 600);
+        assert_eq!(quiet, 300, "a quiet view gets a snapshot every tick again");
+        assert_eq!(stale, 0, "and everything in it is up to date");
+    }
+
+    #[test]
     fn the_own_body_goes_first_when_the_budget_is_tight() {
         let mut world = World::new(200, 3);
         let own = world.entities[150].id;
