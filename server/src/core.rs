@@ -205,6 +205,14 @@ pub struct ClientInfo {
     pub inputs_applied: u64,
     /// Its input frames received and waiting for their tick.
     pub inputs_pending: usize,
+    /// Share (0 to 1) of its input frames received here that arrived after the tick they
+    /// were for had run (ever; `null` before the first). The client adapts its lead to keep
+    /// this under 1%.
+    pub inputs_late_ratio: Option<f64>,
+    /// The least margin, in ticks, by which its input frames received since the previous
+    /// report arrived before their tick (negative: late; `null` if none arrived): the lead
+    /// the client keeps, as the server sees it.
+    pub input_margin_ticks: Option<i8>,
 }
 
 /// How long a player whose connection timed out keeps its place, in seconds: enough to
@@ -266,6 +274,12 @@ struct ClientSlot<G: Game> {
     /// When [`ServerCore::report_clients`] last looked, and `snapshots_sent` then: the
     /// start of the window its snapshot rate is measured over.
     reported: Option<(Duration, u64)>,
+    /// Input frames first received here, and those of them that arrived after their tick
+    /// had run, ever (for `/clients`).
+    inputs_received: u64,
+    inputs_received_late: u64,
+    /// The least margin of the frames first received since the last report.
+    margin_since_report: Option<i8>,
 }
 
 /// The tokens on their way to one client.
@@ -328,6 +342,9 @@ impl<G: Game> ClientSlot<G> {
             bytes_out: 0,
             snapshots_sent: 0,
             reported: None,
+            inputs_received: 0,
+            inputs_received_late: 0,
+            margin_since_report: None,
         }
     }
 }
@@ -1104,6 +1121,9 @@ impl<G: Game> ServerCore<G> {
                 },
                 inputs_applied: slot.inputs_applied,
                 inputs_pending: slot.pending.len(),
+                inputs_late_ratio: (slot.inputs_received > 0)
+                    .then(|| slot.inputs_received_late as f64 / slot.inputs_received as f64),
+                input_margin_ticks: slot.margin_since_report.take(),
             });
         }
         report
@@ -1509,8 +1529,11 @@ fn receive_inputs<G: Game>(
         // A frame's tick is the client's word: any u64, so the difference is taken wide.
         let margin = (i128::from(frame.tick.0) - i128::from(next_tick.0)).clamp(-128, 127) as i8;
         slot.input_margin = Some(slot.input_margin.map_or(margin, |m| m.min(margin)));
+        slot.margin_since_report = Some(slot.margin_since_report.map_or(margin, |m| m.min(margin)));
+        slot.inputs_received += 1;
         if margin < 0 {
             slot.inputs_arrived_late = slot.inputs_arrived_late.saturating_add(1);
+            slot.inputs_received_late += 1;
         }
         slot.pending.insert(at, *frame);
     }

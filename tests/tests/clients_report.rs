@@ -75,7 +75,29 @@ fn the_clients_report_matches_the_network_they_play_over() {
         assert!(client.connected_s > 10.0, "{client:?}");
         assert!(!client.name.is_empty(), "{client:?}");
         assert!(client.player.is_some() && !client.spectator, "{client:?}");
+        // The client keeps its inputs in time (its lead adapts to 99% of them), and the
+        // server sees the lead: the least margin of the last half second, not late.
+        let late = client.inputs_late_ratio.expect("inputs arrived");
+        println!(
+            "{}: {late:.4} late, margin {:?} ticks",
+            client.address, client.input_margin_ticks
+        );
+        // Ever, so the first second (while the lead adapts) is in it: 0.96% and 0.94%
+        // here (seeded).
+        assert!(late < 0.02, "{late} late: {client:?}");
+        let margin = client
+            .input_margin_ticks
+            .expect("inputs in the last half second");
+        assert!(margin >= 0, "margin {margin}: {client:?}");
     }
+    // The margin is of the frames since the previous report: a report right after has
+    // seen none.
+    let now = net.now;
+    let again = net.server_mut().report_clients(now);
+    assert!(
+        again.iter().all(|c| c.input_margin_ticks.is_none()),
+        "{again:?}"
+    );
     // What the clients were sent and sent is (nearly) all the traffic: the rest is the
     // handshakes and netcode's own keep-alives.
     let stats = net.server().netcode_stats();
