@@ -12,6 +12,30 @@ use tokio::net::UdpSocket;
 use crate::conditioner::{Conditioner, LinkSpec};
 use crate::session::Session;
 
+/// The tick rate a client assumes until its server tells its own (before its first
+/// snapshot, so no input is paced by the guess).
+pub const ASSUMED_TICK_HZ: u32 = 60;
+
+/// A ticker at `tick_hz` (clamped to what a server may run) that skips the ticks it
+/// missed: a client's loop paces its inputs by it, and makes a new one when the server
+/// tells its rate.
+pub fn pacer(tick_hz: u32) -> tokio::time::Interval {
+    let hz = tick_hz.clamp(1, arena_shared::protocol::messages::MAX_TICK_HZ);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(hz)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker
+}
+
+/// The server a connect token names first (an admin API's token lists its standbys
+/// after it), for [`SessionSocket::bind`]; the unspecified address if the token cannot
+/// be read (the session then fails with the reason).
+pub fn token_server(token: &[u8]) -> SocketAddr {
+    arena_shared::netcode::ConnectToken::read(token)
+        .ok()
+        .and_then(|t| t.server_addresses.first().copied())
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
 /// A session's UDP socket, with an optional conditioned link each way.
 pub struct SessionSocket {
     socket: UdpSocket,

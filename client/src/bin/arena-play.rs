@@ -1,7 +1,6 @@
 //! `arena-play`: play Arena's built-in shooter in a terminal.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,11 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use arena_client::clock::Clock;
 use arena_client::conditioner::LinkSpec;
-use arena_client::driver::SessionSocket;
+use arena_client::driver::{ASSUMED_TICK_HZ, SessionSocket, pacer, token_server};
 use arena_client::http::fetch_token_with;
 use arena_client::play::{Game, Key, describe_failure, screen_text};
 use arena_client::session::Session;
-use arena_shared::protocol::messages::MAX_TICK_HZ;
 use arena_shared::sim::Shooter;
 use clap::Parser;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -57,9 +55,6 @@ struct Args {
     screen: (u16, u16),
 }
 
-/// The tick rate assumed until the server tells its own (before the first snapshot).
-const ASSUMED_TICK_HZ: u32 = 60;
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -86,12 +81,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .await
         .context("cannot get a connect token")?;
-        // The token names the server (an admin API's lists its standbys after it).
-        let server = arena_shared::netcode::ConnectToken::read(&token)
-            .ok()
-            .and_then(|t| t.server_addresses.first().copied())
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let socket = SessionSocket::bind(server, args.simulate, 1).await?;
+        let socket = SessionSocket::bind(token_server(&token), args.simulate, 1).await?;
         let clock = Clock::start();
         let session = Session::<Shooter>::new(clock.now(), &token, ASSUMED_TICK_HZ);
         let game = Game::new(session, args.spectate);
@@ -150,14 +140,6 @@ fn parse_screen(text: &str) -> Result<(u16, u16), String> {
             "expected COLUMNSxROWS, each from 20 to 1000 (like 80x24), got {text:?}"
         )),
     }
-}
-
-/// A ticker at `tick_hz` that skips the ticks it missed.
-fn pacer(tick_hz: u32) -> tokio::time::Interval {
-    let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz.clamp(1, MAX_TICK_HZ)));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ticker
 }
 
 /// How a game ended.

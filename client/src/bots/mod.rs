@@ -24,16 +24,15 @@ use std::time::Duration;
 use anyhow::Context;
 use arena_shared::game::Game;
 use arena_shared::identity::{TokenRequest, mint_token, random_client_id};
-use arena_shared::netcode::{self, Key};
+use arena_shared::netcode::Key;
 use arena_shared::protocol::Snapshot;
-use arena_shared::protocol::messages::MAX_TICK_HZ;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::conditioner::LinkSpec;
-use crate::driver::SessionSocket;
+use crate::driver::{ASSUMED_TICK_HZ, SessionSocket, pacer, token_server};
 use crate::session::Session;
 
 pub mod cli;
@@ -87,9 +86,6 @@ pub struct BotsConfig {
     pub link: Option<LinkSpec>,
 }
 
-/// The tick rate a bot assumes until its server tells its own (before its first
-/// snapshot, so no input is paced by the guess).
-const ASSUMED_TICK_HZ: u32 = 60;
 /// How long a bot tries to connect at all (the session gives up sooner on silence or a
 /// denial; this bounds a token listing many dead addresses).
 const CONNECT_FOR: Duration = Duration::from_secs(10);
@@ -298,10 +294,7 @@ async fn play<G: Game, B: Bot<G>>(
         () = stopped(&mut stop) => return Ok(()),
     };
     // The token names the server (an admin API's lists its standbys after it).
-    let server = netcode::ConnectToken::read(&token)
-        .ok()
-        .and_then(|t| t.server_addresses.first().copied())
-        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let server = token_server(&token);
     let seed = config.seed.wrapping_add(index as u64).wrapping_mul(2);
     let mut socket = SessionSocket::bind(server, config.link, seed).await?;
     let clock = Clock::start();
@@ -422,14 +415,6 @@ async fn fetch_token(tokens: &TokenSource, name: &str) -> anyhow::Result<Vec<u8>
             protocol_id,
         } => local_token(*server, *key, *protocol_id, name),
     }
-}
-
-/// A timer for one input per tick at `tick_hz`.
-fn pacer(tick_hz: u32) -> tokio::time::Interval {
-    let period = Duration::from_secs_f64(1.0 / f64::from(tick_hz.clamp(1, MAX_TICK_HZ)));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ticker
 }
 
 /// Whether the session is in its match: connected, and nothing broke since its last
