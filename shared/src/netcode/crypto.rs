@@ -4,9 +4,14 @@
 //! `00 00 00 00 ‖ sequence (u64 LE)`; the private part of a connect token uses
 //! XChaCha20-Poly1305 with a random 192-bit nonce. Both encrypt in place and keep the
 //! 16-byte tag separate, because netcode places the tag at fixed offsets.
+//!
+//! Packets go through `ring` (every datagram pays for it, and for a packet of a few
+//! hundred bytes ring is about seven times faster); the connect token's XChaCha20, which
+//! ring lacks, through RustCrypto's `chacha20poly1305`.
 
 use chacha20poly1305::aead::AeadInOut;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Tag, XChaCha20Poly1305};
+use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use super::{Key, MAC_BYTES};
 
@@ -29,16 +34,17 @@ pub fn seal(
     aad: &[u8],
     buf: &mut [u8],
 ) -> Result<[u8; MAC_BYTES], AeadError> {
-    let cipher = ChaCha20Poly1305::new(&(*key).into());
-    let tag = cipher
-        .encrypt_inout_detached(&sequence_nonce(sequence).into(), aad, buf.into())
+    let tag = packet_key(key)?
+        .seal_in_place_separate_tag(packet_nonce(sequence), Aad::from(aad), buf)
         .map_err(|_| AeadError)?;
-    Ok(tag.into())
+    let mut out = [0u8; MAC_BYTES];
+    out.copy_from_slice(tag.as_ref());
+    Ok(out)
 }
 
 /// Decrypts `buf` in place with ChaCha20-Poly1305, checking `tag`.
 ///
-/// On failure `buf` is left as it was: the AEAD checks the tag before it decrypts.
+/// On failure `buf` holds no plaintext (ring zeroes what it decrypted): a caller drops it.
 pub fn open(
     key: &Key,
     sequence: u64,
@@ -46,15 +52,29 @@ pub fn open(
     buf: &mut [u8],
     tag: &[u8; MAC_BYTES],
 ) -> Result<(), AeadError> {
-    let cipher = ChaCha20Poly1305::new(&(*key).into());
-    cipher
-        .decrypt_inout_detached(
-            &sequence_nonce(sequence).into(),
-            aad,
-            buf.into(),
-            &Tag::from(*tag),
+    packet_key(key)?
+        .open_in_place_separate_tag(
+            packet_nonce(sequence),
+            Aad::from(aad),
+            (*tag).into(),
+            buf,
+            0..,
         )
+        .map(|_| ())
         .map_err(|_| AeadError)
+}
+
+/// The packet cipher for `key` (setting one up is a copy of the key; ring refuses only a
+/// key of the wrong length, which a [`Key`] cannot be).
+fn packet_key(key: &Key) -> Result<LessSafeKey, AeadError> {
+    UnboundKey::new(&CHACHA20_POLY1305, key)
+        .map(LessSafeKey::new)
+        .map_err(|_| AeadError)
+}
+
+/// `sequence_nonce`, as ring takes it.
+fn packet_nonce(sequence: u64) -> Nonce {
+    Nonce::assume_unique_for_key(sequence_nonce(sequence))
 }
 
 /// Encrypts `buf` in place with XChaCha20-Poly1305 and returns the tag.
