@@ -86,10 +86,7 @@ impl Game for Shooter {
         };
         state.visible_near(center, radius, |id, entity| {
             let (kind, health) = match entity.kind {
-                EntityKind::Player(p) => (
-                    NetEntityKind::Player,
-                    state.player(p).map_or(0, |pl| pl.health),
-                ),
+                EntityKind::Player(_) => (NetEntityKind::Player, state.body_health(id)),
                 EntityKind::Projectile { .. } => (NetEntityKind::Projectile, 0),
             };
             out.push(Seen {

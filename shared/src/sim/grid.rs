@@ -5,16 +5,18 @@ use slotmap::Key;
 
 use super::EntityId;
 
-/// Entity ids by cell, in one flat list sorted by cell (a cell's ids are a slice of it).
-/// Rebuilt from positions every tick: derived state, never part of a snapshot. Its lists
-/// keep their capacity, so a steady match rebuilds it without allocating.
+/// Entity ids and positions by cell, in one flat list sorted by cell (a cell's entries are
+/// a slice of it). Rebuilt from positions every tick: derived state, never part of a
+/// snapshot. Its lists keep their capacity, so a steady match rebuilds it without
+/// allocating. Positions are filed beside the ids so a query tests distance without
+/// looking an entity up.
 #[derive(Debug, Clone, Default)]
 pub struct Grid {
     cell_size: f32,
     columns: usize,
     rows: usize,
-    /// (cell, order filed, id) for every entity filed, sorted by cell then order.
-    filed: Vec<(u32, u32, EntityId)>,
+    /// Every entity filed, sorted by cell then order.
+    filed: Vec<Filed>,
     /// Where each cell's ids start in `filed`; one more entry than cells.
     starts: Vec<u32>,
 }
@@ -43,7 +45,12 @@ impl Grid {
         for (id, position) in items {
             let cell = self.cell_index(position);
             let order = self.filed.len() as u32;
-            self.filed.push((cell, order, id));
+            self.filed.push(Filed {
+                cell,
+                order,
+                id,
+                position,
+            });
         }
         self.index();
     }
@@ -52,8 +59,13 @@ impl Grid {
     /// the grid holds.
     pub fn insert(&mut self, id: EntityId, position: Vec2) {
         let cell = self.cell_index(position);
-        let order = self.filed.iter().map(|f| f.1 + 1).max().unwrap_or(0);
-        self.filed.push((cell, order, id));
+        let order = self.filed.iter().map(|f| f.order + 1).max().unwrap_or(0);
+        self.filed.push(Filed {
+            cell,
+            order,
+            id,
+            position,
+        });
         self.index();
     }
 
@@ -61,34 +73,40 @@ impl Grid {
     /// cell's start.
     fn index(&mut self) {
         // Keys are unique, so an unstable sort (which allocates nothing) is deterministic.
-        self.filed
-            .sort_unstable_by_key(|&(cell, order, _)| (cell, order));
+        self.filed.sort_unstable_by_key(|f| (f.cell, f.order));
         self.starts.fill(0);
-        for &(cell, ..) in &self.filed {
-            self.starts[cell as usize + 1] += 1;
+        for f in &self.filed {
+            self.starts[f.cell as usize + 1] += 1;
         }
         for i in 1..self.starts.len() {
             self.starts[i] += self.starts[i - 1];
         }
     }
 
-    /// Calls `visit` for every id in cells that overlap the circle; callers check distance.
+    /// Calls `visit` with the id and filed position of every entity within `radius` of
+    /// `center` (the circle's edge included).
     ///
     /// Cells are visited row by row and ids in the order filed, so the order is
     /// deterministic for a given world.
-    pub fn for_each_near(&self, center: Vec2, radius: f32, mut visit: impl FnMut(EntityId)) {
+    pub fn for_each_within(
+        &self,
+        center: Vec2,
+        radius: f32,
+        mut visit: impl FnMut(EntityId, Vec2),
+    ) {
         if self.starts.is_empty() {
             return;
         }
+        let radius_sq = radius * radius;
         let (x0, y0) = self.cell_of(center - Vec2::splat(radius));
         let (x1, y1) = self.cell_of(center + Vec2::splat(radius));
         for y in y0..=y1 {
             for x in x0..=x1 {
                 let cell = y * self.columns + x;
                 let (from, to) = (self.starts[cell] as usize, self.starts[cell + 1] as usize);
-                for &(_, _, id) in &self.filed[from..to] {
-                    if !id.is_null() {
-                        visit(id);
+                for f in &self.filed[from..to] {
+                    if !f.id.is_null() && f.position.distance_squared(center) <= radius_sq {
+                        visit(f.id, f.position);
                     }
                 }
             }
@@ -109,6 +127,16 @@ impl Grid {
     }
 }
 
+/// One entity's entry.
+#[derive(Debug, Clone, Copy)]
+struct Filed {
+    cell: u32,
+    /// The order it was filed in: ties within a cell keep it.
+    order: u32,
+    id: EntityId,
+    position: Vec2,
+}
+
 #[cfg(test)]
 mod tests {
     use slotmap::SlotMap;
@@ -116,7 +144,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_query_visits_the_ids_of_the_cells_it_overlaps_in_filing_order() {
+    fn a_query_visits_the_ids_within_its_circle_in_filing_order() {
         let mut ids: SlotMap<EntityId, ()> = SlotMap::with_key();
         let [a, b, c, d] = [(); 4].map(|()| ids.insert(()));
         let mut grid = Grid::new(100.0, 10.0);
@@ -131,12 +159,15 @@ mod tests {
         grid.insert(d, Vec2::new(95.0, 95.0));
         fn near(grid: &Grid, at: Vec2, r: f32) -> Vec<EntityId> {
             let mut seen = Vec::new();
-            grid.for_each_near(at, r, |id| seen.push(id));
+            grid.for_each_within(at, r, |id, _| seen.push(id));
             seen
         }
         assert_eq!(near(&grid, Vec2::new(5.0, 5.0), 1.0), vec![a]);
-        assert_eq!(near(&grid, Vec2::new(10.0, 5.0), 6.0), vec![a, b, c]);
-        assert_eq!(near(&grid, Vec2::new(99.0, 99.0), 1.0), vec![d]);
+        // c is in a cell the circle overlaps but 6.08 m away.
+        assert_eq!(near(&grid, Vec2::new(10.0, 5.0), 6.0), vec![a, b]);
+        assert_eq!(near(&grid, Vec2::new(10.0, 5.0), 6.1), vec![a, b, c]);
+        assert_eq!(near(&grid, Vec2::new(99.0, 99.0), 1.0), vec![]);
+        assert_eq!(near(&grid, Vec2::new(99.0, 99.0), 6.0), vec![d]);
         grid.fill(std::iter::empty());
         assert!(near(&grid, Vec2::new(50.0, 50.0), 100.0).is_empty());
     }

@@ -6,7 +6,7 @@ use glam::Vec2;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
-use slotmap::SlotMap;
+use slotmap::{SecondaryMap, SlotMap};
 
 use super::grid::Grid;
 use super::{EntityId, PlayerId, PlayerInput, Tick};
@@ -158,6 +158,11 @@ pub struct World {
     /// Where projectiles are, by cell; rebuilt at the end of each step.
     #[serde(skip)]
     projectile_grid: Grid,
+    /// Each player's health by its body, refreshed at the end of each step (and when a
+    /// player joins or leaves): what a view reads per entity, by slot instead of a search
+    /// of `players`. Derived, so not serialized.
+    #[serde(skip)]
+    body_health: SecondaryMap<EntityId, u8>,
 }
 
 impl World {
@@ -188,6 +193,7 @@ impl World {
             walls,
             grid: Grid::default(),
             projectile_grid: Grid::default(),
+            body_health: SecondaryMap::new(),
         };
         world.rebuild_grid();
         world
@@ -255,6 +261,7 @@ impl World {
             },
         );
         self.grid.insert(entity, position);
+        self.body_health.insert(entity, PLAYER_MAX_HEALTH);
         entity
     }
 
@@ -262,6 +269,7 @@ impl World {
     pub fn remove_player(&mut self, id: PlayerId) {
         if let Some(player) = self.players.remove(&id) {
             self.entities.remove(player.entity);
+            self.body_health.remove(player.entity);
         }
     }
 
@@ -286,12 +294,26 @@ impl World {
         self.rebuild_grid();
         self.move_projectiles(events);
         self.rebuild_projectile_grid();
+        self.refresh_body_health();
     }
 
     /// Rebuilds the derived grids (after deserializing a world).
     pub fn rebuild_grids(&mut self) {
         self.rebuild_grid();
         self.rebuild_projectile_grid();
+        self.refresh_body_health();
+    }
+
+    /// The health of the player whose body is `entity`: 0 if it is dead or not a body.
+    pub fn body_health(&self, entity: EntityId) -> u8 {
+        self.body_health.get(entity).copied().unwrap_or(0)
+    }
+
+    fn refresh_body_health(&mut self) {
+        self.body_health.clear();
+        for player in self.players.values() {
+            self.body_health.insert(player.entity, player.health);
+        }
     }
 
     fn rebuild_grid(&mut self) {
@@ -338,8 +360,8 @@ impl World {
         self.near_in(&self.grid, center, radius, &mut visit);
     }
 
-    /// The entities filed in `grid` within `radius` of `center` (the grid's cells only
-    /// narrow the search; the distance decides).
+    /// The entities filed in `grid` within `radius` of `center`, by where the grid filed
+    /// them (their positions when it was last rebuilt).
     fn near_in(
         &self,
         grid: &Grid,
@@ -347,10 +369,8 @@ impl World {
         radius: f32,
         visit: &mut impl FnMut(EntityId, &Entity),
     ) {
-        grid.for_each_near(center, radius, |id| {
-            if let Some(entity) = self.entities.get(id)
-                && entity.position.distance_squared(center) <= radius * radius
-            {
+        grid.for_each_within(center, radius, |id, _| {
+            if let Some(entity) = self.entities.get(id) {
                 visit(id, entity);
             }
         });
@@ -763,9 +783,15 @@ mod tests {
         }));
         assert_eq!(w.player(shooter).map(|p| p.score), Some(1));
         assert_eq!(w.player(victim).map(|p| p.health), Some(0));
+        // What views read of a body's health follows the player's.
+        assert_eq!(w.body_health(victim_body), 0);
+        assert_eq!(w.body_health(shooter_body), PLAYER_MAX_HEALTH);
         let events = hold(&mut w, &[(shooter, PlayerInput::default())], 130);
         assert!(events.contains(&GameEvent::Respawned { player: victim }));
         assert_eq!(w.player(victim).map(|p| p.health), Some(PLAYER_MAX_HEALTH));
+        assert_eq!(w.body_health(victim_body), PLAYER_MAX_HEALTH);
+        w.remove_player(victim);
+        assert_eq!(w.body_health(victim_body), 0);
     }
 
     /// A world of `max_players` slots where every player but `victim` stands within 3 m of
