@@ -83,17 +83,12 @@ impl Grid {
         }
     }
 
-    /// Calls `visit` with the id and filed position of every entity within `radius` of
-    /// `center` (the circle's edge included).
+    /// Calls `visit` with the id of every entity filed within `radius` of `center` (the
+    /// circle's edge included).
     ///
     /// Cells are visited row by row and ids in the order filed, so the order is
     /// deterministic for a given world.
-    pub fn for_each_within(
-        &self,
-        center: Vec2,
-        radius: f32,
-        mut visit: impl FnMut(EntityId, Vec2),
-    ) {
+    pub fn for_each_within(&self, center: Vec2, radius: f32, mut visit: impl FnMut(EntityId)) {
         if self.starts.is_empty() {
             return;
         }
@@ -106,7 +101,7 @@ impl Grid {
                 let (from, to) = (self.starts[cell] as usize, self.starts[cell + 1] as usize);
                 for f in &self.filed[from..to] {
                     if !f.id.is_null() && f.position.distance_squared(center) <= radius_sq {
-                        visit(f.id, f.position);
+                        visit(f.id);
                     }
                 }
             }
@@ -159,7 +154,7 @@ mod tests {
         grid.insert(d, Vec2::new(95.0, 95.0));
         fn near(grid: &Grid, at: Vec2, r: f32) -> Vec<EntityId> {
             let mut seen = Vec::new();
-            grid.for_each_within(at, r, |id, _| seen.push(id));
+            grid.for_each_within(at, r, |id| seen.push(id));
             seen
         }
         assert_eq!(near(&grid, Vec2::new(5.0, 5.0), 1.0), vec![a]);

@@ -369,7 +369,7 @@ impl World {
         radius: f32,
         visit: &mut impl FnMut(EntityId, &Entity),
     ) {
-        grid.for_each_within(center, radius, |id, _| {
+        grid.for_each_within(center, radius, |id| {
             if let Some(entity) = self.entities.get(id) {
                 visit(id, entity);
             }
