@@ -28,7 +28,9 @@
 use arena_shared::game::{Game, MatchConfig, NetEntityId, Seen, Tick};
 use arena_shared::netcode::MAX_PAYLOAD_BYTES;
 use arena_shared::protocol::bits::BitWriter;
-use arena_shared::protocol::delta::{MAX_BASELINE_TICKS, SectionWriter, update_overhead_bits};
+use arena_shared::protocol::delta::{
+    MAX_BASELINE_TICKS, MAX_COUNT_BITS, SectionWriter, update_overhead_bits,
+};
 use arena_shared::protocol::{
     EncodeError, PacketHeader, Replicated, SnapshotHead, encode_snapshot,
 };
@@ -403,7 +405,7 @@ impl<E: Clone + PartialEq> Replicator<E> {
             let mut bits = BitWriter::new(&mut trial, MAX_PAYLOAD_BYTES * 8);
             let held = candidate.base.map(|h| &base[h].state);
             G::write_entity(config, held, ticks, &s.state, &mut bits);
-            let cost = bits.bits() + update_overhead_bits(s.id.index);
+            let cost = bits.bits() + update_overhead_bits(s.id.index, candidate.base.is_some());
             candidate.chosen = !bits.overflowed() && cost <= left;
             if candidate.chosen {
                 left -= cost;
@@ -486,8 +488,30 @@ struct Section<'a, E> {
     candidates: &'a [Candidate],
 }
 
-/// Writes the head and the section: the removed entities, the chosen candidates in index
-/// order, and the stale count. `room` (first try) learns the bits left for updates.
+impl<E> Section<'_, E> {
+    /// The baseline's entities still in view, in index order, each with its state now if
+    /// this snapshot updates it (a chosen candidate).
+    fn held_entities(&self) -> impl Iterator<Item = (&E, Option<&E>)> + Clone {
+        let mut removed = self.removed.iter().peekable();
+        let mut updates = self
+            .candidates
+            .iter()
+            .filter(|c| c.chosen)
+            .filter_map(|c| c.base.map(|h| (h, &self.seen[c.seen].state)))
+            .peekable();
+        self.base.iter().enumerate().filter_map(move |(h, entry)| {
+            if removed.next_if_eq(&&entry.id.index).is_some() {
+                return None;
+            }
+            let now = updates.next_if(|&(at, _)| at == h).map(|(_, now)| now);
+            Some((&entry.state, now))
+        })
+    }
+}
+
+/// Writes the head and the section: the removed entities, a bit per held entity (with
+/// the chosen updates), the chosen new entities in index order, and the stale count.
+/// `room` (first try) learns the bits left for the updates.
 fn write_section<G: Game>(
     config: &MatchConfig,
     header: PacketHeader,
@@ -500,18 +524,31 @@ fn write_section<G: Game>(
     encode_snapshot(header, head, budget, out, |bits| {
         let mut section = SectionWriter::default();
         section.removed(bits, plan.removed.iter().copied());
+        // Every baseline entity not removed is held: an entity in view.
+        let held = plan.base.len() - plan.removed.len();
         if let Some(room) = room {
-            // Two counts yet to write, at their largest.
-            *room = Some(bits.capacity_bits().saturating_sub(bits.bits() + 2 * 18));
+            // Four counts yet to write at their largest, the mode bit, and a bit per held
+            // entity (what naming the updated ones costs at most).
+            let fixed = 4 * MAX_COUNT_BITS + 1 + held;
+            *room = Some(bits.capacity_bits().saturating_sub(bits.bits() + fixed));
         }
-        let chosen = plan.candidates.iter().filter(|c| c.chosen).count();
-        section.begin_updates(bits, chosen);
-        for c in plan.candidates.iter().filter(|c| c.chosen) {
+        let chosen = plan.candidates.iter().filter(|c| c.chosen);
+        let held_entities = plan.held_entities();
+        let updated = held_entities
+            .clone()
+            .enumerate()
+            .filter(|(_, (_, now))| now.is_some());
+        section.begin_held(bits, held, updated.map(|(place, _)| place));
+        for (base, now) in held_entities {
+            section.held::<G>(bits, config, plan.ticks, now.map(|now| (base, now)));
+        }
+        let new = chosen.clone().filter(|c| c.base.is_none());
+        section.begin_new(bits, new.clone().count());
+        for c in new {
             let s = &plan.seen[c.seen];
-            let held = c.base.map(|h| &plan.base[h].state);
-            section.update::<G>(bits, config, plan.ticks, s.id, held, &s.state);
+            section.new_entity::<G>(bits, config, s.id, &s.state);
         }
-        let stale = plan.candidates.len() - chosen;
+        let stale = plan.candidates.len() - chosen.count();
         section.end(bits, stale.min(usize::from(u16::MAX)) as u16);
     })
 }

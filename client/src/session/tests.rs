@@ -237,7 +237,8 @@ impl FakeServer {
             let len = encode_snapshot(header, head, 1200, &mut out, |bits| {
                 let mut section = SectionWriter::default();
                 section.removed(bits, std::iter::empty());
-                section.begin_updates(bits, 0);
+                section.begin_held(bits, 0, std::iter::empty());
+                section.begin_new(bits, 0);
                 section.end(bits, 0);
             })
             .unwrap();

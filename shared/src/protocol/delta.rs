@@ -7,17 +7,25 @@
 //!
 //! ```text
 //! removed:  count, then per entity the gap from the previous removed index
-//! updated:  count, then per entity: index gap, new bit (+ generation), the game's bits
-//!           (against the baseline's state of it, or whole when new)
+//! held:     count of the baseline's entities not removed; a mode bit; then either one
+//!           bit per held entity in index order (set: the game's bits against the held
+//!           state follow), or the count of updated held entities and per update its
+//!           gap from the previous one in the held order, then the game's bits
+//! new:      count, then per entity: index gap, generation, the game's bits (whole)
 //! stale:    count of entities in view whose state this snapshot did not bring up to date
 //! ```
 //!
-//! Entities of the baseline neither removed nor updated are carried as they were. Counts,
-//! gaps and generations are [`sized`](BitWriter::write_sized); the game codes its own state
-//! ([`Game::write_entity`]). Reading validates everything: indices strictly increase, a
-//! removed or updated entity must be in the baseline, a new one must not be, and nothing
-//! may follow the section. A delta against a baseline the client does not hold is refused
-//! ([`DeltaError::NoBaseline`]), never applied to something else.
+//! A held entity is named by its place in the baseline, never by its index: when most
+//! held entities changed (a crowd running), a bit each is cheapest; when few did (a
+//! crowd standing), gaps are, and unchanged entities then cost nothing. The writer takes
+//! the cheaper of the two. Only entities new to the client carry their index (as the gap
+//! from the previous new one). Counts, gaps and
+//! generations are [`sized`](BitWriter::write_sized); the game codes its own state
+//! ([`Game::write_entity`]). Reading validates everything: removed entities must be in
+//! the baseline, the held count must be the baseline's less the removed (a section made
+//! for another baseline is refused), new indices strictly increase and must not be held,
+//! and nothing may follow the section. A delta against a baseline the client does not
+//! hold is refused ([`DeltaError::NoBaseline`]), never applied to something else.
 
 use super::bits::{BitError, BitReader, BitWriter, Widths};
 use super::messages::Replicated;
@@ -31,13 +39,22 @@ const KEPT_VIEWS: usize = 64;
 const COUNT: Widths = [0, 4, 8, 16];
 const GAP: Widths = [0, 3, 7, 32];
 const GENERATION: Widths = [0, 4, 12, 32];
+/// The most bits a count takes.
+pub const MAX_COUNT_BITS: usize = 18;
 
 /// Writes a section. Calling order: [`SectionWriter::removed`] once,
-/// [`SectionWriter::begin_updates`] once, [`SectionWriter::update`] per updated entity in
-/// increasing index, [`SectionWriter::end`].
+/// [`SectionWriter::begin_held`] once, [`SectionWriter::held`] once per held entity in
+/// increasing index, [`SectionWriter::begin_new`] once, [`SectionWriter::new_entity`]
+/// per new entity in increasing index, [`SectionWriter::end`].
 #[derive(Debug, Default)]
 pub struct SectionWriter {
     previous: Option<u32>,
+    /// Held entities named by gaps (else by a bit each).
+    gaps: bool,
+    /// The next held entity's place in the held order.
+    place: usize,
+    /// The place of the previous updated held entity.
+    updated: Option<usize>,
 }
 
 impl SectionWriter {
@@ -50,29 +67,74 @@ impl SectionWriter {
         }
     }
 
-    /// Starts the updates: `count` follow.
-    pub fn begin_updates(&mut self, out: &mut BitWriter, count: usize) {
+    /// Starts the held entities: `count` follow (the baseline's, less the removed), and
+    /// `updated` are the places (increasing, below `count`) of those that will be updated.
+    pub fn begin_held(
+        &mut self,
+        out: &mut BitWriter,
+        count: usize,
+        updated: impl Iterator<Item = usize>,
+    ) {
         out.write_sized(count as u64, &COUNT);
-        self.previous = None;
+        let (mut updates, mut gap_bits, mut previous) = (0u64, 0usize, None);
+        for place in updated {
+            updates += 1;
+            gap_bits += place_gap_bits(previous, place);
+            previous = Some(place);
+        }
+        let gap_bits = gap_bits + super::bits::sized_bits(updates, &COUNT).unwrap_or(18) as usize;
+        self.gaps = gap_bits < count;
+        out.write_bool(self.gaps);
+        if self.gaps {
+            out.write_sized(updates, &COUNT);
+        }
+        self.place = 0;
+        self.updated = None;
     }
 
-    /// Writes one updated entity: `base` is its state in the baseline (`None`: new to
-    /// the client), `ticks` the baseline's age.
-    pub fn update<G: Game>(
+    /// Writes one held entity: `update` is its state in the baseline and now, if this
+    /// snapshot brings it up to date (as [`SectionWriter::begin_held`] was told); `None`
+    /// carries the baseline's state. `ticks` is the baseline's age.
+    pub fn held<G: Game>(
         &mut self,
         out: &mut BitWriter,
         config: &MatchConfig,
         ticks: u32,
+        update: Option<(&G::Entity, &G::Entity)>,
+    ) {
+        let place = self.place;
+        self.place += 1;
+        if self.gaps {
+            if update.is_some() {
+                let gap = place - self.updated.map_or(0, |p| p + 1);
+                out.write_sized(gap as u64, &GAP);
+                self.updated = Some(place);
+            }
+        } else {
+            out.write_bool(update.is_some());
+        }
+        if let Some((base, state)) = update {
+            G::write_entity(config, Some(base), ticks, state, out);
+        }
+    }
+
+    /// Starts the new entities: `count` follow.
+    pub fn begin_new(&mut self, out: &mut BitWriter, count: usize) {
+        out.write_sized(count as u64, &COUNT);
+        self.previous = None;
+    }
+
+    /// Writes one entity new to the client, whole.
+    pub fn new_entity<G: Game>(
+        &mut self,
+        out: &mut BitWriter,
+        config: &MatchConfig,
         id: NetEntityId,
-        base: Option<&G::Entity>,
         state: &G::Entity,
     ) {
         write_gap(out, &mut self.previous, id.index);
-        out.write_bool(base.is_none());
-        if base.is_none() {
-            out.write_sized(u64::from(id.generation), &GENERATION);
-        }
-        G::write_entity(config, base, ticks, state, out);
+        out.write_sized(u64::from(id.generation), &GENERATION);
+        G::write_entity(config, None, 0, state, out);
     }
 
     /// Ends the section.
@@ -81,12 +143,22 @@ impl SectionWriter {
     }
 }
 
-/// Bits the update of entity `index` costs besides the game's own, whatever entity is
-/// written before it (its gap is at most `index`; the generation at its widest): an upper
+/// Bits an entity's update costs besides the game's own, whatever entity is written
+/// before it: nothing for a held one (its bit is written whether it is updated or not);
+/// for a new one its gap (at most `index`) and its generation at their widest. An upper
 /// bound, for choosing what fits before writing.
-pub fn update_overhead_bits(index: u32) -> usize {
+pub fn update_overhead_bits(index: u32, held: bool) -> usize {
+    if held {
+        return 0;
+    }
     let gap_bits = super::bits::sized_bits(u64::from(index), &GAP).unwrap_or(34) as usize;
-    gap_bits + 1 + 2 + 32
+    gap_bits + 2 + 32
+}
+
+/// Bits the gap to the updated held entity at `place` takes after the one at `previous`.
+fn place_gap_bits(previous: Option<usize>, place: usize) -> usize {
+    let gap = place.saturating_sub(previous.map_or(0, |p| p + 1));
+    super::bits::sized_bits(gap as u64, &GAP).unwrap_or(34) as usize
 }
 
 fn write_gap(out: &mut BitWriter, previous: &mut Option<u32>, index: u32) {
@@ -129,85 +201,84 @@ pub fn apply<G: Game>(
     for _ in 0..removed_count {
         removed.push(read_gap(&mut input, &mut previous)?);
     }
-    let mut cursor = Cursor::default();
-    let updates = input.read_sized(&COUNT)? as usize;
-    let mut previous = None;
-    for _ in 0..updates {
-        let index = read_gap(&mut input, &mut previous)?;
-        cursor.carry_below(u64::from(index), base, &removed, out)?;
-        let held = base.get(cursor.base).filter(|e| e.id.index == index);
-        let held = if removed.get(cursor.removed) == Some(&index) {
-            cursor.removed += 1;
-            cursor.base += 1;
-            None
-        } else {
-            cursor.base += usize::from(held.is_some());
-            held
-        };
-        let new = input.read_bool()?;
-        let entity = match (new, held) {
-            (true, None) => {
-                let generation = input.read_sized_u32(&GENERATION)?;
-                Replicated {
-                    id: NetEntityId { index, generation },
-                    state: G::read_entity(config, None, ticks, &mut input)?,
-                }
-            }
-            (false, Some(held)) => Replicated {
-                id: held.id,
-                state: G::read_entity(config, Some(&held.state), ticks, &mut input)?,
-            },
-            (true, Some(_)) => return Err(BitError::OutOfRange("new entity already held")),
-            (false, None) => return Err(BitError::OutOfRange("update of an entity not held")),
-        };
-        out.push(entity);
+    let held_count = input.read_sized(&COUNT)? as usize;
+    if held_count != base.len() - removed_count {
+        return Err(BitError::OutOfRange("held count is not the baseline's"));
     }
-    cursor.carry_below(u64::MAX, base, &removed, out)?;
-    if cursor.removed != removed.len() {
+    // The held entities, in the baseline's order, each updated or carried.
+    let gaps = input.read_bool()?;
+    let mut updates_left = if gaps { input.read_sized(&COUNT)? } else { 0 };
+    if updates_left > held_count as u64 {
+        return Err(BitError::OutOfRange("more updates than held"));
+    }
+    // In gap mode: the place of the next updated held entity.
+    let mut next_update = None;
+    if updates_left > 0 {
+        next_update = Some(input.read_sized_u32(&GAP)? as usize);
+    }
+    let mut removed_left = removed.iter().peekable();
+    let mut place = 0;
+    for entry in base {
+        if removed_left.next_if_eq(&&entry.id.index).is_some() {
+            continue;
+        }
+        if removed_left.peek().is_some_and(|&&r| r < entry.id.index) {
+            return Err(BitError::OutOfRange("removed entity not held"));
+        }
+        let updated = if gaps {
+            next_update == Some(place)
+        } else {
+            input.read_bool()?
+        };
+        let state = if updated {
+            G::read_entity(config, Some(&entry.state), ticks, &mut input)?
+        } else {
+            entry.state.clone()
+        };
+        if gaps && updated {
+            updates_left -= 1;
+            next_update = match updates_left {
+                0 => None,
+                _ => {
+                    let gap = input.read_sized_u32(&GAP)? as usize;
+                    Some(place + 1 + gap)
+                }
+            };
+        }
+        place += 1;
+        out.push(Replicated {
+            id: entry.id,
+            state,
+        });
+    }
+    if next_update.is_some() {
+        return Err(BitError::OutOfRange("update past the held entities"));
+    }
+    if removed_left.next().is_some() {
         return Err(BitError::OutOfRange("removed entity not held"));
+    }
+    let new_count = input.read_sized(&COUNT)? as usize;
+    let mut previous = None;
+    for _ in 0..new_count {
+        let index = read_gap(&mut input, &mut previous)?;
+        let generation = input.read_sized_u32(&GENERATION)?;
+        let state = G::read_entity(config, None, 0, &mut input)?;
+        out.push(Replicated {
+            id: NetEntityId { index, generation },
+            state,
+        });
+    }
+    // Both runs are sorted by index: merge them, refusing an index held twice.
+    if new_count > 0 {
+        out.sort_by_key(|e| e.id.index);
+        if out.windows(2).any(|w| w[0].id.index == w[1].id.index) {
+            return Err(BitError::OutOfRange("new entity already held"));
+        }
     }
     let stale = u16::try_from(input.read_sized(&COUNT)?)
         .map_err(|_| BitError::OutOfRange("stale count"))?;
     input.finish()?;
     Ok(stale)
-}
-
-/// Where [`apply`] is in the baseline and in the removed list.
-#[derive(Debug, Default)]
-struct Cursor {
-    base: usize,
-    removed: usize,
-}
-
-impl Cursor {
-    /// Carries the baseline's entities below `below`, leaving out the removed ones.
-    fn carry_below<E: Clone>(
-        &mut self,
-        below: u64,
-        base: &[Replicated<E>],
-        removed: &[u32],
-        out: &mut Vec<Replicated<E>>,
-    ) -> Result<(), BitError> {
-        while let Some(entry) = base.get(self.base)
-            && u64::from(entry.id.index) < below
-        {
-            self.base += 1;
-            match removed.get(self.removed) {
-                Some(&r) if r == entry.id.index => self.removed += 1,
-                Some(&r) if r < entry.id.index => {
-                    return Err(BitError::OutOfRange("removed entity not held"));
-                }
-                _ => out.push(entry.clone()),
-            }
-        }
-        if removed
-            .get(self.removed)
-            .is_some_and(|&r| u64::from(r) < below)
-        {
-            return Err(BitError::OutOfRange("removed entity not held"));
-        }
-        Ok(())
-    }
 }
 
 /// Why a snapshot's section could not be read.
@@ -338,16 +409,26 @@ mod tests {
             .map(|b| b.id.index)
             .collect();
         writer.removed(&mut out, removed.into_iter());
-        let updates: Vec<_> = target
+        let held: Vec<_> = base
             .iter()
-            .filter_map(|t| {
-                let held = base.iter().find(|b| b.id == t.id);
-                (held.map(|b| &b.state) != Some(&t.state)).then_some((t, held))
-            })
+            .filter_map(|b| target.iter().find(|t| t.id == b.id).map(|t| (b, t)))
             .collect();
-        writer.begin_updates(&mut out, updates.len());
-        for (t, held) in updates {
-            writer.update::<Shooter>(&mut out, &CONFIG, 3, t.id, held.map(|b| &b.state), &t.state);
+        let updated = held
+            .iter()
+            .enumerate()
+            .filter(|(_, (b, t))| b.state != t.state);
+        writer.begin_held(&mut out, held.len(), updated.map(|(place, _)| place));
+        for (b, t) in held {
+            let update = (b.state != t.state).then_some((&b.state, &t.state));
+            writer.held::<Shooter>(&mut out, &CONFIG, 3, update);
+        }
+        let new: Vec<_> = target
+            .iter()
+            .filter(|t| !base.iter().any(|b| b.id == t.id))
+            .collect();
+        writer.begin_new(&mut out, new.len());
+        for t in new {
+            writer.new_entity::<Shooter>(&mut out, &CONFIG, t.id, &t.state);
         }
         writer.end(&mut out, 7);
         let len = out.finish().expect("fits");
@@ -374,6 +455,32 @@ mod tests {
         }
 
         #[test]
+        fn any_view_with_some_entities_changed_round_trips(
+            base in view(),
+            changed in proptest::collection::vec(proptest::bool::weighted(0.1), 20),
+            gone in proptest::collection::vec(proptest::bool::weighted(0.1), 20),
+        ) {
+            // Few changes make the writer name held entities by gaps (many, as in
+            // `any_view_turns_into_any_other`, by a bit each).
+            let target: View = base
+                .iter()
+                .zip(changed.iter().zip(&gone))
+                .filter(|(_, (_, gone))| !**gone)
+                .map(|(e, (changed, _))| {
+                    let mut e = e.clone();
+                    if *changed {
+                        e.state.health = e.state.health.wrapping_add(1);
+                    }
+                    e
+                })
+                .collect();
+            let bytes = section(&base, &target);
+            let mut out = Vec::new();
+            prop_assert_eq!(apply::<Shooter>(&CONFIG, &base, 3, &bytes, &mut out), Ok(7));
+            prop_assert_eq!(&out, &target);
+        }
+
+        #[test]
         fn random_bytes_never_panic(base in view(), bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut out = Vec::new();
             let _ = apply::<Shooter>(&CONFIG, &base, 3, &bytes, &mut out);
@@ -381,32 +488,58 @@ mod tests {
     }
 
     #[test]
-    fn unchanged_entities_cost_nothing() {
-        let base: View = (0..50).map(|i| entity(i * 2, 1, 500, 0)).collect();
-        // Two empty counts (2 bits each) and the stale count 7 (6 bits).
-        assert_eq!(section(&base, &base).len(), 2);
+    fn held_entities_cost_a_bit_each_or_nothing_and_carry_no_index() {
+        let base: View = (0..50).map(|i| entity(i * 40, 1, 500, 0)).collect();
+        // Unchanged: the removed, new and update counts empty (2 bits each), the held count
+        // 50 (10 bits), the gap mode bit, the stale count 7 (6 bits): 23 bits.
+        assert_eq!(section(&base, &base).len(), 3);
+        // One hurt: its gap 49 (9 bits), the health bit and 8 bits of health, two bits of
+        // unchanged motion, and the update count 1 (6 bits instead of 2); no index.
+        let mut hurt = base.clone();
+        hurt[49].state.health = 50;
+        let bits: usize = 23 + 4 + 9 + 1 + 8 + 2;
+        assert_eq!(section(&base, &hurt).len(), bits.div_ceil(8));
+        // All hurt: a bit each is cheaper than 50 gaps (2 bits each).
+        let all: View = base
+            .iter()
+            .map(|e| Replicated {
+                state: EntityState {
+                    health: 50,
+                    ..e.state
+                },
+                ..*e
+            })
+            .collect();
+        let bits: usize = 23 + 50 * (1 + 1 + 8 + 2);
+        assert_eq!(section(&base, &all).len(), bits.div_ceil(8));
     }
 
     #[test]
     fn a_section_that_does_not_fit_its_baseline_is_refused() {
         let held = vec![entity(1, 1, 10, 0), entity(5, 1, 10, 0)];
         let mut out = Vec::new();
-        // Removes index 3, which is not held.
-        let bytes = section(&[entity(3, 1, 0, 0)], &[]);
+        // Removes index 3, which is not held (and keeps one entity, as this baseline would).
+        let bytes = section(
+            &[entity(3, 1, 0, 0), entity(5, 1, 10, 0)],
+            &[entity(5, 1, 10, 0)],
+        );
         assert_eq!(
             apply::<Shooter>(&CONFIG, &held, 3, &bytes, &mut out),
             Err(BitError::OutOfRange("removed entity not held"))
         );
-        // Updates index 7 as held.
+        // Made for a baseline of one entity: the held count is not this baseline's.
         let bytes = section(&[entity(7, 1, 0, 0)], &[entity(7, 1, 9, 0)]);
         assert_eq!(
             apply::<Shooter>(&CONFIG, &held, 3, &bytes, &mut out),
-            Err(BitError::OutOfRange("update of an entity not held"))
+            Err(BitError::OutOfRange("held count is not the baseline's"))
         );
-        // Adds index 5 as new while it is held.
-        let bytes = section(&[], &[entity(5, 2, 9, 0)]);
+        // Adds index 5 as new while it is held (the section keeps one entity, adds one).
+        let bytes = section(
+            &[entity(1, 1, 10, 0)],
+            &[entity(1, 1, 10, 0), entity(5, 2, 9, 0)],
+        );
         assert_eq!(
-            apply::<Shooter>(&CONFIG, &held, 3, &bytes, &mut out),
+            apply::<Shooter>(&CONFIG, &held[1..], 3, &bytes, &mut out),
             Err(BitError::OutOfRange("new entity already held"))
         );
         let mut trailing = section(&held, &held);
