@@ -106,8 +106,7 @@ impl SectionWriter {
         self.place += 1;
         if self.gaps {
             if update.is_some() {
-                let gap = place - self.updated.map_or(0, |p| p + 1);
-                out.write_sized(gap as u64, &GAP);
+                out.write_sized(place_gap(self.updated, place), &GAP);
                 self.updated = Some(place);
             }
         } else {
@@ -155,10 +154,14 @@ pub fn update_overhead_bits(index: u32, held: bool) -> usize {
     gap_bits + 2 + 32
 }
 
-/// Bits the gap to the updated held entity at `place` takes after the one at `previous`.
+/// The gap from the updated held entity at `previous` to the one at `place`.
+fn place_gap(previous: Option<usize>, place: usize) -> u64 {
+    place.saturating_sub(previous.map_or(0, |p| p + 1)) as u64
+}
+
+/// Bits [`place_gap`] takes.
 fn place_gap_bits(previous: Option<usize>, place: usize) -> usize {
-    let gap = place.saturating_sub(previous.map_or(0, |p| p + 1));
-    super::bits::sized_bits(gap as u64, &GAP).unwrap_or(34) as usize
+    super::bits::sized_bits(place_gap(previous, place), &GAP).unwrap_or(34) as usize
 }
 
 fn write_gap(out: &mut BitWriter, previous: &mut Option<u32>, index: u32) {
@@ -241,7 +244,7 @@ pub fn apply<G: Game>(
                 0 => None,
                 _ => {
                     let gap = input.read_sized_u32(&GAP)? as usize;
-                    Some(place + 1 + gap)
+                    Some(place.saturating_add(1).saturating_add(gap))
                 }
             };
         }
