@@ -3,8 +3,9 @@
 //!
 //! Against a baseline `ticks` old, the velocity is sent as its change (one bit when it
 //! did not change) and the position as its error from where the baseline, moving at the
-//! mean of the old and the new velocity for those ticks, would be (one bit when exact).
-//! An entity moving steadily costs two bits.
+//! mean of the old and the new velocity for those ticks, would be (one bit when exact,
+//! four more when each component is off by at most one unit: rounding makes that the
+//! common error). An entity moving steadily costs two bits.
 
 use super::bits::{BitError, BitReader, BitWriter, Widths};
 
@@ -14,6 +15,18 @@ const VELOCITY: Widths = [4, 8, 12, 16];
 const VELOCITY_CHANGE: Widths = [3, 6, 10, 17];
 /// Widths of a position error (the largest holds any u16 difference).
 const POSITION_ERROR: Widths = [2, 5, 10, 17];
+/// The position errors of at most one unit a component (not both zero), by their 3-bit
+/// code.
+const SMALL_ERRORS: [(i64, i64); 8] = [
+    (-1, -1),
+    (0, -1),
+    (1, -1),
+    (-1, 0),
+    (1, 0),
+    (-1, 1),
+    (0, 1),
+    (1, 1),
+];
 
 /// A quantized position (unsigned, 16 bits a component) and velocity (signed, 16 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,9 +80,17 @@ pub fn write(out: &mut BitWriter, units: Units, base: Option<(&Motion, u32)>, no
     let ey = i64::from(now.y) - units.predict(base.y, base.vy, now.vy, ticks);
     let exact = ex == 0 && ey == 0;
     out.write_bool(exact);
-    if !exact {
-        out.write_sized_signed(ex, &POSITION_ERROR);
-        out.write_sized_signed(ey, &POSITION_ERROR);
+    if exact {
+        return;
+    }
+    let small = SMALL_ERRORS.iter().position(|&e| e == (ex, ey));
+    out.write_bool(small.is_some());
+    match small {
+        Some(code) => out.write_bits(code as u64, 3),
+        None => {
+            out.write_sized_signed(ex, &POSITION_ERROR);
+            out.write_sized_signed(ey, &POSITION_ERROR);
+        }
     }
 }
 
@@ -94,8 +115,14 @@ pub fn read(
     }
     let (mut ex, mut ey) = (0, 0);
     if !input.read_bool()? {
-        ex = input.read_sized_signed(&POSITION_ERROR)?;
-        ey = input.read_sized_signed(&POSITION_ERROR)?;
+        (ex, ey) = if input.read_bool()? {
+            SMALL_ERRORS[input.read_bits(3)? as usize]
+        } else {
+            (
+                input.read_sized_signed(&POSITION_ERROR)?,
+                input.read_sized_signed(&POSITION_ERROR)?,
+            )
+        };
     }
     Ok(Motion {
         x: position(units.predict(base.x, base.vx, vx, ticks) + ex)?,
@@ -150,6 +177,22 @@ mod tests {
         };
         assert_eq!(round_trip(Some((&base, 3)), &steady), 2);
         assert_eq!(round_trip(None, &steady), 32 + 2 * 14);
+        // Off by one unit in x (rounding): the exact bit, the small bit, a 3-bit code.
+        let off_by_one = Motion { x: 1007, ..steady };
+        assert_eq!(round_trip(Some((&base, 3)), &off_by_one), 6);
+        // Far off: both components sized (x off by 10: 2 + 5 bits, y exact: 2 + 2).
+        let far = Motion { x: 1016, ..steady };
+        assert_eq!(round_trip(Some((&base, 3)), &far), 3 + 7 + 4);
+        for ex in -2..=2 {
+            for ey in -2..=2 {
+                let near = Motion {
+                    x: (1006 + ex) as u16,
+                    y: (1997 + ey) as u16,
+                    ..steady
+                };
+                round_trip(Some((&base, 3)), &near);
+            }
+        }
         let extremes = [
             Motion {
                 x: 0,
@@ -183,6 +226,7 @@ mod tests {
         };
         let mut buf = [0u8; 8];
         let mut w = BitWriter::new(&mut buf, 64);
+        w.write_bool(false);
         w.write_bool(false);
         w.write_bool(false);
         w.write_sized_signed(-5, &POSITION_ERROR);

@@ -65,7 +65,8 @@ impl EntityState {
 
     /// Writes this state for a client holding `base` as of `ticks` ago (`None`: whole).
     ///
-    /// Whole: kind (1 bit), health (8), motion whole. Against a base: 1 bit whether
+    /// Whole: kind (1 bit), whether health is 0 (1 bit: a projectile's always is), else
+    /// health (8), motion whole. Against a base: 1 bit whether
     /// health changed (then 8), then the motion delta ([`motion`]): a player running
     /// steadily costs 3 bits. The kind is the base's: an entity never changes kind (a new
     /// entity has a new id).
@@ -75,7 +76,10 @@ impl EntityState {
         match base {
             None => {
                 out.write_bool(self.kind == NetEntityKind::Projectile);
-                out.write_bits(u64::from(self.health), 8);
+                out.write_bool(self.health == 0);
+                if self.health != 0 {
+                    out.write_bits(u64::from(self.health), 8);
+                }
                 motion::write(out, units, None, &self.motion());
             }
             Some((base, ticks)) => {
@@ -103,7 +107,14 @@ impl EntityState {
                 } else {
                     NetEntityKind::Player
                 };
-                let health = input.read_bits(8)? as u8;
+                let health = if input.read_bool()? {
+                    0
+                } else {
+                    match input.read_bits(8)? as u8 {
+                        0 => return Err(BitError::OutOfRange("health 0 written whole")),
+                        h => h,
+                    }
+                };
                 let m = motion::read(input, units, None)?;
                 Ok(Self::from_motion(kind, health, m))
             }
@@ -275,6 +286,17 @@ mod tests {
         };
         let now = EntityState { x: 1008, ..base };
         assert_eq!(round_trip(Some((&base, 4)), &now), 3);
+        // A new projectile: kind, health 0 in a bit, position, velocity (12 + 4 bits).
+        let projectile = EntityState {
+            kind: NetEntityKind::Projectile,
+            vx: 2000,
+            vy: 3,
+            health: 0,
+            ..base
+        };
+        assert_eq!(round_trip(None, &projectile), 1 + 1 + 32 + 14 + 6);
+        // A new player: kind, the health bit, health, position, velocity.
+        assert_eq!(round_trip(None, &base), 1 + 1 + 8 + 32 + 14 + 6);
     }
 
     #[test]
