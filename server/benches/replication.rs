@@ -19,7 +19,7 @@ use arena_server::replication::{Replicator, Scratch, Written};
 use arena_shared::game::{Game, PlayerId, Seen, Viewer};
 use arena_shared::netcode::packet::MAX_PACKET_BYTES;
 use arena_shared::netcode::{Key, Packet};
-use arena_shared::protocol::delta::Baselines;
+use arena_shared::protocol::baselines::Baselines;
 use arena_shared::protocol::{
     PacketHeader, Replicated, ServerMessage, SnapshotHead, decode_server,
 };
@@ -104,7 +104,7 @@ impl Match {
 
 /// One client's sending side: what the server keeps for it and reuses.
 struct Sender {
-    replicator: Replicator<EntityState>,
+    replicator: Replicator<Shooter>,
     seen: Vec<Seen<EntityState>>,
     /// Covers the whole arena: every entity is in view.
     radius: f32,
@@ -162,17 +162,14 @@ impl Sender {
         };
         self.sequence = self.sequence.wrapping_add(1);
         let config = Shooter::config(world);
-        let written = match self.replicator.write::<Shooter>(
-            config,
-            header,
-            head,
-            &self.seen,
-            own,
-            &mut self.scratch,
-        ) {
-            Ok(Some(written)) => written,
-            other => panic!("the snapshot was not written: {other:?}"),
-        };
+        let written =
+            match self
+                .replicator
+                .write(config, header, head, &self.seen, own, &mut self.scratch)
+            {
+                Ok(Some(written)) => written,
+                other => panic!("the snapshot was not written: {other:?}"),
+            };
         let sealed = Packet::Payload(self.scratch.payload(written.len)).write(
             &mut self.packet,
             self.packet_sequence,
@@ -200,18 +197,18 @@ impl Sender {
 /// What the client does with a snapshot's payload: decodes it and reads its section
 /// against the views it holds (keeping the new one).
 fn decode(
-    baselines: &mut Baselines<EntityState>,
+    baselines: &mut Baselines<Shooter>,
     config: &WorldConfig,
     bytes: &[u8],
 ) -> (Vec<Replicated<EntityState>>, u16) {
-    let (_, ServerMessage::Snapshot(head), section) = (match decode_server::<Shooter>(bytes) {
+    let (_, ServerMessage::Snapshot, section) = (match decode_server::<Shooter>(bytes) {
         Ok(decoded) => decoded,
         Err(error) => panic!("the snapshot did not decode: {error}"),
     }) else {
         panic!("not a snapshot");
     };
-    match baselines.resolve::<Shooter>(config, head.tick, u32::from(head.baseline_ticks), section) {
-        Ok(read) => read,
+    match baselines.resolve(config, section) {
+        Ok(snapshot) => (snapshot.entities, snapshot.deferred),
         Err(error) => panic!("the section did not read: {error}"),
     }
 }
@@ -223,7 +220,7 @@ struct Case {
     full: Vec<u8>,
     delta: Vec<u8>,
     /// Holds the views the delta payload may be made against.
-    delta_client: Baselines<EntityState>,
+    delta_client: Baselines<Shooter>,
 }
 
 impl Case {

@@ -248,7 +248,7 @@ struct ClientSlot<G: Game> {
     /// The match's shared data, names and events, on their way reliably.
     outbox: Outbox<G>,
     /// What this client was sent and acknowledged, its priorities and its byte budget.
-    replicator: Replicator<G::Entity>,
+    replicator: Replicator<G>,
     /// The least margin, in ticks, of the input frames first received since the last
     /// snapshot (told to the client, so it can adapt its lead).
     input_margin: Option<i8>,
@@ -1454,7 +1454,7 @@ fn build_snapshot<G: Game>(
     // The header's sequence is taken only when the snapshot goes: a throttled one uses
     // none.
     let header = slot.acks.peek_header();
-    let built = slot.replicator.write::<G>(
+    let built = slot.replicator.write(
         G::config(world),
         header,
         head,

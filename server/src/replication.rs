@@ -59,12 +59,13 @@ enum Fate {
 }
 
 #[derive(Debug)]
-struct SentView<E> {
+struct SentView<G: Game> {
     fate: Fate,
     sequence: u16,
-    tick: Tick,
+    /// The head sent (its tick is the view's).
+    head: SnapshotHead<G>,
     /// Sorted by index.
-    entities: Vec<Replicated<E>>,
+    entities: Vec<Replicated<G::Entity>>,
 }
 
 /// One entity in view and how long it has waited.
@@ -139,8 +140,8 @@ impl Scratch {
 
 /// One client's replication state. See the module docs.
 #[derive(Debug)]
-pub struct Replicator<E> {
-    ring: Vec<SentView<E>>,
+pub struct Replicator<G: Game> {
+    ring: Vec<SentView<G>>,
     next: usize,
     waiting: Vec<Waiting>,
     credit: f64,
@@ -148,7 +149,7 @@ pub struct Replicator<E> {
     cap: f64,
 }
 
-impl<E: Clone + PartialEq> Replicator<E> {
+impl<G: Game> Replicator<G> {
     /// A client allowed `bytes_per_s` at `tick_hz`; its bucket starts full.
     pub fn new(bytes_per_s: u32, tick_hz: u32) -> Self {
         let per_tick =
@@ -159,7 +160,7 @@ impl<E: Clone + PartialEq> Replicator<E> {
                 .map(|_| SentView {
                     fate: Fate::Free,
                     sequence: 0,
-                    tick: Tick(0),
+                    head: SnapshotHead::default(),
                     entities: Vec::with_capacity(VIEW_RESERVE),
                 })
                 .collect(),
@@ -189,10 +190,10 @@ impl<E: Clone + PartialEq> Replicator<E> {
 
     /// The view the snapshot of `tick` leaves the client with, if remembered: what the
     /// client holds once it reads that snapshot.
-    pub fn view_sent(&self, tick: Tick) -> Option<&[Replicated<E>]> {
+    pub fn view_sent(&self, tick: Tick) -> Option<&[Replicated<G::Entity>]> {
         self.ring
             .iter()
-            .find(|v| v.fate != Fate::Free && v.tick == tick)
+            .find(|v| v.fate != Fate::Free && v.head.tick == tick)
             .map(|v| v.entities.as_slice())
     }
 
@@ -204,20 +205,20 @@ impl<E: Clone + PartialEq> Replicator<E> {
             .filter(|&i| i != self.next)
             .filter(|&i| {
                 let v = &self.ring[i];
-                v.fate == Fate::Acked && v.tick.0 >= oldest && v.tick < tick
+                v.fate == Fate::Acked && v.head.tick.0 >= oldest && v.head.tick < tick
             })
-            .max_by_key(|&i| self.ring[i].tick)
+            .max_by_key(|&i| self.ring[i].head.tick)
     }
 
     /// Writes the snapshot `head` describes, with `seen` (sorted by index, each index
     /// once) as a delta, into `scratch`'s datagram ([`Scratch::payload`]). `Ok(None)`:
     /// the budget says wait.
-    pub fn write<G: Game<Entity = E>>(
+    pub fn write(
         &mut self,
         config: &MatchConfig,
         header: PacketHeader,
         mut head: SnapshotHead<G>,
-        seen: &[Seen<E>],
+        seen: &[Seen<G::Entity>],
         own: Option<NetEntityId>,
         scratch: &mut Scratch,
     ) -> Result<Option<Written>, EncodeError> {
@@ -229,20 +230,27 @@ impl<E: Clone + PartialEq> Replicator<E> {
             .min(MAX_PAYLOAD_BYTES);
         let tick = head.tick;
         let baseline = self.baseline(tick);
-        let ticks = baseline.map_or(0, |b| (tick.0 - self.ring[b].tick.0) as u32);
+        let ticks = baseline.map_or(0, |b| (tick.0 - self.ring[b].head.tick.0) as u32);
         head.baseline_ticks = ticks as u8;
         // Lent out of the ring while the new view is made (the next slot is never it).
-        let base = baseline.map_or_else(Vec::new, |b| std::mem::take(&mut self.ring[b].entities));
-        let result = self.write_against::<G>(
+        let (base_head, base) = match baseline {
+            Some(b) => (
+                Some(std::mem::take(&mut self.ring[b].head)),
+                std::mem::take(&mut self.ring[b].entities),
+            ),
+            None => (None, Vec::new()),
+        };
+        let result = self.write_against(
             scratch,
             config,
             header,
-            head,
+            (base_head.as_ref(), head),
             (seen, own),
             (&base, ticks),
             budget,
         );
-        if let Some(b) = baseline {
+        if let (Some(b), Some(base_head)) = (baseline, base_head) {
+            self.ring[b].head = base_head;
             self.ring[b].entities = base;
         }
         let written = result?;
@@ -254,18 +262,17 @@ impl<E: Clone + PartialEq> Replicator<E> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write_against<G: Game<Entity = E>>(
+    fn write_against(
         &mut self,
         scratch: &mut Scratch,
         config: &MatchConfig,
         header: PacketHeader,
-        head: SnapshotHead<G>,
-        (seen, own): (&[Seen<E>], Option<NetEntityId>),
-        (base, ticks): (&[Replicated<E>], u32),
+        (base_head, head): (Option<&SnapshotHead<G>>, SnapshotHead<G>),
+        (seen, own): (&[Seen<G::Entity>], Option<NetEntityId>),
+        (base, ticks): (&[Replicated<G::Entity>], u32),
         budget: usize,
     ) -> Result<Written, EncodeError> {
         self.find_changes(scratch, seen, base, own, head.tick);
-        let tick = head.tick;
         // One attempt at the datagram with the candidates chosen so far.
         let attempt = |scratch: &mut Scratch, room: Option<&mut Option<usize>>| {
             let plan = Section {
@@ -278,7 +285,7 @@ impl<E: Clone + PartialEq> Replicator<E> {
             write_section::<G>(
                 config,
                 header,
-                head.clone(),
+                (base_head, &head),
                 budget,
                 &mut scratch.out,
                 &plan,
@@ -289,7 +296,7 @@ impl<E: Clone + PartialEq> Replicator<E> {
         let mut room = None;
         let mut len = attempt(scratch, Some(&mut room));
         if len.is_err() {
-            Self::choose::<G>(scratch, config, seen, base, ticks, room.unwrap_or(0));
+            Self::choose(scratch, config, seen, base, ticks, room.unwrap_or(0));
             for _ in 0..MAX_RETRIES {
                 len = attempt(scratch, None);
                 if len.is_ok() {
@@ -307,7 +314,8 @@ impl<E: Clone + PartialEq> Replicator<E> {
                 }
             }
         }
-        Ok(self.commit(scratch, seen, base, tick, header.sequence, len?))
+        let len = len?;
+        Ok(self.commit(scratch, seen, base, head, header.sequence, len))
     }
 
     /// Fills `removed` (baseline entities no longer in view) and `candidates` (entities in
@@ -315,8 +323,8 @@ impl<E: Clone + PartialEq> Replicator<E> {
     fn find_changes(
         &mut self,
         scratch: &mut Scratch,
-        seen: &[Seen<E>],
-        base: &[Replicated<E>],
+        seen: &[Seen<G::Entity>],
+        base: &[Replicated<G::Entity>],
         own: Option<NetEntityId>,
         tick: Tick,
     ) {
@@ -380,11 +388,11 @@ impl<E: Clone + PartialEq> Replicator<E> {
 
     /// Chooses, highest priority first, the candidates whose upper-bound cost fits in
     /// `room` bits.
-    fn choose<G: Game<Entity = E>>(
+    fn choose(
         scratch: &mut Scratch,
         config: &MatchConfig,
-        seen: &[Seen<E>],
-        base: &[Replicated<E>],
+        seen: &[Seen<G::Entity>],
+        base: &[Replicated<G::Entity>],
         ticks: u32,
         room: usize,
     ) {
@@ -417,12 +425,13 @@ impl<E: Clone + PartialEq> Replicator<E> {
     fn commit(
         &mut self,
         scratch: &Scratch,
-        seen: &[Seen<E>],
-        base: &[Replicated<E>],
-        tick: Tick,
+        seen: &[Seen<G::Entity>],
+        base: &[Replicated<G::Entity>],
+        head: SnapshotHead<G>,
         sequence: u16,
         len: usize,
     ) -> Written {
+        let tick = head.tick;
         let slot = self.next;
         self.next = (self.next + 1) % SENT_RING;
         let mut view = std::mem::take(&mut self.ring[slot].entities);
@@ -463,7 +472,7 @@ impl<E: Clone + PartialEq> Replicator<E> {
         entry.entities = view;
         entry.fate = Fate::InFlight;
         entry.sequence = sequence;
-        entry.tick = tick;
+        entry.head = head;
         Written {
             len,
             carried: seen.len() - stale,
@@ -515,13 +524,13 @@ impl<E> Section<'_, E> {
 fn write_section<G: Game>(
     config: &MatchConfig,
     header: PacketHeader,
-    head: SnapshotHead<G>,
+    (base_head, head): (Option<&SnapshotHead<G>>, &SnapshotHead<G>),
     budget: usize,
     out: &mut [u8; MAX_PAYLOAD_BYTES],
     plan: &Section<'_, G::Entity>,
     room: Option<&mut Option<usize>>,
 ) -> Result<usize, EncodeError> {
-    encode_snapshot(header, head, budget, out, |bits| {
+    encode_snapshot(header, base_head, head, budget, out, |bits| {
         let mut section = SectionWriter::default();
         section.removed(bits, plan.removed.iter().copied());
         // Every baseline entity not removed is held: an entity in view.
@@ -557,7 +566,7 @@ fn write_section<G: Game>(
 mod tests {
     use std::collections::VecDeque;
 
-    use arena_shared::protocol::delta::Baselines;
+    use arena_shared::protocol::baselines::Baselines;
     use arena_shared::protocol::{ServerMessage, decode_server};
     use arena_shared::sim::{EntityState, NetEntityKind, Shooter};
     use rand::{RngExt, SeedableRng};
@@ -634,14 +643,10 @@ mod tests {
     fn head(tick: u64) -> SnapshotHead<Shooter> {
         SnapshotHead {
             tick: Tick(tick),
-            baseline_ticks: 0,
-            your_entity: None,
-            last_applied_input: 0,
-            inputs_applied: 0,
-            restored_from_tick: None,
-            input_margin: None,
-            inputs_arrived_late: 0,
-            you: Default::default(),
+            last_applied_input: tick as u32,
+            inputs_applied: tick / 2,
+            input_margin: Some((tick % 5) as i8),
+            ..Default::default()
         }
     }
 
@@ -679,8 +684,8 @@ mod tests {
     /// Plays `ticks` ticks; returns (datagram bytes each tick, snapshots read, refused).
     fn play(seed: u64, count: u32, bytes_per_s: u32, ticks: u64) -> (Vec<usize>, u64, u64, u32) {
         let mut world = World::new(count, seed);
-        let mut replicator = Replicator::<EntityState>::new(bytes_per_s, CONFIG.tick_hz);
-        let mut client = Baselines::<EntityState>::default();
+        let mut replicator = Replicator::<Shooter>::new(bytes_per_s, CONFIG.tick_hz);
+        let mut client = Baselines::<Shooter>::default();
         let mut down = Link {
             rng: Pcg64Mcg::seed_from_u64(seed + 1),
             queue: VecDeque::new(),
@@ -703,7 +708,7 @@ mod tests {
                 ack_bits: 0,
             };
             let written = replicator
-                .write::<Shooter>(&CONFIG, header, head(tick), &seen, None, &mut scratch)
+                .write(&CONFIG, header, head(tick), &seen, None, &mut scratch)
                 .expect("always fits");
             match written {
                 Some(w) => {
@@ -717,23 +722,25 @@ mod tests {
             }
             for bytes in down.arrived(tick) {
                 let (header, message, section) = decode_server::<Shooter>(&bytes).expect("valid");
-                let ServerMessage::Snapshot(head) = message else {
-                    panic!("a snapshot");
-                };
-                match client.resolve::<Shooter>(
-                    &CONFIG,
-                    head.tick,
-                    u32::from(head.baseline_ticks),
-                    section,
-                ) {
-                    Ok((view, _)) => {
+                assert_eq!(message, ServerMessage::Snapshot);
+                match client.resolve(&CONFIG, section) {
+                    Ok(snapshot) => {
                         read += 1;
+                        let t = snapshot.tick;
                         assert_eq!(
-                            Some(view.as_slice()),
-                            replicator.view_sent(head.tick),
+                            Some(snapshot.entities.as_slice()),
+                            replicator.view_sent(t),
                             "seed {seed} tick {}: the client's view is the server's",
-                            head.tick.0
+                            t.0
                         );
+                        let sent = head(t.0);
+                        assert_eq!(
+                            (snapshot.last_applied_input, snapshot.inputs_applied),
+                            (sent.last_applied_input, sent.inputs_applied),
+                            "seed {seed} tick {}: the client's head is the server's",
+                            t.0
+                        );
+                        assert_eq!(snapshot.input_margin, sent.input_margin);
                         up.send(tick, &header.sequence.to_le_bytes());
                     }
                     Err(_) => refused += 1,
@@ -795,7 +802,7 @@ mod tests {
         // 120 entities changing every tick need about 400 bytes a tick; 4 KB/s refills 67,
         // less than a snapshot may start with, so a busy view waits every other tick.
         let mut world = World::new(120, 11);
-        let mut replicator = Replicator::<EntityState>::new(4_000, CONFIG.tick_hz);
+        let mut replicator = Replicator::<Shooter>::new(4_000, CONFIG.tick_hz);
         let mut scratch = Scratch::default();
         let mut sequence = 0u16;
         let mut tick = 0;
@@ -815,7 +822,7 @@ mod tests {
                     ack_bits: 0,
                 };
                 let written = replicator
-                    .write::<Shooter>(
+                    .write(
                         &CONFIG,
                         header,
                         head(tick),
@@ -847,7 +854,7 @@ mod tests {
     fn the_own_body_goes_first_when_the_budget_is_tight() {
         let mut world = World::new(200, 3);
         let own = world.entities[150].id;
-        let mut replicator = Replicator::<EntityState>::new(MIN_CLIENT_BYTES_PER_S, 60);
+        let mut replicator = Replicator::<Shooter>::new(MIN_CLIENT_BYTES_PER_S, 60);
         let mut scratch = Scratch::default();
         let mut sent = 0;
         for tick in 1..300 {
@@ -856,7 +863,7 @@ mod tests {
             replicator.refill();
             let header = PacketHeader::default();
             if let Some(w) = replicator
-                .write::<Shooter>(&CONFIG, header, head(tick), &seen, Some(own), &mut scratch)
+                .write(&CONFIG, header, head(tick), &seen, Some(own), &mut scratch)
                 .expect("fits")
             {
                 sent += 1;

@@ -227,7 +227,7 @@ pub trait Game: Debug + Clone + Copy + Default + PartialEq + Eq + Send + Sync + 
         out: &mut BitWriter,
     ) {
         let _ = (config, base, ticks);
-        crate::protocol::delta::write_whole(entity, out);
+        crate::protocol::bits::write_whole(entity, out);
     }
     /// Reads what [`Game::write_entity`] wrote; refuses (never panics on) anything else.
     fn read_entity(
@@ -237,7 +237,7 @@ pub trait Game: Debug + Clone + Copy + Default + PartialEq + Eq + Send + Sync + 
         input: &mut BitReader,
     ) -> Result<Self::Entity, BitError> {
         let _ = (config, base, ticks);
-        crate::protocol::delta::read_whole(input)
+        crate::protocol::bits::read_whole(input)
     }
 
     // ---- The snapshot's care ----

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arena_shared::game::Game;
 use arena_shared::netcode::{self, ClientState};
-use arena_shared::protocol::delta::Baselines;
+use arena_shared::protocol::baselines::Baselines;
 use arena_shared::protocol::reliable::Inbox;
 use arena_shared::protocol::{AckTracker, ServerMessage, TokenPurpose};
 
@@ -26,7 +26,7 @@ pub(super) struct Prepared<G: Game> {
     pub(super) netcode: netcode::Client,
     pub(super) acks: AckTracker,
     /// The views its snapshots left: its own, as its acks are.
-    pub(super) baselines: Baselines<G::Entity>,
+    pub(super) baselines: Baselines<G>,
     pub(super) tokens: TokenInbox,
     /// The new server's reliable notices so far (numbered on this connection).
     pub(super) inbox: Inbox<G>,
@@ -78,7 +78,7 @@ impl<G: Game> Session<G> {
             }
             // Acknowledged by this connection's acks: kept for the switch, or lost.
             Received::Message(ServerMessage::Reliable(reliable)) => next.inbox.handle(reliable),
-            Received::Message(ServerMessage::Scoreboard(_) | ServerMessage::Snapshot(_)) => {}
+            Received::Message(ServerMessage::Scoreboard(_) | ServerMessage::Snapshot) => {}
         }
     }
 

@@ -93,7 +93,7 @@ use std::time::Duration;
 
 use arena_shared::game::{Game, InputFrame, MatchConfig, PlayerId, Tick};
 use arena_shared::netcode::{self, ClientState, Transmit};
-use arena_shared::protocol::delta::{Baselines, DeltaError};
+use arena_shared::protocol::baselines::{Baselines, DeltaError};
 use arena_shared::protocol::messages::MAX_INPUT_FRAMES_PER_PACKET;
 use arena_shared::protocol::reliable::{Inbox, InboxStats};
 use arena_shared::protocol::{
@@ -238,7 +238,7 @@ pub struct Session<G: Game> {
     interruption: Option<Interruption>,
     acks: AckTracker,
     /// The views the current connection's snapshots left (the baselines its deltas name).
-    baselines: Baselines<G::Entity>,
+    baselines: Baselines<G>,
     /// The current connection's reliable notices, and what they told.
     inbox: Inbox<G>,
     /// Frames made and not yet applied by the server, oldest first.
@@ -374,7 +374,7 @@ impl<G: Game> Session<G> {
             Received::Message(ServerMessage::Scoreboard(entries)) => self.scoreboard = entries,
             Received::Message(ServerMessage::Reliable(reliable)) => self.inbox.handle(reliable),
             // Resolved into a `Received::Snapshot` by `receive_message`.
-            Received::Message(ServerMessage::Snapshot(_)) => {}
+            Received::Message(ServerMessage::Snapshot) => {}
         }
     }
 
@@ -948,7 +948,7 @@ fn address_after(token: &[u8], server: SocketAddr) -> usize {
 struct Layers<'a, G: Game> {
     netcode: &'a mut netcode::Client,
     acks: &'a mut AckTracker,
-    baselines: &'a mut Baselines<G::Entity>,
+    baselines: &'a mut Baselines<G>,
     /// The match's settings, once told (a snapshot is not read before).
     config: Option<MatchConfig>,
 }
@@ -983,21 +983,13 @@ fn receive_message<G: Game>(
         }
     };
     let received = match message {
-        ServerMessage::Snapshot(head) => {
+        ServerMessage::Snapshot => {
             let Some(config) = layers.config else {
                 stats.snapshots_before_config += 1;
                 return None;
             };
-            let resolved = layers.baselines.resolve::<G>(
-                &config,
-                head.tick,
-                u32::from(head.baseline_ticks),
-                section,
-            );
-            match resolved {
-                Ok((entities, stale)) => {
-                    Received::Snapshot(Snapshot::new(head, config, entities, stale))
-                }
+            match layers.baselines.resolve(&config, section) {
+                Ok(snapshot) => Received::Snapshot(snapshot),
                 Err(error) => {
                     match error {
                         DeltaError::NoBaseline(_) => stats.snapshots_no_baseline += 1,

@@ -228,22 +228,36 @@ impl FakeServer {
                 inputs_arrived_late: 0,
                 you: PlayerStatus::default(),
             };
-            let Some(client) = self.client else {
-                return;
-            };
             // A full snapshot with no entities.
-            let header = self.acks.next_header(now);
-            let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
-            let len = encode_snapshot(header, head, 1200, &mut out, |bits| {
+            self.send_snapshot(now, None, &head, true);
+        }
+    }
+
+    /// Sends the snapshot `head` describes against `base`, with no entities (or, unless
+    /// `entities`, without even their section).
+    fn send_snapshot(
+        &mut self,
+        now: Duration,
+        base: Option<&SnapshotHead<Shooter>>,
+        head: &SnapshotHead<Shooter>,
+        entities: bool,
+    ) {
+        let Some(client) = self.client else {
+            return;
+        };
+        let header = self.acks.next_header(now);
+        let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
+        let len = encode_snapshot(header, base, head, 1200, &mut out, |bits| {
+            if entities {
                 let mut section = SectionWriter::default();
                 section.removed(bits, std::iter::empty());
                 section.begin_held(bits, 0, std::iter::empty());
                 section.begin_new(bits, 0);
                 section.end(bits, 0);
-            })
-            .unwrap();
-            let _ = self.netcode.send_payload(now, client, &out[..len]);
-        }
+            }
+        })
+        .unwrap();
+        let _ = self.netcode.send_payload(now, client, &out[..len]);
     }
 
     /// Sends `message` to the client, if one is connected; returns the packet's number.
@@ -902,24 +916,16 @@ fn a_delta_against_a_view_not_held_and_a_forged_section_are_refused_and_counted(
     net.run(Duration::from_millis(100));
     let tick = net.servers[0].tick;
     let latest = net.session.latest_snapshot().map(|s| s.tick);
-    let head = |baseline_ticks| {
-        ServerMessage::Snapshot(SnapshotHead::<Shooter> {
-            tick: Tick(tick + 1000),
-            baseline_ticks,
-            your_entity: None,
-            last_applied_input: 0,
-            inputs_applied: 0,
-            restored_from_tick: None,
-            input_margin: None,
-            inputs_arrived_late: 0,
-            you: PlayerStatus::default(),
-        })
+    let head = |baseline_ticks| SnapshotHead::<Shooter> {
+        tick: Tick(tick + 1000),
+        baseline_ticks,
+        ..Default::default()
     };
     let now = net.now;
     // A delta against tick + 995, which the client never had; then a full snapshot whose
-    // section is missing (it ends before its first count).
-    net.servers[0].send(now, &head(5));
-    net.servers[0].send(now, &head(0));
+    // entities are missing (the section ends after the head).
+    net.servers[0].send_snapshot(now, Some(&head(0)), &head(5), true);
+    net.servers[0].send_snapshot(now, None, &head(0), false);
     net.servers[0].ticking = false;
     net.run(Duration::from_millis(50));
     let stats = net.session.stats();

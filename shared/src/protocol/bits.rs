@@ -279,6 +279,30 @@ pub fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
+/// The default entity coding: the state's bincode bytes, whole, whatever the baseline.
+pub fn write_whole<T: serde::Serialize>(value: &T, out: &mut BitWriter) {
+    let mut buf = [0u8; 255];
+    match bincode::serde::encode_into_slice(value, &mut buf, bincode::config::standard()) {
+        Ok(len) => {
+            out.write_bits(len as u64, 8);
+            out.write_bytes(&buf[..len]);
+        }
+        Err(_) => out.fail(),
+    }
+}
+
+/// Reads what [`write_whole`] wrote.
+pub fn read_whole<T: serde::de::DeserializeOwned>(input: &mut BitReader) -> Result<T, BitError> {
+    let len = input.read_bits(8)? as usize;
+    let mut buf = [0u8; 255];
+    input.read_bytes(&mut buf[..len])?;
+    let config = bincode::config::standard().with_limit::<1024>();
+    match bincode::serde::decode_from_slice::<T, _>(&buf[..len], config) {
+        Ok((value, used)) if used == len => Ok(value),
+        _ => Err(BitError::OutOfRange("entity bytes")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

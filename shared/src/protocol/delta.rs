@@ -1,5 +1,5 @@
-//! Delta snapshots: the bit-packed section that follows a snapshot's head, and the
-//! baselines a client keeps to read it.
+//! Delta snapshots: the bit-packed entities that follow a snapshot's head
+//! ([`super::head`]) in its section.
 //!
 //! A client's view is its entities in view, sorted by index. A snapshot changes the view
 //! of its baseline (a snapshot of `baseline_ticks` ticks earlier that the client
@@ -24,17 +24,16 @@
 //! ([`Game::write_entity`]). Reading validates everything: removed entities must be in
 //! the baseline, the held count must be the baseline's less the removed (a section made
 //! for another baseline is refused), new indices strictly increase and must not be held,
-//! and nothing may follow the section. A delta against a baseline the client does not
-//! hold is refused ([`DeltaError::NoBaseline`]), never applied to something else.
+//! and nothing may follow the section. Which baseline a snapshot names, and refusing one
+//! the client does not hold, is [`super::baselines`]'.
 
 use super::bits::{BitError, BitReader, BitWriter, Widths};
 use super::messages::Replicated;
-use crate::game::{Game, MatchConfig, NetEntityId, Tick};
+use crate::game::{Game, MatchConfig, NetEntityId};
 
-/// The oldest baseline a snapshot may name, in ticks (the client keeps a view this long).
+/// The oldest baseline a snapshot may name, in ticks (the client keeps a view this long;
+/// the head has 6 bits for it).
 pub const MAX_BASELINE_TICKS: u32 = 63;
-/// Views a client keeps, one per tick modulo this (more than [`MAX_BASELINE_TICKS`]).
-const KEPT_VIEWS: usize = 64;
 
 const COUNT: Widths = [0, 4, 8, 16];
 const GAP: Widths = [0, 3, 7, 32];
@@ -184,8 +183,9 @@ fn read_gap(input: &mut BitReader, previous: &mut Option<u32>) -> Result<u32, Bi
     Ok(index)
 }
 
-/// Applies `section` to `base` (sorted by index), writing the new view into `out`
-/// (cleared first; sorted by index). Returns the stale count.
+/// Applies `section` (the entities alone, nothing after them) to `base` (sorted by
+/// index), writing the new view into `out` (cleared first; sorted by index). Returns the
+/// stale count.
 pub fn apply<G: Game>(
     config: &MatchConfig,
     base: &[Replicated<G::Entity>],
@@ -193,8 +193,21 @@ pub fn apply<G: Game>(
     section: &[u8],
     out: &mut Vec<Replicated<G::Entity>>,
 ) -> Result<u16, BitError> {
-    out.clear();
     let mut input = BitReader::new(section);
+    let stale = read::<G>(config, base, ticks, &mut input, out)?;
+    input.finish()?;
+    Ok(stale)
+}
+
+/// [`apply`] reading from `input`, which may go on after the entities.
+pub fn read<G: Game>(
+    config: &MatchConfig,
+    base: &[Replicated<G::Entity>],
+    ticks: u32,
+    input: &mut BitReader,
+    out: &mut Vec<Replicated<G::Entity>>,
+) -> Result<u16, BitError> {
+    out.clear();
     let removed_count = input.read_sized(&COUNT)? as usize;
     if removed_count > base.len() {
         return Err(BitError::OutOfRange("more removed than held"));
@@ -202,7 +215,7 @@ pub fn apply<G: Game>(
     let mut removed = Vec::with_capacity(removed_count);
     let mut previous = None;
     for _ in 0..removed_count {
-        removed.push(read_gap(&mut input, &mut previous)?);
+        removed.push(read_gap(input, &mut previous)?);
     }
     let held_count = input.read_sized(&COUNT)? as usize;
     if held_count != base.len() - removed_count {
@@ -234,7 +247,7 @@ pub fn apply<G: Game>(
             input.read_bool()?
         };
         let state = if updated {
-            G::read_entity(config, Some(&entry.state), ticks, &mut input)?
+            G::read_entity(config, Some(&entry.state), ticks, input)?
         } else {
             entry.state.clone()
         };
@@ -263,9 +276,9 @@ pub fn apply<G: Game>(
     let new_count = input.read_sized(&COUNT)? as usize;
     let mut previous = None;
     for _ in 0..new_count {
-        let index = read_gap(&mut input, &mut previous)?;
+        let index = read_gap(input, &mut previous)?;
         let generation = input.read_sized_u32(&GENERATION)?;
-        let state = G::read_entity(config, None, 0, &mut input)?;
+        let state = G::read_entity(config, None, 0, input)?;
         out.push(Replicated {
             id: NetEntityId { index, generation },
             state,
@@ -278,99 +291,7 @@ pub fn apply<G: Game>(
             return Err(BitError::OutOfRange("new entity already held"));
         }
     }
-    let stale = u16::try_from(input.read_sized(&COUNT)?)
-        .map_err(|_| BitError::OutOfRange("stale count"))?;
-    input.finish()?;
-    Ok(stale)
-}
-
-/// Why a snapshot's section could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeltaError {
-    /// A delta against a view the client does not hold (lost, or never received).
-    #[error("delta against tick {0}, which this client does not hold")]
-    NoBaseline(u64),
-    /// The section is not a valid one.
-    #[error("malformed snapshot section: {0}")]
-    Malformed(#[from] BitError),
-}
-
-/// The views a client holds, by tick: the baselines the server may name.
-#[derive(Debug)]
-pub struct Baselines<E> {
-    views: Vec<Option<(Tick, Vec<Replicated<E>>)>>,
-}
-
-impl<E> Default for Baselines<E> {
-    fn default() -> Self {
-        Self {
-            views: (0..KEPT_VIEWS).map(|_| None).collect(),
-        }
-    }
-}
-
-impl<E: Clone> Baselines<E> {
-    /// The view at `tick`, if held.
-    pub fn get(&self, tick: Tick) -> Option<&[Replicated<E>]> {
-        match &self.views[tick.0 as usize % KEPT_VIEWS] {
-            Some((t, view)) if *t == tick => Some(view),
-            _ => None,
-        }
-    }
-
-    /// Reads the section of the snapshot of `tick` made against the view `baseline_ticks`
-    /// earlier (0: a full snapshot), keeps the new view, and returns it with its stale
-    /// count.
-    pub fn resolve<G: Game<Entity = E>>(
-        &mut self,
-        config: &MatchConfig,
-        tick: Tick,
-        baseline_ticks: u32,
-        section: &[u8],
-    ) -> Result<(Vec<Replicated<E>>, u16), DeltaError> {
-        let mut view = Vec::new();
-        let stale = if baseline_ticks == 0 {
-            apply::<G>(config, &[], 0, section, &mut view)?
-        } else {
-            let at = Tick(tick.0.saturating_sub(u64::from(baseline_ticks)));
-            let base = self.get(at).ok_or(DeltaError::NoBaseline(at.0))?;
-            apply::<G>(config, base, baseline_ticks, section, &mut view)?
-        };
-        self.keep(tick, view.clone());
-        Ok((view, stale))
-    }
-
-    /// Keeps `view` as the view at `tick` (unless a newer tick holds its place).
-    pub fn keep(&mut self, tick: Tick, view: Vec<Replicated<E>>) {
-        let slot = &mut self.views[tick.0 as usize % KEPT_VIEWS];
-        if slot.as_ref().is_none_or(|(t, _)| *t <= tick) {
-            *slot = Some((tick, view));
-        }
-    }
-}
-
-/// The default entity coding: the state's bincode bytes, whole, whatever the baseline.
-pub fn write_whole<T: serde::Serialize>(value: &T, out: &mut BitWriter) {
-    let mut buf = [0u8; 255];
-    match bincode::serde::encode_into_slice(value, &mut buf, bincode::config::standard()) {
-        Ok(len) => {
-            out.write_bits(len as u64, 8);
-            out.write_bytes(&buf[..len]);
-        }
-        Err(_) => out.fail(),
-    }
-}
-
-/// Reads what [`write_whole`] wrote.
-pub fn read_whole<T: serde::de::DeserializeOwned>(input: &mut BitReader) -> Result<T, BitError> {
-    let len = input.read_bits(8)? as usize;
-    let mut buf = [0u8; 255];
-    input.read_bytes(&mut buf[..len])?;
-    let config = bincode::config::standard().with_limit::<1024>();
-    match bincode::serde::decode_from_slice::<T, _>(&buf[..len], config) {
-        Ok((value, used)) if used == len => Ok(value),
-        _ => Err(BitError::OutOfRange("entity bytes")),
-    }
+    u16::try_from(input.read_sized(&COUNT)?).map_err(|_| BitError::OutOfRange("stale count"))
 }
 
 #[cfg(test)]
@@ -551,27 +472,5 @@ mod tests {
             apply::<Shooter>(&CONFIG, &held, 3, &trailing, &mut out),
             Err(BitError::Trailing)
         );
-    }
-
-    #[test]
-    fn a_delta_against_a_view_not_held_is_refused() {
-        let mut baselines = Baselines::<EntityState>::default();
-        let full = section(&[], &[entity(1, 1, 10, 0)]);
-        let (view, _) = baselines
-            .resolve::<Shooter>(&CONFIG, Tick(10), 0, &full)
-            .expect("a full snapshot needs no baseline");
-        let delta = section(&view, &[entity(1, 1, 11, 0)]);
-        assert!(
-            baselines
-                .resolve::<Shooter>(&CONFIG, Tick(12), 2, &delta)
-                .is_ok()
-        );
-        assert_eq!(
-            baselines.resolve::<Shooter>(&CONFIG, Tick(13), 2, &delta),
-            Err(DeltaError::NoBaseline(11))
-        );
-        // Tick 74 takes tick 10's place: a delta against 10 is refused from then on.
-        baselines.keep(Tick(74), Vec::new());
-        assert_eq!(baselines.get(Tick(10)), None);
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ack::{HEADER_BYTES, PacketHeader};
 use super::bits::BitWriter;
+use super::head::SnapshotHead;
 use crate::game::{Game, InputFrame, MatchConfig, NetEntityId, PlayerId, Tick};
 use crate::netcode::MAX_PAYLOAD_BYTES;
 
@@ -50,9 +51,10 @@ pub enum ClientMessage<G: Game> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum ServerMessage<G: Game> {
-    /// What the client sees at a tick: the head, then (after it, bit-packed) the
-    /// entities as a delta against a baseline ([`super::delta`]).
-    Snapshot(SnapshotHead<G>),
+    /// What the client sees at a tick. Its section follows, bit-packed: the head
+    /// ([`super::head`]), then the entities ([`super::delta`]), both against a baseline
+    /// ([`super::baselines`] reads it).
+    Snapshot,
     /// The top of the scoreboard (sent about once a second).
     Scoreboard(Vec<ScoreEntry<G>>),
     /// Part of a connect token the server gives the client (a token is 2048 bytes, more
@@ -158,38 +160,6 @@ pub enum Notice<G: Game> {
         /// above 0.
         view_radius_m: f32,
     },
-}
-
-/// A snapshot's head on the wire: what is not an entity. The section that follows it
-/// carries the entities.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct SnapshotHead<G: Game> {
-    /// The tick this describes.
-    pub tick: Tick,
-    /// How many ticks before `tick` the baseline is (at most
-    /// [`super::delta::MAX_BASELINE_TICKS`]); 0: a full snapshot.
-    pub baseline_ticks: u8,
-    /// The client's own body, if it has one.
-    pub your_entity: Option<NetEntityId>,
-    /// The newest input sequence the server has applied; every older one is applied too.
-    pub last_applied_input: u32,
-    /// Input frames of this player the match has applied, counted by the match itself
-    /// (it travels with the player through handoffs and snapshots). A restore after a
-    /// crash makes it go down: those frames were rolled back.
-    pub inputs_applied: u64,
-    /// The tick this server restored the match from, if it took the match over from
-    /// a snapshot after its owner died: a client measures its rollback from it.
-    pub restored_from_tick: Option<Tick>,
-    /// How early the client's inputs arrived since its previous snapshot, in ticks: the
-    /// least, over the frames first received, of the tick a frame is for less the tick
-    /// the server was about to run (negative: late). `None`: no new frame arrived.
-    pub input_margin: Option<i8>,
-    /// Input frames first received since the client's previous snapshot after the tick
-    /// they were for had already run (saturating).
-    pub inputs_arrived_late: u8,
-    /// The client's own standing.
-    pub you: G::Status,
 }
 
 /// The world as one client sees it at one tick: a snapshot's head with its section
@@ -314,20 +284,23 @@ pub fn encode<T: Serialize>(
     Ok(HEADER_BYTES + written)
 }
 
-/// Writes `header ‖ head ‖ section` into `out` and returns the length: `section` writes
-/// the entities into a bit writer limited to `payload_budget` bytes in all (and to the
-/// datagram). Fails if the head does not fit or the section overflowed.
+/// Writes `header ‖ Snapshot ‖ section` into `out` and returns the length. The section is
+/// a bit writer limited to `payload_budget` bytes in all (and to the datagram): `head`
+/// goes first, against `base` (the baseline's head; `None` for a full snapshot), then
+/// `entities` writes the entities. Fails if the section overflowed.
 pub fn encode_snapshot<G: Game>(
     header: PacketHeader,
-    head: SnapshotHead<G>,
+    base: Option<&SnapshotHead<G>>,
+    head: &SnapshotHead<G>,
     payload_budget: usize,
     out: &mut [u8; MAX_PAYLOAD_BYTES],
-    section: impl FnOnce(&mut BitWriter),
+    entities: impl FnOnce(&mut BitWriter),
 ) -> Result<usize, EncodeError> {
-    let len = encode(header, &ServerMessage::Snapshot(head), out)?;
+    let len = encode(header, &ServerMessage::<G>::Snapshot, out)?;
     let budget = payload_budget.clamp(len, MAX_PAYLOAD_BYTES);
     let mut writer = BitWriter::new(&mut out[len..budget], (budget - len) * 8);
-    section(&mut writer);
+    super::head::write(&mut writer, base, head);
+    entities(&mut writer);
     match writer.finish() {
         Some(bits_len) => Ok(len + bits_len),
         None => Err(EncodeError::new(
@@ -423,20 +396,14 @@ fn decode_part<T: for<'de> Deserialize<'de>>(
 }
 
 /// Decodes and validates what a server sent. A snapshot's section (the bytes after its
-/// head) is returned for [`super::delta`] to read; any other message must end the datagram.
+/// tag) is returned for [`super::baselines`] to read; any other message must end the
+/// datagram.
 pub fn decode_server<G: Game>(
     bytes: &[u8],
 ) -> Result<(PacketHeader, ServerMessage<G>, &[u8]), DecodeError> {
     let (header, message, rest) = decode::<ServerMessage<G>>(bytes)?;
     match &message {
-        ServerMessage::Snapshot(head) => {
-            if u32::from(head.baseline_ticks) > super::delta::MAX_BASELINE_TICKS
-                || u64::from(head.baseline_ticks) > head.tick.0
-            {
-                return Err(DecodeError::OutOfBounds("snapshot baseline too old"));
-            }
-            return Ok((header, message, rest));
-        }
+        ServerMessage::Snapshot => return Ok((header, message, rest)),
         _ => no_trailing(rest)?,
     }
     match &message {
@@ -672,46 +639,27 @@ mod tests {
         }
     }
 
-    fn head(tick: u64, baseline_ticks: u8) -> SnapshotHead<Shooter> {
-        SnapshotHead {
-            tick: Tick(tick),
-            baseline_ticks,
-            your_entity: None,
-            last_applied_input: 0,
-            inputs_applied: 0,
-            restored_from_tick: None,
-            input_margin: Some(-3),
-            inputs_arrived_late: 2,
-            you: Default::default(),
-        }
-    }
-
     #[test]
     fn a_snapshot_carries_its_section_and_nothing_else_may() {
         let mut out = [0u8; MAX_PAYLOAD_BYTES];
         let header = PacketHeader::default();
-        let len = encode_snapshot(header, head(9, 2), 1200, &mut out, |bits| {
+        let head = SnapshotHead::<Shooter> {
+            tick: Tick(9),
+            ..Default::default()
+        };
+        let len = encode_snapshot(header, None, &head, 1200, &mut out, |bits| {
             bits.write_bits(0xabc, 12);
         })
         .expect("fits");
         let (_, message, section) = decode_server::<Shooter>(&out[..len]).expect("decodes");
-        assert_eq!(message, ServerMessage::Snapshot(head(9, 2)));
-        assert_eq!(section, &[0xbc, 0x0a][..]);
+        assert_eq!(message, ServerMessage::Snapshot);
+        assert_eq!(section, &out[HEADER_BYTES + 1..len]);
 
         // The budget bounds the section.
-        let overflow = encode_snapshot(header, head(9, 2), 40, &mut out, |bits| {
+        let overflow = encode_snapshot(header, None, &head, 40, &mut out, |bits| {
             bits.write_bytes(&[1; 40]);
         });
         assert!(overflow.is_err());
-        // A baseline older than the client keeps, or before the match began, is refused.
-        for (tick, baseline) in [(100, 64), (3, 4)] {
-            let len = encode_snapshot(header, head(tick, baseline), 1200, &mut out, |_| {})
-                .expect("fits");
-            assert!(matches!(
-                decode_server::<Shooter>(&out[..len]),
-                Err(DecodeError::OutOfBounds(_))
-            ));
-        }
         // Trailing bytes after any other message are refused.
         let scores: ServerMessage<Shooter> = ServerMessage::Scoreboard(vec![]);
         let len = encode(header, &scores, &mut out).expect("fits");
