@@ -146,6 +146,8 @@ fn units(tick_hz: u32) -> Units {
     Units {
         velocity_per_position: (POSITION_UNIT_M / VELOCITY_UNIT_MS) as i64,
         tick_hz,
+        position_bits: 16,
+        speed: None,
     }
 }
 

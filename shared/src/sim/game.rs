@@ -152,7 +152,7 @@ impl Game for Shooter {
         entity: &EntityState,
         out: &mut BitWriter,
     ) {
-        entity.write(config.tick_hz, base.map(|b| (b, ticks)), out);
+        entity.write(config, base.map(|b| (b, ticks)), out);
     }
 
     fn read_entity(
@@ -161,7 +161,7 @@ impl Game for Shooter {
         ticks: u32,
         input: &mut BitReader,
     ) -> Result<EntityState, BitError> {
-        EntityState::read(config.tick_hz, base.map(|b| (b, ticks)), input)
+        EntityState::read(config, base.map(|b| (b, ticks)), input)
     }
 
     fn hash(state: &World) -> u64 {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::world::{Wall, World, WorldConfig};
+use super::world::{PROJECTILE_SPEED, Wall, World, WorldConfig};
 use crate::game::NetEntityId;
 use crate::protocol::bits::{BitError, BitReader, BitWriter};
 use crate::protocol::motion::{self, Motion, Units};
@@ -18,16 +18,24 @@ pub enum NetEntityKind {
 
 /// Metres per position unit on the wire (positions are u16: up to 2048 m).
 pub const POSITION_UNIT_M: f32 = 1.0 / 32.0;
-/// Metres per second per velocity unit (velocities are i16: up to ±128 m/s).
-pub const VELOCITY_UNIT_MS: f32 = 1.0 / 256.0;
+/// Metres per second per velocity unit (velocities are i16: up to ±1024 m/s). Finer
+/// would only cost bits: over the 63 ticks a baseline may be old, a velocity off by half
+/// a unit moves a prediction by half a position unit.
+pub const VELOCITY_UNIT_MS: f32 = 1.0 / 32.0;
 
 /// Velocity units that move one position unit a second.
 const VELOCITY_PER_POSITION: i64 = (POSITION_UNIT_M / VELOCITY_UNIT_MS) as i64;
 
-fn units(tick_hz: u32) -> Units {
+/// How an entity of `kind` moves on the wire in a match of `config`: positions within
+/// the arena, a projectile's speed known.
+fn units(config: &WorldConfig, kind: NetEntityKind) -> Units {
+    let field = EntityState::quantize_position(config.arena_size());
     Units {
         velocity_per_position: VELOCITY_PER_POSITION,
-        tick_hz,
+        tick_hz: config.tick_hz,
+        position_bits: Units::bits_for(field),
+        speed: (kind == NetEntityKind::Projectile)
+            .then(|| EntityState::quantize_velocity(PROJECTILE_SPEED).unsigned_abs()),
     }
 }
 
@@ -66,13 +74,14 @@ impl EntityState {
     /// Writes this state for a client holding `base` as of `ticks` ago (`None`: whole).
     ///
     /// Whole: kind (1 bit), whether health is 0 (1 bit: a projectile's always is), else
-    /// health (8), motion whole. Against a base: 1 bit whether
+    /// health (8), motion whole (positions within the arena, a projectile's velocity by
+    /// its known speed). Against a base: 1 bit whether
     /// health changed (then 8), then the motion delta ([`motion`]): a player running
     /// steadily costs 3 bits. The kind is the base's: an entity never changes kind (a new
     /// entity has a new id).
-    pub fn write(&self, tick_hz: u32, base: Option<(&Self, u32)>, out: &mut BitWriter) {
+    pub fn write(&self, config: &WorldConfig, base: Option<(&Self, u32)>, out: &mut BitWriter) {
         debug_assert!(base.is_none_or(|(b, _)| b.kind == self.kind));
-        let units = units(tick_hz);
+        let units = units(config, self.kind);
         match base {
             None => {
                 out.write_bool(self.kind == NetEntityKind::Projectile);
@@ -95,11 +104,10 @@ impl EntityState {
 
     /// Reads what [`EntityState::write`] wrote against the same `base`.
     pub fn read(
-        tick_hz: u32,
+        config: &WorldConfig,
         base: Option<(&Self, u32)>,
         input: &mut BitReader,
     ) -> Result<Self, BitError> {
-        let units = units(tick_hz);
         match base {
             None => {
                 let kind = if input.read_bool()? {
@@ -107,6 +115,7 @@ impl EntityState {
                 } else {
                     NetEntityKind::Player
                 };
+                let units = units(config, kind);
                 let health = if input.read_bool()? {
                     0
                 } else {
@@ -119,6 +128,7 @@ impl EntityState {
                 Ok(Self::from_motion(kind, health, m))
             }
             Some((base, ticks)) => {
+                let units = units(config, base.kind);
                 let health = if input.read_bool()? {
                     input.read_bits(8)? as u8
                 } else {
@@ -238,14 +248,21 @@ pub fn net_id(id: super::EntityId) -> NetEntityId {
 mod tests {
     use super::*;
 
+    /// 256 players: a 160 m arena, 5,120 position units, 13 bits.
+    const CONFIG: WorldConfig = WorldConfig {
+        max_players: 256,
+        tick_hz: 60,
+        seed: 1,
+    };
+
     fn round_trip(base: Option<(&EntityState, u32)>, e: &EntityState) -> usize {
         let mut buf = [0u8; 64];
         let mut w = BitWriter::new(&mut buf, 512);
-        e.write(60, base, &mut w);
+        e.write(&CONFIG, base, &mut w);
         let bits = w.bits();
         let len = w.finish().expect("fits");
         let mut r = BitReader::new(&buf[..len]);
-        assert_eq!(EntityState::read(60, base, &mut r).as_ref(), Ok(e));
+        assert_eq!(EntityState::read(&CONFIG, base, &mut r).as_ref(), Ok(e));
         r.finish().expect("nothing left");
         bits
     }
@@ -275,28 +292,29 @@ mod tests {
                 round_trip(Some((b, 4)), a);
             }
         }
-        // A player running steadily: 2 velocity units a tick's worth, 4 ticks on.
+        // A player running steadily: 2 position units a tick, 4 ticks on.
         let base = EntityState {
             kind: NetEntityKind::Player,
             x: 1000,
             y: 1000,
-            vx: 960,
+            vx: 120,
             vy: 0,
             health: 100,
         };
         let now = EntityState { x: 1008, ..base };
         assert_eq!(round_trip(Some((&base, 4)), &now), 3);
-        // A new projectile: kind, health 0 in a bit, position, velocity (12 + 4 bits).
+        // A new projectile: kind, health 0 in a bit, position in the arena (1 + 2 * 13),
+        // vx (2 + 12), and for vy its sign and an error of 0 from what 30 m/s leaves.
         let projectile = EntityState {
             kind: NetEntityKind::Projectile,
-            vx: 2000,
-            vy: 3,
+            vx: 576,
+            vy: -768,
             health: 0,
             ..base
         };
-        assert_eq!(round_trip(None, &projectile), 1 + 1 + 32 + 14 + 6);
+        assert_eq!(round_trip(None, &projectile), 1 + 1 + 27 + 14 + 1 + 2);
         // A new player: kind, the health bit, health, position, velocity.
-        assert_eq!(round_trip(None, &base), 1 + 1 + 8 + 32 + 14 + 6);
+        assert_eq!(round_trip(None, &base), 1 + 1 + 8 + 27 + 10 + 6);
     }
 
     #[test]

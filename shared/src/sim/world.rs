@@ -21,7 +21,8 @@ const PLAYER_MAX_SPEED: f32 = 8.0;
 const PLAYER_ACCELERATION: f32 = 60.0;
 const PLAYER_BRAKING: f32 = 40.0;
 const PROJECTILE_RADIUS: f32 = 0.15;
-const PROJECTILE_SPEED: f32 = 30.0;
+/// A projectile's speed, m/s (the wire codes a new one's velocity knowing it).
+pub(super) const PROJECTILE_SPEED: f32 = 30.0;
 const PROJECTILE_LIFETIME_S: f32 = 1.0;
 const PROJECTILE_DAMAGE: u8 = 25;
 const FIRE_COOLDOWN_S: f32 = 0.25;
