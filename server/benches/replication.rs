@@ -162,14 +162,18 @@ impl Sender {
         };
         self.sequence = self.sequence.wrapping_add(1);
         let config = Shooter::config(world);
-        let written =
-            match self
-                .replicator
-                .write(config, header, head, &self.seen, own, &mut self.scratch)
-            {
-                Ok(Some(written)) => written,
-                other => panic!("the snapshot was not written: {other:?}"),
-            };
+        let written = match self.replicator.write(
+            config,
+            header,
+            None,
+            head,
+            &self.seen,
+            own,
+            &mut self.scratch,
+        ) {
+            Ok(Some(written)) => written,
+            other => panic!("the snapshot was not written: {other:?}"),
+        };
         let sealed = Packet::Payload(self.scratch.payload(written.len)).write(
             &mut self.packet,
             self.packet_sequence,

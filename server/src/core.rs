@@ -21,11 +21,11 @@ use std::time::Duration;
 use arena_shared::game::{Game, InputFrame, MatchConfig, PlayerId, Seen, Tick, Viewer};
 use arena_shared::identity::{TokenRequest, is_spectator, mint_token, name_from_user_data};
 use arena_shared::netcode::{self, ClientIndex, DisconnectReason, ServerEvent, Transmit};
-use arena_shared::protocol::messages::{TOKEN_PART_BYTES, TOKEN_PARTS, decode_inputs};
+use arena_shared::protocol::messages::{TOKEN_PART_BYTES, TOKEN_PARTS, decode_inputs, encoded_len};
 use arena_shared::protocol::reliable::Outbox;
 use arena_shared::protocol::{
-    AckTracker, EncodeError, ScoreEntry, ServerMessage, SnapshotHead, TokenPart, TokenPurpose,
-    encode,
+    AckTracker, EncodeError, Reliable, ScoreEntry, ServerMessage, SnapshotHead, TokenPart,
+    TokenPurpose, encode,
 };
 
 use crate::fanout::fan_out;
@@ -152,6 +152,11 @@ pub struct CoreStats {
     pub events_queued: u64,
     /// Game events a client did not get because it had too many unacknowledged.
     pub events_dropped: u64,
+    /// Datagrams of reliable notices that rode in a snapshot's datagram.
+    pub notices_riding: u64,
+    /// Datagrams of reliable notices sent on their own (too big to ride, or no snapshot
+    /// went that tick).
+    pub notices_alone: u64,
 }
 
 /// One connected client as `GET /clients` shows it ([`ServerCore::report_clients`]).
@@ -254,6 +259,9 @@ struct ClientSlot<G: Game> {
     input_margin: Option<i8>,
     /// Input frames first received since the last snapshot after their tick had run.
     inputs_arrived_late: u8,
+    /// Notices polled this tick to ride in its snapshot's datagram
+    /// ([`ServerMessage::NoticesAndSnapshot`]); sent on their own if no snapshot goes.
+    riding: Option<ServerMessage<G>>,
     /// This tick's snapshot, built (by a worker) and not sent yet: its outcome, and the
     /// datagram (capacity kept for the connection's life).
     built: Option<Result<Option<Written>, EncodeError>>,
@@ -332,6 +340,7 @@ impl<G: Game> ClientSlot<G> {
             replicator: Replicator::new(bytes_per_s, config.tick_hz),
             input_margin: None,
             inputs_arrived_late: 0,
+            riding: None,
             built: None,
             payload: Vec::with_capacity(netcode::MAX_PAYLOAD_BYTES),
             named: BTreeSet::new(),
@@ -549,11 +558,11 @@ impl<G: Game> ServerCore<G> {
         G::step(&mut self.world, &self.inputs, &mut self.events);
         self.stats.game_events += self.events.len() as u64;
         self.announce_events();
-        // Notices first: a new client's first is the match's settings, which it needs to
-        // read its first snapshot.
-        self.send_notices(now);
         // Clients are spread over the ticks of one period, so the work stays even.
         let every = u64::from(self.snapshot_every);
+        // Notices first: a new client's first is the match's settings, which it needs to
+        // read its first snapshot.
+        self.send_notices(now, tick, every);
         self.wait_ticks_max = 0;
         for slot in self.clients.iter_mut().flatten() {
             slot.replicator.refill();
@@ -578,6 +587,13 @@ impl<G: Game> ServerCore<G> {
         );
         for index in 0..self.clients.len() {
             self.send_snapshot(now, index);
+            // Notices whose snapshot did not go (throttled) go on their own.
+            if let Some(slot) = self.clients[index].as_mut()
+                && let Some(ServerMessage::NoticesAndSnapshot(reliable)) = slot.riding.take()
+            {
+                send_notices_alone(&mut self.netcode, now, index, slot, reliable);
+                self.stats.notices_alone += 1;
+            }
         }
         self.send_tokens(now, true);
         self.send_scoreboards(now, tick);
@@ -619,8 +635,10 @@ impl<G: Game> ServerCore<G> {
         }
     }
 
-    /// Sends every client the reliable notices that are new or due again.
-    fn send_notices(&mut self, now: Duration) {
+    /// Sends every client the reliable notices that are new or due again: in the
+    /// datagram of the snapshot it is due this tick (`tick`, one in `every` per client)
+    /// when they are small, else on their own.
+    fn send_notices(&mut self, now: Duration, tick: Tick, every: u64) {
         for index in 0..self.clients.len() {
             let Some(slot) = self.clients[index].as_mut() else {
                 continue;
@@ -628,22 +646,13 @@ impl<G: Game> ServerCore<G> {
             let Some(reliable) = slot.outbox.poll(now) else {
                 continue;
             };
-            let header = slot.acks.next_header(now);
-            slot.outbox.sent(header.sequence, &reliable);
-            let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
-            match encode(header, &ServerMessage::<G>::Reliable(reliable), &mut out) {
-                Ok(len) => {
-                    let _ = send_counted(
-                        &mut self.netcode,
-                        now,
-                        index,
-                        &out[..len],
-                        &mut slot.bytes_out,
-                    );
-                }
-                Err(error) => {
-                    tracing::error!(%error, "notices did not fit; this is a bug in the budget");
-                }
+            let snapshot_due = (tick.0 + index as u64).is_multiple_of(every);
+            let small = encoded_len(&reliable).is_some_and(|len| len <= MAX_RIDING_NOTICE_BYTES);
+            if snapshot_due && small {
+                slot.riding = Some(ServerMessage::NoticesAndSnapshot(reliable));
+            } else {
+                send_notices_alone(&mut self.netcode, now, index, slot, reliable);
+                self.stats.notices_alone += 1;
             }
         }
     }
@@ -1338,7 +1347,11 @@ impl<G: Game> ServerCore<G> {
             None => {}
             Some(Ok(Some(written))) => {
                 // The header peeked when it was built: nothing was sent to this client since.
-                slot.acks.next_header(now);
+                let header = slot.acks.next_header(now);
+                if let Some(ServerMessage::NoticesAndSnapshot(reliable)) = slot.riding.take() {
+                    slot.outbox.sent(header.sequence, &reliable);
+                    self.stats.notices_riding += 1;
+                }
                 slot.input_margin = None;
                 slot.inputs_arrived_late = 0;
                 self.wait_ticks_max = self.wait_ticks_max.max(written.wait_max);
@@ -1375,6 +1388,31 @@ impl<G: Game> ServerCore<G> {
     /// ticks.
     pub fn wait_ticks_max(&self) -> u32 {
         self.wait_ticks_max
+    }
+}
+
+/// Notices this small or smaller ride in a snapshot's datagram (a kill and a name or two;
+/// the match's shared data, in 900-byte parts, goes on its own).
+const MAX_RIDING_NOTICE_BYTES: usize = 160;
+
+/// Sends `reliable` to client `index` in a datagram of its own.
+fn send_notices_alone<G: Game>(
+    netcode: &mut netcode::Server,
+    now: Duration,
+    index: usize,
+    slot: &mut ClientSlot<G>,
+    reliable: Reliable<G>,
+) {
+    let header = slot.acks.next_header(now);
+    slot.outbox.sent(header.sequence, &reliable);
+    let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
+    match encode(header, &ServerMessage::<G>::Reliable(reliable), &mut out) {
+        Ok(len) => {
+            let _ = send_counted(netcode, now, index, &out[..len], &mut slot.bytes_out);
+        }
+        Err(error) => {
+            tracing::error!(%error, "notices did not fit; this is a bug in the budget");
+        }
     }
 }
 
@@ -1457,6 +1495,7 @@ fn build_snapshot<G: Game>(
     let built = slot.replicator.write(
         G::config(world),
         header,
+        slot.riding.as_ref(),
         head,
         seen,
         own,

@@ -438,6 +438,16 @@ impl Collector for StatusCollector {
                 "Game events a client did not get: it had too many unacknowledged.",
                 game.events_dropped,
             ),
+            (
+                "notices_riding",
+                "Datagrams of reliable notices that rode in a snapshot's datagram.",
+                game.notices_riding,
+            ),
+            (
+                "notices_alone",
+                "Datagrams of reliable notices sent on their own.",
+                game.notices_alone,
+            ),
         ] {
             counter(e, name, None, help, value)?;
         }

@@ -32,7 +32,7 @@ use arena_shared::protocol::delta::{
     MAX_BASELINE_TICKS, MAX_COUNT_BITS, SectionWriter, update_overhead_bits,
 };
 use arena_shared::protocol::{
-    EncodeError, PacketHeader, Replicated, SnapshotHead, encode_snapshot,
+    EncodeError, PacketHeader, Replicated, ServerMessage, SnapshotHead, encode_snapshot,
 };
 
 /// Views remembered per client (half a second of snapshots at 60 Hz).
@@ -211,12 +211,15 @@ impl<G: Game> Replicator<G> {
     }
 
     /// Writes the snapshot `head` describes, with `seen` (sorted by index, each index
-    /// once) as a delta, into `scratch`'s datagram ([`Scratch::payload`]). `Ok(None)`:
-    /// the budget says wait.
+    /// once) as a delta, into `scratch`'s datagram ([`Scratch::payload`]), after `lead`
+    /// (notices riding along, see [`encode_snapshot`]; they take from the budget).
+    /// `Ok(None)`: the budget says wait.
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
         config: &MatchConfig,
         header: PacketHeader,
+        lead: Option<&ServerMessage<G>>,
         mut head: SnapshotHead<G>,
         seen: &[Seen<G::Entity>],
         own: Option<NetEntityId>,
@@ -243,7 +246,7 @@ impl<G: Game> Replicator<G> {
         let result = self.write_against(
             scratch,
             config,
-            header,
+            (header, lead),
             (base_head.as_ref(), head),
             (seen, own),
             (&base, ticks),
@@ -266,7 +269,7 @@ impl<G: Game> Replicator<G> {
         &mut self,
         scratch: &mut Scratch,
         config: &MatchConfig,
-        header: PacketHeader,
+        (header, lead): (PacketHeader, Option<&ServerMessage<G>>),
         (base_head, head): (Option<&SnapshotHead<G>>, SnapshotHead<G>),
         (seen, own): (&[Seen<G::Entity>], Option<NetEntityId>),
         (base, ticks): (&[Replicated<G::Entity>], u32),
@@ -284,7 +287,7 @@ impl<G: Game> Replicator<G> {
             };
             write_section::<G>(
                 config,
-                header,
+                (header, lead),
                 (base_head, &head),
                 budget,
                 &mut scratch.out,
@@ -523,14 +526,14 @@ impl<E> Section<'_, E> {
 /// `room` (first try) learns the bits left for the updates.
 fn write_section<G: Game>(
     config: &MatchConfig,
-    header: PacketHeader,
+    (header, lead): (PacketHeader, Option<&ServerMessage<G>>),
     (base_head, head): (Option<&SnapshotHead<G>>, &SnapshotHead<G>),
     budget: usize,
     out: &mut [u8; MAX_PAYLOAD_BYTES],
     plan: &Section<'_, G::Entity>,
     room: Option<&mut Option<usize>>,
 ) -> Result<usize, EncodeError> {
-    encode_snapshot(header, base_head, head, budget, out, |bits| {
+    encode_snapshot(header, lead, (base_head, head), budget, out, |bits| {
         let mut section = SectionWriter::default();
         section.removed(bits, plan.removed.iter().copied());
         // Every baseline entity not removed is held: an entity in view.
@@ -708,7 +711,7 @@ mod tests {
                 ack_bits: 0,
             };
             let written = replicator
-                .write(&CONFIG, header, head(tick), &seen, None, &mut scratch)
+                .write(&CONFIG, header, None, head(tick), &seen, None, &mut scratch)
                 .expect("always fits");
             match written {
                 Some(w) => {
@@ -825,6 +828,7 @@ mod tests {
                     .write(
                         &CONFIG,
                         header,
+                        None,
                         head(tick),
                         &world.entities,
                         None,
@@ -863,7 +867,15 @@ mod tests {
             replicator.refill();
             let header = PacketHeader::default();
             if let Some(w) = replicator
-                .write(&CONFIG, header, head(tick), &seen, Some(own), &mut scratch)
+                .write(
+                    &CONFIG,
+                    header,
+                    None,
+                    head(tick),
+                    &seen,
+                    Some(own),
+                    &mut scratch,
+                )
                 .expect("fits")
             {
                 sent += 1;

@@ -116,7 +116,8 @@ pub struct Status {
     /// Inputs, snapshots and game events, as the core counts them (flattened into the JSON:
     /// `inputs_applied`, `inputs_late`, `inputs_dropped`, `inputs_skipped`, `bad_messages`,
     /// `snapshots_sent`, `snapshots_full`, `snapshots_throttled`, `snapshot_bytes_sent`,
-    /// `entity_updates`, `entities_deferred`, `game_events`, `events_queued`, `events_dropped`).
+    /// `entity_updates`, `entities_deferred`, `game_events`, `events_queued`, `events_dropped`,
+    /// `notices_riding`, `notices_alone`).
     #[serde(flatten)]
     pub game: CoreStats,
     /// Socket errors on receive or send.

@@ -54,6 +54,13 @@ fn a_hundred_clients_play_a_minute_on_a_clean_link_and_every_input_is_applied() 
     }
     assert_eq!(net.inputs_unapplied(), 0, "seed {seed}");
     let stats = net.server().stats();
+    // The kills rode in snapshots' datagrams; only what is too big (the shared data at
+    // joining) or found no snapshot went alone.
+    let (riding, alone) = (stats.notices_riding, stats.notices_alone);
+    assert!(
+        riding > 1000 && alone * 10 < riding,
+        "seed {seed}: {riding} notice datagrams rode in snapshots, {alone} went alone"
+    );
     let sent: u64 = net
         .clients
         .iter()

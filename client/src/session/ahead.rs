@@ -59,8 +59,9 @@ impl<G: Game> Session<G> {
             netcode: &mut next.netcode,
             acks: &mut next.acks,
             baselines: &mut next.baselines,
+            inbox: &mut next.inbox,
             // The same match: the settings are those already known, unless it told its own.
-            config: next.inbox.config().or(self.inbox.config()).copied(),
+            config: self.inbox.config().copied(),
         };
         let Some(message) = receive_message(layers, &mut self.stats, now, from, datagram) else {
             return;
@@ -78,7 +79,11 @@ impl<G: Game> Session<G> {
             }
             // Acknowledged by this connection's acks: kept for the switch, or lost.
             Received::Message(ServerMessage::Reliable(reliable)) => next.inbox.handle(reliable),
-            Received::Message(ServerMessage::Scoreboard(_) | ServerMessage::Snapshot) => {}
+            Received::Message(
+                ServerMessage::Scoreboard(_)
+                | ServerMessage::Snapshot
+                | ServerMessage::NoticesAndSnapshot(_),
+            ) => {}
         }
     }
 

@@ -359,7 +359,8 @@ impl<G: Game> Session<G> {
             netcode: &mut self.netcode,
             acks: &mut self.acks,
             baselines: &mut self.baselines,
-            config: self.inbox.config().copied(),
+            inbox: &mut self.inbox,
+            config: None,
         };
         let message = receive_message(layers, &mut self.stats, now, from, datagram);
         self.connected_once |= self.netcode.is_connected();
@@ -374,7 +375,7 @@ impl<G: Game> Session<G> {
             Received::Message(ServerMessage::Scoreboard(entries)) => self.scoreboard = entries,
             Received::Message(ServerMessage::Reliable(reliable)) => self.inbox.handle(reliable),
             // Resolved into a `Received::Snapshot` by `receive_message`.
-            Received::Message(ServerMessage::Snapshot) => {}
+            Received::Message(ServerMessage::Snapshot | ServerMessage::NoticesAndSnapshot(_)) => {}
         }
     }
 
@@ -949,7 +950,10 @@ struct Layers<'a, G: Game> {
     netcode: &'a mut netcode::Client,
     acks: &'a mut AckTracker,
     baselines: &'a mut Baselines<G>,
-    /// The match's settings, once told (a snapshot is not read before).
+    /// Where notices riding in a snapshot's datagram go.
+    inbox: &'a mut Inbox<G>,
+    /// The match's settings if the inbox has not been told them (a snapshot is not read
+    /// before one or the other has them).
     config: Option<MatchConfig>,
 }
 
@@ -983,8 +987,12 @@ fn receive_message<G: Game>(
         }
     };
     let received = match message {
-        ServerMessage::Snapshot => {
-            let Some(config) = layers.config else {
+        ServerMessage::Snapshot | ServerMessage::NoticesAndSnapshot(_) => {
+            // Notices first: the first a connection gets is the settings.
+            if let ServerMessage::NoticesAndSnapshot(reliable) = message {
+                layers.inbox.handle(reliable);
+            }
+            let Some(config) = layers.inbox.config().copied().or(layers.config) else {
                 stats.snapshots_before_config += 1;
                 return None;
             };

@@ -80,6 +80,10 @@ struct FakeServer {
     config: MatchConfig,
     /// Sends every reliable message twice, in two packets (a resend that crossed an ack).
     repeat_reliable: bool,
+    /// Notices ride in the snapshot's datagram (as the real core's do when small).
+    notices_ride: bool,
+    /// Datagrams of notices sent: riding in a snapshot's, and on their own.
+    notices_sent: (u64, u64),
     /// Sends unacknowledged notices again (false: each goes out once, as if every packet
     /// were known to arrive; what the client drops is lost).
     resend_reliable: bool,
@@ -116,6 +120,8 @@ impl FakeServer {
             outbox: Outbox::default(),
             config: CONFIG,
             repeat_reliable: false,
+            notices_ride: false,
+            notices_sent: (0, 0),
             resend_reliable: true,
             reliable_sent_below: 0,
             alive: true,
@@ -191,7 +197,7 @@ impl FakeServer {
 
     /// The outbox's due notices, in a packet of their own (twice if `repeat_reliable`).
     fn send_reliable(&mut self, now: Duration) {
-        if self.client.is_none() {
+        if self.client.is_none() || (self.notices_ride && self.ticking) {
             return;
         }
         let Some(reliable) = self.outbox.poll(now) else {
@@ -207,6 +213,7 @@ impl FakeServer {
             let message = ServerMessage::Reliable(reliable.clone());
             if let Some(sequence) = self.send(now, &message) {
                 self.outbox.sent(sequence, &reliable);
+                self.notices_sent.1 += 1;
             }
         }
     }
@@ -228,8 +235,20 @@ impl FakeServer {
                 inputs_arrived_late: 0,
                 you: PlayerStatus::default(),
             };
-            // A full snapshot with no entities.
-            self.send_snapshot(now, None, &head, true);
+            // A full snapshot with no entities, with the due notices riding if they do.
+            let riding = self
+                .notices_ride
+                .then(|| self.outbox.poll(now))
+                .flatten()
+                .map(ServerMessage::NoticesAndSnapshot);
+            let sequence = self.acks.peek_header().sequence;
+            self.send_snapshot(now, riding.as_ref(), (None, &head), true);
+            if let Some(ServerMessage::NoticesAndSnapshot(reliable)) = &riding
+                && self.client.is_some()
+            {
+                self.outbox.sent(sequence, reliable);
+                self.notices_sent.0 += 1;
+            }
         }
     }
 
@@ -238,8 +257,8 @@ impl FakeServer {
     fn send_snapshot(
         &mut self,
         now: Duration,
-        base: Option<&SnapshotHead<Shooter>>,
-        head: &SnapshotHead<Shooter>,
+        lead: Option<&ServerMessage<Shooter>>,
+        (base, head): (Option<&SnapshotHead<Shooter>>, &SnapshotHead<Shooter>),
         entities: bool,
     ) {
         let Some(client) = self.client else {
@@ -247,7 +266,7 @@ impl FakeServer {
         };
         let header = self.acks.next_header(now);
         let mut out = [0u8; netcode::MAX_PAYLOAD_BYTES];
-        let len = encode_snapshot(header, base, head, 1200, &mut out, |bits| {
+        let len = encode_snapshot(header, lead, (base, head), 1200, &mut out, |bits| {
             if entities {
                 let mut section = SectionWriter::default();
                 section.removed(bits, std::iter::empty());
@@ -300,7 +319,13 @@ struct Net {
 impl Net {
     /// A session connected to server 0 (ticking), with servers `1..count` idle.
     fn new(count: u8) -> Self {
-        let servers: Vec<FakeServer> = (1..=count).map(|n| FakeServer::new(addr(n))).collect();
+        Self::connected(count, |_| {})
+    }
+
+    /// [`Net::new`] with the servers set up by `prepare` before the session connects.
+    fn connected(count: u8, prepare: impl FnOnce(&mut [FakeServer])) -> Self {
+        let mut servers: Vec<FakeServer> = (1..=count).map(|n| FakeServer::new(addr(n))).collect();
+        prepare(&mut servers);
         let mut net = Self {
             now: START,
             session: Session::new(START, &token(START, &[addr(1)]), 60),
@@ -845,6 +870,29 @@ fn reliable_notices_arrive_once_and_in_order_even_when_repeated() {
 }
 
 #[test]
+fn notices_riding_in_snapshots_arrive_once_and_in_order_the_settings_first() {
+    let mut net = Net::connected(1, |servers| servers[0].notices_ride = true);
+    net.duplicate_to_client = true;
+    net.servers[0].outbox.push_name(PlayerId(1), "ann");
+    let events = kills(0, 40);
+    let mut heard = Vec::new();
+    for some in events.chunks(4) {
+        net.tell(0, some);
+        net.run_hearing(3 * STEP, &mut heard);
+    }
+    net.run_hearing(Duration::from_millis(300), &mut heard);
+    assert_eq!(heard, events);
+    assert_eq!(net.session.name(PlayerId(1)), Some("ann"));
+    let stats = net.session.stats();
+    // The settings rode in the first snapshot's datagram, read before its snapshot.
+    assert_eq!(stats.snapshots_before_config, 0, "{stats:?}");
+    assert!(stats.snapshots > 30, "{stats:?}");
+    assert_eq!(net.servers[0].outbox.unacknowledged(), 0);
+    let (riding, alone) = net.servers[0].notices_sent;
+    assert!(riding >= 10 && alone == 0, "{riding} rode, {alone} alone");
+}
+
+#[test]
 fn notices_the_new_owner_sent_ahead_of_a_switch_are_kept_and_its_later_ones_arrive() {
     // Numbers differ: 4 notices from the owner, 3 from the new owner ahead of the switch.
     let mut net = Net::new(2);
@@ -924,8 +972,8 @@ fn a_delta_against_a_view_not_held_and_a_forged_section_are_refused_and_counted(
     let now = net.now;
     // A delta against tick + 995, which the client never had; then a full snapshot whose
     // entities are missing (the section ends after the head).
-    net.servers[0].send_snapshot(now, Some(&head(0)), &head(5), true);
-    net.servers[0].send_snapshot(now, None, &head(0), false);
+    net.servers[0].send_snapshot(now, None, (Some(&head(0)), &head(5)), true);
+    net.servers[0].send_snapshot(now, None, (None, &head(0)), false);
     net.servers[0].ticking = false;
     net.run(Duration::from_millis(50));
     let stats = net.session.stats();

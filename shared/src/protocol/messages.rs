@@ -62,6 +62,10 @@ pub enum ServerMessage<G: Game> {
     TokenPart(TokenPart),
     /// Reliable notices (the match's shared data, names, game events), in order.
     Reliable(Reliable<G>),
+    /// Reliable notices, then a snapshot's section, as [`ServerMessage::Snapshot`]'s: the
+    /// notices a client is due ride in its snapshot's datagram rather than a datagram of
+    /// their own (they are read first: the first is the settings a snapshot needs).
+    NoticesAndSnapshot(Reliable<G>),
 }
 
 /// One line of the scoreboard.
@@ -284,19 +288,27 @@ pub fn encode<T: Serialize>(
     Ok(HEADER_BYTES + written)
 }
 
-/// Writes `header ‖ Snapshot ‖ section` into `out` and returns the length. The section is
-/// a bit writer limited to `payload_budget` bytes in all (and to the datagram): `head`
-/// goes first, against `base` (the baseline's head; `None` for a full snapshot), then
-/// `entities` writes the entities. Fails if the section overflowed.
+/// Writes `header ‖ lead ‖ section` into `out` and returns the length. `lead` is
+/// [`ServerMessage::Snapshot`] or [`ServerMessage::NoticesAndSnapshot`] (`None`: the
+/// first). The section is a bit writer limited to `payload_budget` bytes in all (and to
+/// the datagram): `head` goes first, against `base` (the baseline's head; `None` for a
+/// full snapshot), then `entities` writes the entities. Fails if the lead is another
+/// message or the section overflowed.
 pub fn encode_snapshot<G: Game>(
     header: PacketHeader,
-    base: Option<&SnapshotHead<G>>,
-    head: &SnapshotHead<G>,
+    lead: Option<&ServerMessage<G>>,
+    (base, head): (Option<&SnapshotHead<G>>, &SnapshotHead<G>),
     payload_budget: usize,
     out: &mut [u8; MAX_PAYLOAD_BYTES],
     entities: impl FnOnce(&mut BitWriter),
 ) -> Result<usize, EncodeError> {
-    let len = encode(header, &ServerMessage::<G>::Snapshot, out)?;
+    let len = match lead {
+        None => encode(header, &ServerMessage::<G>::Snapshot, out)?,
+        Some(lead @ (ServerMessage::Snapshot | ServerMessage::NoticesAndSnapshot(_))) => {
+            encode(header, lead, out)?
+        }
+        Some(_) => return Err(EncodeError::new("a snapshot led by another message")),
+    };
     let budget = payload_budget.clamp(len, MAX_PAYLOAD_BYTES);
     let mut writer = BitWriter::new(&mut out[len..budget], (budget - len) * 8);
     super::head::write(&mut writer, base, head);
@@ -404,6 +416,10 @@ pub fn decode_server<G: Game>(
     let (header, message, rest) = decode::<ServerMessage<G>>(bytes)?;
     match &message {
         ServerMessage::Snapshot => return Ok((header, message, rest)),
+        ServerMessage::NoticesAndSnapshot(reliable) => {
+            check_reliable(reliable)?;
+            return Ok((header, message, rest));
+        }
         _ => no_trailing(rest)?,
     }
     match &message {
@@ -647,16 +663,58 @@ mod tests {
             tick: Tick(9),
             ..Default::default()
         };
-        let len = encode_snapshot(header, None, &head, 1200, &mut out, |bits| {
+        let len = encode_snapshot(header, None, (None, &head), 1200, &mut out, |bits| {
             bits.write_bits(0xabc, 12);
         })
         .expect("fits");
         let (_, message, section) = decode_server::<Shooter>(&out[..len]).expect("decodes");
         assert_eq!(message, ServerMessage::Snapshot);
         assert_eq!(section, &out[HEADER_BYTES + 1..len]);
+        let plain = section.to_vec();
+
+        // Led by notices: the same section after them.
+        let notices = ServerMessage::<Shooter>::NoticesAndSnapshot(Reliable {
+            first: 3,
+            notices: vec![Notice::Name {
+                player: PlayerId(1),
+                name: "ann".into(),
+            }],
+        });
+        let len = encode_snapshot(
+            header,
+            Some(&notices),
+            (None, &head),
+            1200,
+            &mut out,
+            |bits| {
+                bits.write_bits(0xabc, 12);
+            },
+        )
+        .expect("fits");
+        let (_, message, section) = decode_server::<Shooter>(&out[..len]).expect("decodes");
+        assert_eq!(message, notices);
+        assert_eq!(section, &plain[..]);
+        // Out-of-bounds notices are refused there too; no other message may lead.
+        let bad = ServerMessage::<Shooter>::NoticesAndSnapshot(Reliable {
+            first: u32::MAX,
+            notices: vec![Notice::Name {
+                player: PlayerId(1),
+                name: "ann".into(),
+            }],
+        });
+        let len = encode_snapshot(header, Some(&bad), (None, &head), 1200, &mut out, |_| {})
+            .expect("fits");
+        assert!(matches!(
+            decode_server::<Shooter>(&out[..len]),
+            Err(DecodeError::OutOfBounds(_))
+        ));
+        let scores = ServerMessage::<Shooter>::Scoreboard(vec![]);
+        assert!(
+            encode_snapshot(header, Some(&scores), (None, &head), 1200, &mut out, |_| {}).is_err()
+        );
 
         // The budget bounds the section.
-        let overflow = encode_snapshot(header, None, &head, 40, &mut out, |bits| {
+        let overflow = encode_snapshot(header, None, (None, &head), 40, &mut out, |bits| {
             bits.write_bytes(&[1; 40]);
         });
         assert!(overflow.is_err());
