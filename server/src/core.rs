@@ -136,8 +136,9 @@ pub struct CoreStats {
     pub snapshots_full: u64,
     /// Snapshots a client was due but not sent: its byte budget was spent.
     pub snapshots_throttled: u64,
-    /// Bytes of the snapshots sent (netcode payloads). In `/status` as
-    /// `snapshot_bytes_sent`: `snapshot_bytes` there is the stored snapshot's size.
+    /// Bytes of the snapshots sent (netcode payloads, less the notices riding in them).
+    /// In `/status` as `snapshot_bytes_sent`: `snapshot_bytes` there is the stored
+    /// snapshot's size.
     #[serde(rename = "snapshot_bytes_sent")]
     pub snapshot_bytes: u64,
     /// Entities in view that snapshots brought up to date (sent, or unchanged since the
@@ -1348,9 +1349,13 @@ impl<G: Game> ServerCore<G> {
             Some(Ok(Some(written))) => {
                 // The header peeked when it was built: nothing was sent to this client since.
                 let header = slot.acks.next_header(now);
+                // The notices riding in it are not snapshot bytes (their tag is the one a
+                // snapshot alone would have).
+                let mut notice_bytes = 0;
                 if let Some(ServerMessage::NoticesAndSnapshot(reliable)) = slot.riding.take() {
                     slot.outbox.sent(header.sequence, &reliable);
                     self.stats.notices_riding += 1;
+                    notice_bytes = encoded_len(&reliable).unwrap_or(0);
                 }
                 slot.input_margin = None;
                 slot.inputs_arrived_late = 0;
@@ -1368,7 +1373,7 @@ impl<G: Game> ServerCore<G> {
                     slot.snapshots_sent += 1;
                     self.stats.snapshots_sent += 1;
                     self.stats.snapshots_full += u64::from(written.full);
-                    self.stats.snapshot_bytes += written.len as u64;
+                    self.stats.snapshot_bytes += written.len.saturating_sub(notice_bytes) as u64;
                     self.stats.entity_updates += written.carried as u64;
                 }
             }

@@ -455,7 +455,7 @@ impl Collector for StatusCollector {
             e,
             "snapshot",
             Some(&Unit::Bytes),
-            "Bytes of the snapshots sent to clients (netcode payloads).",
+            "Bytes of the snapshots sent to clients (netcode payloads, less riding notices).",
             game.snapshot_bytes,
         )?;
 
