@@ -437,6 +437,18 @@ impl Net {
         }
     }
 
+    /// Has server `n` tell `events`, four every three steps, and returns what the session
+    /// heard by 300 ms after the last.
+    fn tell_and_hear(&mut self, n: usize, events: &[GameEvent]) -> Vec<GameEvent> {
+        let mut heard = Vec::new();
+        for some in events.chunks(4) {
+            self.tell(n, some);
+            self.run_hearing(3 * STEP, &mut heard);
+        }
+        self.run_hearing(Duration::from_millis(300), &mut heard);
+        heard
+    }
+
     /// Runs for `time`, taking the session's events as they arrive.
     fn run_hearing(&mut self, time: Duration, heard: &mut Vec<GameEvent>) {
         let end = self.now + time;
@@ -846,13 +858,7 @@ fn reliable_notices_arrive_once_and_in_order_even_when_repeated() {
     net.servers[0].outbox.push_shared(&shared);
     net.servers[0].outbox.push_name(PlayerId(1), "ann");
     let events = kills(0, 40);
-    let mut heard = Vec::new();
-    for some in events.chunks(4) {
-        net.tell(0, some);
-        net.run_hearing(3 * STEP, &mut heard);
-    }
-    net.run_hearing(Duration::from_millis(300), &mut heard);
-    assert_eq!(heard, events);
+    assert_eq!(net.tell_and_hear(0, &events), events);
     assert_eq!(net.session.shared(), Some(&shared));
     assert_eq!(net.session.shared_version(), 1);
     assert_eq!(net.session.name(PlayerId(1)), Some("ann"));
@@ -875,13 +881,7 @@ fn notices_riding_in_snapshots_arrive_once_and_in_order_the_settings_first() {
     net.duplicate_to_client = true;
     net.servers[0].outbox.push_name(PlayerId(1), "ann");
     let events = kills(0, 40);
-    let mut heard = Vec::new();
-    for some in events.chunks(4) {
-        net.tell(0, some);
-        net.run_hearing(3 * STEP, &mut heard);
-    }
-    net.run_hearing(Duration::from_millis(300), &mut heard);
-    assert_eq!(heard, events);
+    assert_eq!(net.tell_and_hear(0, &events), events);
     assert_eq!(net.session.name(PlayerId(1)), Some("ann"));
     let stats = net.session.stats();
     // The settings rode in the first snapshot's datagram, read before its snapshot.
