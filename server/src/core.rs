@@ -29,7 +29,7 @@ use arena_shared::protocol::{
 };
 
 use crate::fanout::fan_out;
-use crate::replication::{Replicator, Scratch, Written};
+use crate::replication::{MIN_SNAPSHOT_BYTES, Replicator, Scratch, Written};
 use arena_shared::snapshot::{MatchState, RosterEntry};
 
 /// Input frames held per client ahead of their tick; more are dropped and counted.
@@ -648,8 +648,12 @@ impl<G: Game> ServerCore<G> {
                 continue;
             };
             let snapshot_due = (tick.0 + index as u64).is_multiple_of(every);
-            let small = encoded_len(&reliable).is_some_and(|len| len <= MAX_RIDING_NOTICE_BYTES);
-            if snapshot_due && small {
+            // Small, and leaving the snapshot the room it may start with (else it would not
+            // fit its budget at all).
+            let rides = encoded_len(&reliable).is_some_and(|len| {
+                len <= MAX_RIDING_NOTICE_BYTES && len + MIN_SNAPSHOT_BYTES <= slot.replicator.room()
+            });
+            if snapshot_due && rides {
                 slot.riding = Some(ServerMessage::NoticesAndSnapshot(reliable));
             } else {
                 send_notices_alone(&mut self.netcode, now, index, slot, reliable);

@@ -177,6 +177,14 @@ impl<G: Game> Replicator<G> {
         self.credit = (self.credit + self.per_tick).min(self.cap);
     }
 
+    /// Payload bytes the next snapshot may spend (what its datagram may hold besides
+    /// netcode's overhead), whether or not it is at least [`MIN_SNAPSHOT_BYTES`].
+    pub fn room(&self) -> usize {
+        (self.credit as usize)
+            .saturating_sub(DATAGRAM_OVERHEAD)
+            .min(MAX_PAYLOAD_BYTES)
+    }
+
     /// The client acknowledged the packet `sequence`: a view it carried may be a baseline.
     pub fn on_ack(&mut self, sequence: u16) {
         if let Some(view) = self
@@ -228,9 +236,7 @@ impl<G: Game> Replicator<G> {
         if self.credit < MIN_SNAPSHOT_BYTES as f64 {
             return Ok(None);
         }
-        let budget = (self.credit as usize)
-            .saturating_sub(DATAGRAM_OVERHEAD)
-            .min(MAX_PAYLOAD_BYTES);
+        let budget = self.room();
         let tick = head.tick;
         let baseline = self.baseline(tick);
         let ticks = baseline.map_or(0, |b| (tick.0 - self.ring[b].head.tick.0) as u32);
