@@ -57,18 +57,27 @@ pub struct EntityState {
 }
 
 impl EntityState {
-    /// Quantizes a position component.
+    /// Quantizes a position component: to the nearest unit (halves up), clamped to the
+    /// u16 range (NaN: 0).
+    ///
+    /// Rounded by truncating a non-negative value plus a half, not `f32::round`: on
+    /// x86-64's baseline that is a libm call, and this runs four times per entity per
+    /// client per tick (8% of the server's instructions at 100 clients, callgrind).
     pub fn quantize_position(metres: f32) -> u16 {
-        (metres / POSITION_UNIT_M)
-            .round()
-            .clamp(0.0, f32::from(u16::MAX)) as u16
+        let units = f64::from(metres) / f64::from(POSITION_UNIT_M);
+        (units.clamp(0.0, f64::from(u16::MAX)) + 0.5) as u16
     }
 
-    /// Quantizes a velocity component.
+    /// Quantizes a velocity component: to the nearest unit (halves up), clamped to the
+    /// i16 range (NaN: 0). Rounded as [`EntityState::quantize_position`] is, shifted to
+    /// be non-negative first.
     pub fn quantize_velocity(metres_per_second: f32) -> i16 {
-        (metres_per_second / VELOCITY_UNIT_MS)
-            .round()
-            .clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
+        let units = f64::from(metres_per_second) / f64::from(VELOCITY_UNIT_MS);
+        if units.is_nan() {
+            return 0;
+        }
+        let shifted = units.clamp(f64::from(i16::MIN), f64::from(i16::MAX)) + 32768.5;
+        (shifted as i64 - 32768) as i16
     }
 
     /// Writes this state for a client holding `base` as of `ticks` ago (`None`: whole).
@@ -315,6 +324,37 @@ mod tests {
         assert_eq!(round_trip(None, &projectile), 1 + 1 + 27 + 14 + 1 + 2);
         // A new player: kind, the health bit, health, position, velocity.
         assert_eq!(round_trip(None, &base), 1 + 1 + 8 + 27 + 10 + 6);
+    }
+
+    #[test]
+    fn quantizing_rounds_to_the_nearest_unit_and_clamps() {
+        let p = EntityState::quantize_position;
+        assert_eq!(p(0.0), 0);
+        assert_eq!(p(1.0), 32);
+        assert_eq!(p(1.0 + 0.49 * POSITION_UNIT_M), 32);
+        assert_eq!(p(1.0 + 0.51 * POSITION_UNIT_M), 33);
+        assert_eq!(p(-3.0), 0);
+        assert_eq!(p(1e9), u16::MAX);
+        assert_eq!(p(f32::NAN), 0);
+        let v = EntityState::quantize_velocity;
+        assert_eq!(v(0.0), 0);
+        assert_eq!(v(30.0), 960);
+        assert_eq!(v(-30.0), -960);
+        assert_eq!(v(-1.0 - 0.49 * VELOCITY_UNIT_MS), -32);
+        assert_eq!(v(-1.0 - 0.51 * VELOCITY_UNIT_MS), -33);
+        assert_eq!(v(0.2 * VELOCITY_UNIT_MS), 0);
+        assert_eq!(v(-0.2 * VELOCITY_UNIT_MS), 0);
+        assert_eq!(v(1e9), i16::MAX);
+        assert_eq!(v(-1e9), i16::MIN);
+        assert_eq!(v(f32::NAN), 0);
+        // The same as f32::round away from ties, over a sweep.
+        for i in -4000..4000 {
+            let m = i as f32 * 0.0123;
+            assert_eq!(v(m), (m / VELOCITY_UNIT_MS).round() as i16, "{m}");
+            if m >= 0.0 {
+                assert_eq!(p(m), (m / POSITION_UNIT_M).round() as u16, "{m}");
+            }
+        }
     }
 
     #[test]
