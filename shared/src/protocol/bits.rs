@@ -40,6 +40,8 @@ pub struct BitWriter<'a> {
     buf: &'a mut [u8],
     bit: usize,
     limit: usize,
+    /// Bytes the limit reaches into (`limit` rounded up to bytes): never written past.
+    limit_bytes: usize,
     overflow: bool,
 }
 
@@ -51,12 +53,38 @@ impl<'a> BitWriter<'a> {
             buf,
             bit: 0,
             limit,
+            limit_bytes: limit.div_ceil(8),
             overflow: false,
         }
     }
 
     /// Writes the low `count` bits of `value` (`count` at most 64).
+    ///
+    /// The common case (at most 56 bits, landing in one 8-byte word inside the limit) is
+    /// a few instructions and inlined; the rest goes byte by byte.
+    #[inline]
     pub fn write_bits(&mut self, value: u64, count: u32) {
+        let byte = self.bit / 8;
+        // The word keeps the bits already written below the position in its first byte;
+        // everything above what is written comes out zero, as the byte-wise path leaves it.
+        if count <= 56
+            && !self.overflow
+            && self.bit + count as usize <= self.limit
+            && byte + 8 <= self.limit_bytes
+            && let Some(word) = self.buf.get_mut(byte..byte + 8)
+        {
+            let offset = (self.bit % 8) as u32;
+            let kept = u64::from(word[0]) & ((1u64 << offset) - 1);
+            let bits = (value & ((1u64 << count) - 1)) << offset;
+            word.copy_from_slice(&(kept | bits).to_le_bytes());
+            self.bit += count as usize;
+            return;
+        }
+        self.write_bits_bytewise(value, count);
+    }
+
+    #[cold]
+    fn write_bits_bytewise(&mut self, value: u64, count: u32) {
         if count == 0 || self.overflow {
             return;
         }
@@ -69,20 +97,6 @@ impl<'a> BitWriter<'a> {
         } else {
             value & ((1u64 << count) - 1)
         };
-        let byte = self.bit / 8;
-        let offset = (self.bit % 8) as u32;
-        // Fast path: the bits land in one 8-byte word inside the limit. The word keeps
-        // the bits already written below the position in its first byte; everything
-        // above what is written comes out zero, as the byte-wise path leaves it.
-        if count <= 56
-            && let Some(word) = self.buf[..self.limit.div_ceil(8)].get_mut(byte..byte + 8)
-            && let Ok(bytes) = <&mut [u8; 8]>::try_from(word)
-        {
-            let kept = u64::from(bytes[0]) & ((1u64 << offset) - 1);
-            *bytes = (kept | (value << offset)).to_le_bytes();
-            self.bit += count as usize;
-            return;
-        }
         let mut remaining = count;
         while remaining > 0 {
             let byte = self.bit / 8;
@@ -100,6 +114,7 @@ impl<'a> BitWriter<'a> {
     }
 
     /// Writes one bit.
+    #[inline]
     pub fn write_bool(&mut self, value: bool) {
         self.write_bits(u64::from(value), 1);
     }
