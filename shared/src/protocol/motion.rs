@@ -215,13 +215,18 @@ mod tests {
     };
 
     fn round_trip(base: Option<(&Motion, u32)>, now: &Motion) -> usize {
+        round_trip_in(UNITS, base, now)
+    }
+
+    /// Writes `now` against `base` in `units`, reads it back; returns the bits.
+    fn round_trip_in(units: Units, base: Option<(&Motion, u32)>, now: &Motion) -> usize {
         let mut buf = [0u8; 32];
         let mut w = BitWriter::new(&mut buf, 256);
-        write(&mut w, UNITS, base, now);
+        write(&mut w, units, base, now);
         let bits = w.bits();
         let len = w.finish().expect("fits");
         let mut r = BitReader::new(&buf[..len]);
-        assert_eq!(read(&mut r, UNITS, base).as_ref(), Ok(now));
+        assert_eq!(read(&mut r, units, base).as_ref(), Ok(now));
         r.finish().expect("nothing left");
         bits
     }
@@ -304,18 +309,6 @@ mod tests {
         );
     }
 
-    fn round_trip_whole(units: Units, now: &Motion) -> usize {
-        let mut buf = [0u8; 32];
-        let mut w = BitWriter::new(&mut buf, 256);
-        write(&mut w, units, None, now);
-        let bits = w.bits();
-        let len = w.finish().expect("fits");
-        let mut r = BitReader::new(&buf[..len]);
-        assert_eq!(read(&mut r, units, None).as_ref(), Ok(now));
-        r.finish().expect("nothing left");
-        bits
-    }
-
     #[test]
     fn a_whole_position_in_the_field_and_a_known_speed_cost_less() {
         let field = Units {
@@ -332,8 +325,8 @@ mod tests {
             vy: -768,
         };
         // The field bit, 13 + 13, vx sized (2 + 12), y's sign, an error of 0 (2 + 0).
-        assert_eq!(round_trip_whole(field, &shot), 1 + 26 + 14 + 1 + 2);
-        assert_eq!(round_trip_whole(UNITS, &shot), 32 + 14 + 14);
+        assert_eq!(round_trip_in(field, None, &shot), 1 + 26 + 14 + 1 + 2);
+        assert_eq!(round_trip_in(UNITS, None, &shot), 32 + 14 + 14);
         // Outside the field, any speed, the extremes: still exact, at a cost.
         for now in [
             Motion { x: 5120, ..shot },
@@ -359,10 +352,10 @@ mod tests {
                 ..shot
             },
         ] {
-            round_trip_whole(field, &now);
+            round_trip_in(field, None, &now);
         }
         assert_eq!(
-            round_trip_whole(field, &Motion { x: 8192, ..shot }),
+            round_trip_in(field, None, &Motion { x: 8192, ..shot }),
             1 + 32 + 14 + 1 + 2
         );
     }
