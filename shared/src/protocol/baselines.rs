@@ -20,11 +20,19 @@ const KEPT: usize = 64;
 pub enum DeltaError {
     /// A delta against a view the client does not hold (lost, or never received). The
     /// tick is the baseline's, or `None` when the client holds nothing to place it by.
-    #[error("delta against tick {0:?}, which this client does not hold")]
+    #[error("{}", no_baseline(*.0))]
     NoBaseline(Option<u64>),
     /// The section is not a valid one.
     #[error("malformed snapshot section: {0}")]
     Malformed(#[from] BitError),
+}
+
+/// What [`DeltaError::NoBaseline`] says.
+fn no_baseline(tick: Option<u64>) -> String {
+    match tick {
+        Some(t) => format!("delta against tick {t}, which this client does not hold"),
+        None => "delta before this client holds any snapshot to place it by".to_owned(),
+    }
 }
 
 /// One snapshot held: its head and the view it left.
@@ -190,6 +198,14 @@ mod tests {
         assert_eq!(
             baselines.resolve(&CONFIG, &delta),
             Err(DeltaError::NoBaseline(None))
+        );
+        assert_eq!(
+            DeltaError::NoBaseline(None).to_string(),
+            "delta before this client holds any snapshot to place it by"
+        );
+        assert_eq!(
+            DeltaError::NoBaseline(Some(11)).to_string(),
+            "delta against tick 11, which this client does not hold"
         );
         let first = baselines
             .resolve(&CONFIG, &full)
