@@ -4,6 +4,8 @@
 # is sized for the players in it). Prints the bots' JSON report, the server's /status at
 # the end of the run, and a summary line of JSON:
 #   cpu_us_per_client_tick   server CPU (user + system) per client per tick
+#   cpu_user_us_per_client_tick, cpu_system_us_per_client_tick   the two parts (the
+#                            system part is mostly the kernel's cost of each send)
 #   tick_us_p50, tick_us_p99 the tick's work (last 10 s, from /status)
 #   snapshot_every_ticks     1 unless the server shed load
 #   snapshots_per_bot_per_s  what the bots received
@@ -30,7 +32,7 @@ fi
 [ -n "${NO_BUILD:-}" ] || cargo build --release --workspace --quiet
 source scripts/lib.sh
 read -r udp admin server < <(start_server server --max-players "$max_players" "$@")
-ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+ticks() { awk '{print $14, $15}' "/proc/$server/stat"; }
 cpu_before=$(ticks)
 tick_before=$(curl -s "http://$admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["tick"])')
 ./target/release/arena-bots --admin "http://$admin" --count "$count" \
@@ -41,11 +43,16 @@ echo "$status"
 python3 - "$cpu_before" "$cpu_after" "$tick_before" "$count" "$(getconf CLK_TCK)" \
     "$dir/bots.json" <<PY
 import json, sys
-before, after, tick_before, count, hz = map(float, sys.argv[1:6])
+user_before, system_before = map(float, sys.argv[1].split())
+user_after, system_after = map(float, sys.argv[2].split())
+tick_before, count, hz = map(float, sys.argv[3:6])
 bots = json.load(open(sys.argv[6]))
 status = json.loads('''$status''')
 ticks = status["tick"] - tick_before
-cpu_s = (after - before) / hz
+user_s = (user_after - user_before) / hz
+system_s = (system_after - system_before) / hz
+cpu_s = user_s + system_s
+per_client_tick = lambda s: s * 1e6 / (ticks * count) if ticks else None
 updates = status.get("entity_updates_per_s") or 0
 snapshot_bytes = status.get("snapshot_bytes_per_s")
 print(json.dumps({
@@ -53,7 +60,9 @@ print(json.dumps({
     "max_players": status["max_players"],
     "server_cpu_s": cpu_s,
     "ticks": ticks,
-    "cpu_us_per_client_tick": cpu_s * 1e6 / (ticks * count) if ticks else None,
+    "cpu_us_per_client_tick": per_client_tick(cpu_s),
+    "cpu_user_us_per_client_tick": per_client_tick(user_s),
+    "cpu_system_us_per_client_tick": per_client_tick(system_s),
     "tick_us_p50": status["tick_us_p50"],
     "tick_us_p99": status["tick_us_p99"],
     "snapshot_every_ticks": status["snapshot_every_ticks"],

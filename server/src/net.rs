@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use arena_shared::game::Game;
+use arena_shared::netcode::Transmit;
 use arena_shared::snapshot;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::core::{MAX_SNAPSHOT_EVERY, ServerCore};
 use crate::ownership::{Ownership, Standing};
 use crate::status::{Sample, Status, Window};
-use crate::udp::BatchedSocket;
+use crate::udp::{BatchedSocket, SEND_BATCH};
 
 /// Ticks the loop may run back to back to catch up before it gives up on the lost time.
 pub const MAX_CATCH_UP_TICKS: u32 = 4;
@@ -276,6 +277,7 @@ pub async fn run_match<G: Game>(
     let mut driver = Driver {
         clock,
         socket: BatchedSocket::new(socket),
+        outgoing: Vec::with_capacity(SEND_BATCH),
         window: Window::new(Duration::from_secs(10)),
         busy: Duration::ZERO,
         socket_errors: 0,
@@ -520,6 +522,9 @@ struct Driver {
     clock: Clock,
     /// The game's socket with its reused receive buffers.
     socket: BatchedSocket,
+    /// Datagrams taken from the core for the next batched send (capacity [`SEND_BATCH`],
+    /// kept: no allocation per flush).
+    outgoing: Vec<Transmit>,
     window: Window,
     /// Busy time since the last window sample.
     busy: Duration,
@@ -793,18 +798,29 @@ impl Driver {
         next_tick
     }
 
-    /// Sends every queued datagram, handing each buffer back to the core for reuse.
+    /// Sends every queued datagram, [`SEND_BATCH`] at a time, handing each buffer back to
+    /// the core for reuse.
     async fn flush<G: Game>(&mut self, core: &mut ServerCore<G>) {
-        while let Some(transmit) = core.poll_transmit() {
-            if let Err(e) = self
-                .socket
-                .send_to(&transmit.contents, transmit.destination)
-                .await
-            {
-                self.socket_errors += 1;
-                tracing::trace!(error = %e, to = %transmit.destination, "send error");
+        loop {
+            while self.outgoing.len() < SEND_BATCH {
+                let Some(transmit) = core.poll_transmit() else {
+                    break;
+                };
+                self.outgoing.push(transmit);
             }
-            core.recycle(transmit.contents);
+            if self.outgoing.is_empty() {
+                return;
+            }
+            let errors = &mut self.socket_errors;
+            self.socket
+                .send_batch(&self.outgoing, |e, to| {
+                    *errors += 1;
+                    tracing::trace!(error = %e, %to, "send error");
+                })
+                .await;
+            for transmit in self.outgoing.drain(..) {
+                core.recycle(transmit.contents);
+            }
         }
     }
 

@@ -3,12 +3,15 @@
 //! One reason to change: how datagrams cross the system-call boundary. A read takes up
 //! to [`BATCH_SIZE`] buffers in one `recvmmsg` where the platform has it, and each buffer
 //! may hold several datagrams from one sender that the kernel coalesced (UDP GRO on
-//! Linux); [`BatchedSocket::try_recv_batch`] hands them out one by one, in place. A send
-//! is one `sendmsg` per datagram: `quinn-udp` batches sends only as segments of one
-//! destination (GSO), and a tick sends one snapshot to each of many clients.
+//! Linux); [`BatchedSocket::try_recv_batch`] hands them out one by one, in place. Sends
+//! go [`SEND_BATCH`] datagrams to one `sendmmsg` on Linux, through `rustix`
+//! ([`BatchedSocket::send_batch`]): a tick sends one snapshot to each of many clients, and
+//! `quinn-udp` batches only segments to one destination (GSO). Elsewhere, one system call
+//! per datagram.
 //!
 //! All buffers are made once, with the socket; nothing here allocates per datagram.
-//! `quinn-udp` does the unsafe system calls, so this crate keeps `forbid(unsafe_code)`.
+//! `quinn-udp` and `rustix` do the unsafe system calls, so this crate keeps
+//! `forbid(unsafe_code)`.
 //!
 //! The batched state is set up when the match loop takes the socket, not at bind: it
 //! turns on GRO, and the lobby before it reads one datagram at a time into one small
@@ -18,12 +21,17 @@
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
-use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use arena_shared::netcode::Transmit as Datagram;
+use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Biggest datagram we read; netcode's largest is 1225 bytes.
 const RECV_DATAGRAM_BYTES: usize = 2048;
+
+/// Most datagrams one `sendmmsg` carries: its headers live on the stack (about 8 KiB at
+/// 32), and 32 already makes the system call's own cost a thirty-second per datagram.
+pub const SEND_BATCH: usize = 32;
 
 /// The match loop's UDP socket with its receive buffers.
 #[derive(Debug)]
@@ -106,24 +114,38 @@ impl BatchedSocket {
         Ok(datagrams)
     }
 
-    /// Sends one datagram, waiting for room when the socket's send buffer is full.
-    pub async fn send_to(&self, contents: &[u8], destination: SocketAddr) -> io::Result<()> {
-        let Some(state) = &self.state else {
-            return self.io.send_to(contents, destination).await.map(|_| ());
-        };
-        let transmit = Transmit {
-            destination,
-            ecn: None,
-            contents,
-            segment_size: None,
-            src_ip: None,
-        };
-        loop {
-            match self.io.try_io(Interest::WRITABLE, || {
-                state.try_send(UdpSockRef::from(&self.io), &transmit)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.io.writable().await?,
-                sent => return sent,
+    /// Sends every datagram of `batch` in order, [`SEND_BATCH`] to a system call, waiting
+    /// for room when the socket's send buffer is full. A datagram the kernel refuses is
+    /// skipped, after `on_error` is told of it; the rest still go.
+    pub async fn send_batch(
+        &self,
+        batch: &[Datagram],
+        mut on_error: impl FnMut(&io::Error, SocketAddr),
+    ) {
+        let mut next = 0;
+        while next < batch.len() {
+            let rest = &batch[next..];
+            match self
+                .io
+                .try_io(Interest::WRITABLE, || send_some(&self.io, rest))
+            {
+                // Never 0 for a non-empty batch; the `max` keeps the loop bounded anyway.
+                Ok(sent) => next += sent.max(1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.io.writable().await {
+                        // The socket itself failed: nothing more can go.
+                        for datagram in rest {
+                            on_error(&e, datagram.destination);
+                        }
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The first datagram of `rest` is the one refused (sendmmsg reports an
+                    // error only when it sent none).
+                    on_error(&e, rest[0].destination);
+                    next += 1;
+                }
             }
         }
     }
@@ -139,9 +161,43 @@ impl BatchedSocket {
     }
 }
 
+/// Sends the first [`SEND_BATCH`] datagrams of `batch` (at least one) with one
+/// `sendmmsg`; returns how many the kernel took, or its error for the first of them.
+#[cfg(target_os = "linux")]
+fn send_some(io: &UdpSocket, batch: &[Datagram]) -> io::Result<usize> {
+    use rustix::net::addr::SocketAddrArg;
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, sendmmsg};
+    use std::io::IoSlice;
+
+    let count = batch.len().min(SEND_BATCH);
+    // The arrays are whole; slots past `count` repeat the last datagram and are not sent.
+    let datagram = |i: usize| &batch[i.min(count - 1)];
+    let addrs: [_; SEND_BATCH] = std::array::from_fn(|i| datagram(i).destination.as_any());
+    let iovs: [[IoSlice<'_>; 1]; SEND_BATCH] =
+        std::array::from_fn(|i| [IoSlice::new(&datagram(i).contents)]);
+    let mut controls: [SendAncillaryBuffer<'_, '_, '_>; SEND_BATCH] =
+        std::array::from_fn(|_| SendAncillaryBuffer::default());
+    let mut i = 0;
+    let mut headers: [MMsgHdr<'_>; SEND_BATCH] = controls.each_mut().map(|control| {
+        let header = MMsgHdr::new_with_addr(&addrs[i], &iovs[i], control);
+        i += 1;
+        header
+    });
+    Ok(sendmmsg(io, &mut headers[..count], SendFlags::empty())?)
+}
+
+/// One datagram per system call where there is no `sendmmsg`.
+#[cfg(not(target_os = "linux"))]
+fn send_some(io: &UdpSocket, batch: &[Datagram]) -> io::Result<usize> {
+    let datagram = &batch[0];
+    io.try_send_to(&datagram.contents, datagram.destination)
+        .map(|_| 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quinn_udp::Transmit;
 
     async fn loopback() -> (UdpSocket, UdpSocket) {
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -177,9 +233,15 @@ mod tests {
             assert_eq!(sender, from);
             assert_eq!(bytes, datagram(i), "datagram {i}");
         }
-        for i in 0..count {
-            socket.send_to(&datagram(i), from).await.unwrap();
-        }
+        let batch: Vec<Datagram> = (0..count)
+            .map(|i| Datagram {
+                destination: from,
+                contents: datagram(i),
+            })
+            .collect();
+        socket
+            .send_batch(&batch, |e, to| panic!("send to {to}: {e}"))
+            .await;
         let mut buf = [0u8; RECV_DATAGRAM_BYTES];
         for i in 0..count {
             let (len, sender) = peer.recv_from(&mut buf).await.unwrap();
@@ -197,6 +259,30 @@ mod tests {
         let socket = BatchedSocket::new(a);
         assert!(socket.state.is_some(), "quinn-udp set up on loopback");
         round_trip(socket, b, BATCH_SIZE + 8).await;
+    }
+
+    #[tokio::test]
+    async fn a_datagram_the_kernel_refuses_is_skipped_and_the_rest_of_its_batch_still_goes() {
+        let (a, b) = loopback().await;
+        let socket = BatchedSocket::new(a);
+        let peer = b.local_addr().unwrap();
+        // Port 0 is no destination: the kernel refuses it without sending anything.
+        let refused: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let batch: Vec<Datagram> = (0..SEND_BATCH as u8 + 5)
+            .map(|i| Datagram {
+                destination: if i == 3 || i == 20 { refused } else { peer },
+                contents: vec![i; 10],
+            })
+            .collect();
+        let mut errors = Vec::new();
+        socket.send_batch(&batch, |_, to| errors.push(to)).await;
+        assert_eq!(errors, [refused, refused]);
+        let mut buf = [0u8; 64];
+        for i in (0..SEND_BATCH as u8 + 5).filter(|&i| i != 3 && i != 20) {
+            let (len, _) = b.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..len], &[i; 10], "datagram {i}");
+        }
+        assert!(b.try_recv_from(&mut buf).is_err(), "nothing more arrived");
     }
 
     #[tokio::test]
