@@ -112,7 +112,7 @@ struct Sender {
     sequence: u16,
     /// The netcode packet sequence of the next snapshot.
     packet_sequence: u64,
-    scratch: Scratch,
+    scratch: Scratch<EntityState>,
     packet: [u8; MAX_PACKET_BYTES],
 }
 

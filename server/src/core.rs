@@ -1446,8 +1446,8 @@ fn send_counted(
 struct Worker<E> {
     /// The entities in one client's view.
     seen: Vec<Seen<E>>,
-    /// The replicator's working lists and datagram.
-    scratch: Scratch,
+    /// The replicator's working lists, datagram and remembered entity updates.
+    scratch: Scratch<E>,
 }
 
 impl<E> Default for Worker<E> {

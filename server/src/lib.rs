@@ -12,8 +12,11 @@
 //! - [`core`]: the sans-IO server: connections, input buffers, the tick, snapshots.
 //! - [`replication`]: one client's snapshots: deltas against what it acknowledged, by
 //!   priority within its byte budget.
+//! - [`encodings`]: entity updates written once and copied into every snapshot that
+//!   needs the same one.
 //! - [`fanout`]: the clients' snapshots built on `--workers` threads.
-//! - `udp`: the game socket, datagrams in batches (quinn-udp).
+//! - `udp`: the game socket, datagrams in batches (received through quinn-udp, sent
+//!   through `sendmmsg`).
 //! - [`net`]: the tokio driver: socket, fixed-timestep loop, handoff, shutdown.
 //! - [`ownership`]: snapshots off the tick thread, the lease, fencing.
 //! - [`host`]: the process's role (owner, standby), takeover, a handoff's standby side.
@@ -35,6 +38,7 @@ pub mod admin;
 pub mod agones;
 pub mod config;
 pub mod core;
+pub mod encodings;
 pub mod fanout;
 pub mod faults;
 pub mod handoff;

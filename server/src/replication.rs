@@ -27,13 +27,14 @@
 
 use arena_shared::game::{Game, MatchConfig, NetEntityId, Seen, Tick};
 use arena_shared::netcode::MAX_PAYLOAD_BYTES;
-use arena_shared::protocol::bits::BitWriter;
 use arena_shared::protocol::delta::{
     MAX_BASELINE_TICKS, MAX_COUNT_BITS, SectionWriter, update_overhead_bits,
 };
 use arena_shared::protocol::{
     EncodeError, PacketHeader, Replicated, ServerMessage, SnapshotHead, encode_snapshot,
 };
+
+use crate::encodings::Encodings;
 
 /// Views remembered per client (half a second of snapshots at 60 Hz).
 pub const SENT_RING: usize = 32;
@@ -107,19 +108,22 @@ pub struct Written {
 /// to this size never makes its client's lists grow (20 KiB a client for the shooter).
 const VIEW_RESERVE: usize = 32;
 
-/// Lists one snapshot's writing needs and no client keeps: shared by all the clients of a
-/// core, so they grow once, to the largest view, and never again.
+/// What one snapshot's writing needs and no client keeps: shared by the clients one
+/// worker writes, so its lists grow once, to the largest view, and never again, and an
+/// entity update written for one client is copied for the next that needs it.
 #[derive(Debug)]
-pub struct Scratch {
+pub struct Scratch<E> {
     /// The datagram written.
     out: Box<[u8; MAX_PAYLOAD_BYTES]>,
     waiting_next: Vec<Waiting>,
     candidates: Vec<Candidate>,
     order: Vec<usize>,
     removed: Vec<u32>,
+    /// Entity updates written lately.
+    pub encodings: Encodings<E>,
 }
 
-impl Default for Scratch {
+impl<E> Default for Scratch<E> {
     fn default() -> Self {
         Self {
             out: Box::new([0; MAX_PAYLOAD_BYTES]),
@@ -127,11 +131,12 @@ impl Default for Scratch {
             candidates: Vec::with_capacity(VIEW_RESERVE),
             order: Vec::with_capacity(VIEW_RESERVE),
             removed: Vec::with_capacity(VIEW_RESERVE),
+            encodings: Encodings::default(),
         }
     }
 }
 
-impl Scratch {
+impl<E> Scratch<E> {
     /// The datagram the last [`Replicator::write`] wrote (`len` from its [`Written`]).
     pub fn payload(&self, len: usize) -> &[u8] {
         &self.out[..len.min(MAX_PAYLOAD_BYTES)]
@@ -231,7 +236,7 @@ impl<G: Game> Replicator<G> {
         mut head: SnapshotHead<G>,
         seen: &[Seen<G::Entity>],
         own: Option<NetEntityId>,
-        scratch: &mut Scratch,
+        scratch: &mut Scratch<G::Entity>,
     ) -> Result<Option<Written>, EncodeError> {
         if self.credit < MIN_SNAPSHOT_BYTES as f64 {
             return Ok(None);
@@ -273,7 +278,7 @@ impl<G: Game> Replicator<G> {
     #[allow(clippy::too_many_arguments)]
     fn write_against(
         &mut self,
-        scratch: &mut Scratch,
+        scratch: &mut Scratch<G::Entity>,
         config: &MatchConfig,
         (header, lead): (PacketHeader, Option<&ServerMessage<G>>),
         (base_head, head): (Option<&SnapshotHead<G>>, SnapshotHead<G>),
@@ -283,7 +288,7 @@ impl<G: Game> Replicator<G> {
     ) -> Result<Written, EncodeError> {
         self.find_changes(scratch, seen, base, own, head.tick);
         // One attempt at the datagram with the candidates chosen so far.
-        let attempt = |scratch: &mut Scratch, room: Option<&mut Option<usize>>| {
+        let attempt = |scratch: &mut Scratch<G::Entity>, room: Option<&mut Option<usize>>| {
             let plan = Section {
                 seen,
                 base,
@@ -296,7 +301,7 @@ impl<G: Game> Replicator<G> {
                 (header, lead),
                 (base_head, &head),
                 budget,
-                &mut scratch.out,
+                (&mut scratch.out, &mut scratch.encodings),
                 &plan,
                 room,
             )
@@ -331,7 +336,7 @@ impl<G: Game> Replicator<G> {
     /// view that differ from the baseline, with their priorities).
     fn find_changes(
         &mut self,
-        scratch: &mut Scratch,
+        scratch: &mut Scratch<G::Entity>,
         seen: &[Seen<G::Entity>],
         base: &[Replicated<G::Entity>],
         own: Option<NetEntityId>,
@@ -398,7 +403,7 @@ impl<G: Game> Replicator<G> {
     /// Chooses, highest priority first, the candidates whose upper-bound cost fits in
     /// `room` bits.
     fn choose(
-        scratch: &mut Scratch,
+        scratch: &mut Scratch<G::Entity>,
         config: &MatchConfig,
         seen: &[Seen<G::Entity>],
         base: &[Replicated<G::Entity>],
@@ -415,16 +420,16 @@ impl<G: Game> Replicator<G> {
                 .then(candidates[a].seen.cmp(&candidates[b].seen))
         });
         let mut left = room;
-        let mut trial = [0u8; MAX_PAYLOAD_BYTES];
         for &c in &scratch.order {
             let candidate = &mut scratch.candidates[c];
             let s = &seen[candidate.seen];
-            let mut bits = BitWriter::new(&mut trial, MAX_PAYLOAD_BYTES * 8);
             let held = candidate.base.map(|h| &base[h].state);
-            G::write_entity(config, held, ticks, &s.state, &mut bits);
-            let cost = bits.bits() + update_overhead_bits(s.id.index, candidate.base.is_some());
-            candidate.chosen = !bits.overflowed() && cost <= left;
-            if candidate.chosen {
+            let cost = scratch
+                .encodings
+                .cost::<G>(config, s.id.index, held, ticks, &s.state)
+                .map(|bits| bits + update_overhead_bits(s.id.index, candidate.base.is_some()));
+            candidate.chosen = cost.is_some_and(|cost| cost <= left);
+            if let Some(cost) = cost.filter(|_| candidate.chosen) {
                 left -= cost;
             }
         }
@@ -433,7 +438,7 @@ impl<G: Game> Replicator<G> {
     /// Records the view the client will hold once it reads this snapshot, and the waits.
     fn commit(
         &mut self,
-        scratch: &Scratch,
+        scratch: &Scratch<G::Entity>,
         seen: &[Seen<G::Entity>],
         base: &[Replicated<G::Entity>],
         head: SnapshotHead<G>,
@@ -509,7 +514,7 @@ struct Section<'a, E> {
 impl<E> Section<'_, E> {
     /// The baseline's entities still in view, in index order, each with its state now if
     /// this snapshot updates it (a chosen candidate).
-    fn held_entities(&self) -> impl Iterator<Item = (&E, Option<&E>)> + Clone {
+    fn held_entities(&self) -> impl Iterator<Item = (&Replicated<E>, Option<&E>)> + Clone {
         let mut removed = self.removed.iter().peekable();
         let mut updates = self
             .candidates
@@ -522,7 +527,7 @@ impl<E> Section<'_, E> {
                 return None;
             }
             let now = updates.next_if(|&(at, _)| at == h).map(|(_, now)| now);
-            Some((&entry.state, now))
+            Some((entry, now))
         })
     }
 }
@@ -535,7 +540,7 @@ fn write_section<G: Game>(
     (header, lead): (PacketHeader, Option<&ServerMessage<G>>),
     (base_head, head): (Option<&SnapshotHead<G>>, &SnapshotHead<G>),
     budget: usize,
-    out: &mut [u8; MAX_PAYLOAD_BYTES],
+    (out, encodings): (&mut [u8; MAX_PAYLOAD_BYTES], &mut Encodings<G::Entity>),
     plan: &Section<'_, G::Entity>,
     room: Option<&mut Option<usize>>,
 ) -> Result<usize, EncodeError> {
@@ -558,13 +563,18 @@ fn write_section<G: Game>(
             .filter(|(_, (_, now))| now.is_some());
         section.begin_held(bits, held, updated.map(|(place, _)| place));
         for (base, now) in held_entities {
-            section.held::<G>(bits, config, plan.ticks, now.map(|now| (base, now)));
+            section.name_held(bits, now.is_some());
+            if let Some(now) = now {
+                let (index, held) = (base.id.index, Some(&base.state));
+                encodings.write::<G>(bits, config, index, held, plan.ticks, now);
+            }
         }
         let new = chosen.clone().filter(|c| c.base.is_none());
         section.begin_new(bits, new.clone().count());
         for c in new {
             let s = &plan.seen[c.seen];
-            section.new_entity::<G>(bits, config, s.id, &s.state);
+            section.name_new(bits, s.id);
+            encodings.write::<G>(bits, config, s.id.index, None, 0, &s.state);
         }
         let stale = plan.candidates.len() - chosen.count();
         section.end(bits, stale.min(usize::from(u16::MAX)) as u16);

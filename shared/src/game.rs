@@ -219,6 +219,10 @@ pub trait Game: Debug + Clone + Copy + Default + PartialEq + Eq + Send + Sync + 
     /// sends only what changed, in as few bits as the change needs
     /// ([`crate::protocol::motion`] does positions and velocities). The default writes the
     /// state whole (bincode), whatever the base: correct, and the most bytes.
+    ///
+    /// It must depend on its arguments alone (the match's config, `base`, `ticks`,
+    /// `entity`) and write the same bits each time: the server writes an update once
+    /// and copies it into every client's snapshot that needs the same one.
     fn write_entity(
         config: &MatchConfig,
         base: Option<&Self::Entity>,

@@ -187,6 +187,60 @@ impl<'a> BitWriter<'a> {
     }
 }
 
+/// Up to [`BitString::MAX_BITS`] bits written once ([`BitString::capture`]) and copied
+/// into writers as often as wanted ([`BitWriter::write_string`]): how the server writes
+/// an entity's update once for every client that needs the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BitString {
+    /// The bits, the first written lowest; nothing above `len`.
+    bits: u128,
+    len: u32,
+}
+
+impl BitString {
+    /// The most bits a string holds.
+    pub const MAX_BITS: u32 = 128;
+
+    /// What `write` writes, if it is at most [`BitString::MAX_BITS`] bits (`None`: more,
+    /// or `write` failed the writer).
+    pub fn capture(write: impl FnOnce(&mut BitWriter)) -> Option<Self> {
+        let mut buf = [0u8; 16];
+        let mut writer = BitWriter::new(&mut buf, Self::MAX_BITS as usize);
+        write(&mut writer);
+        if writer.overflowed() {
+            return None;
+        }
+        let len = writer.bits() as u32;
+        let bits = u128::from_le_bytes(buf);
+        // A rewind may leave bits above the end; they are not part of the string.
+        let bits = if len == Self::MAX_BITS {
+            bits
+        } else {
+            bits & ((1u128 << len) - 1)
+        };
+        Some(Self { bits, len })
+    }
+
+    /// Its length in bits.
+    pub fn bits(&self) -> usize {
+        self.len as usize
+    }
+}
+
+impl BitWriter<'_> {
+    /// Writes `string`'s bits, as the writer it was captured from wrote them.
+    #[inline]
+    pub fn write_string(&mut self, string: &BitString) {
+        let (mut bits, mut left) = (string.bits, string.len);
+        while left > 0 {
+            let count = left.min(56);
+            self.write_bits(bits as u64, count);
+            bits >>= count;
+            left -= count;
+        }
+    }
+}
+
 /// Reads bits from a slice, refusing to read past it.
 #[derive(Debug, Clone)]
 pub struct BitReader<'a> {
@@ -447,6 +501,48 @@ mod tests {
                 assert_eq!(r.read_bits(count), Ok(value & mask));
             }
             assert_eq!(r.finish(), Ok(()));
+        }
+    }
+
+    /// A captured string written at any offset puts the same bits there as writing
+    /// directly would; more than 128 bits is not a string.
+    #[test]
+    fn a_captured_string_writes_what_its_writes_would() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..300 {
+            let writes: Vec<(u64, u32)> = (0..next() % 6)
+                .map(|_| (next(), (next() % 40) as u32))
+                .collect();
+            let total: u32 = writes.iter().map(|&(_, c)| c).sum();
+            let write_all = |w: &mut BitWriter| {
+                for &(value, count) in &writes {
+                    w.write_bits(value, count);
+                }
+            };
+            let string = BitString::capture(write_all);
+            if total > BitString::MAX_BITS {
+                assert_eq!(string, None, "{total} bits");
+                continue;
+            }
+            let string = string.expect("fits");
+            assert_eq!(string.bits(), total as usize);
+            let lead = (next() % 60) as u32;
+            let (mut direct, mut copied) = ([0xa5u8; 40], [0x5au8; 40]);
+            let mut w = BitWriter::new(&mut direct, 320);
+            w.write_bits(0b1011, lead);
+            write_all(&mut w);
+            let direct_len = w.finish().expect("fits");
+            let mut w = BitWriter::new(&mut copied, 320);
+            w.write_bits(0b1011, lead);
+            w.write_string(&string);
+            assert_eq!(w.finish(), Some(direct_len));
+            assert_eq!(direct[..direct_len], copied[..direct_len]);
         }
     }
 

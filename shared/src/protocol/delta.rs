@@ -44,7 +44,8 @@ pub const MAX_COUNT_BITS: usize = 18;
 /// Writes a section. Calling order: [`SectionWriter::removed`] once,
 /// [`SectionWriter::begin_held`] once, [`SectionWriter::held`] once per held entity in
 /// increasing index, [`SectionWriter::begin_new`] once, [`SectionWriter::new_entity`]
-/// per new entity in increasing index, [`SectionWriter::end`].
+/// per new entity in increasing index, [`SectionWriter::end`]. (`name_held` and
+/// `name_new`, each followed by the game's bits, stand for `held` and `new_entity`.)
 #[derive(Debug, Default)]
 pub struct SectionWriter {
     previous: Option<u32>,
@@ -101,18 +102,25 @@ impl SectionWriter {
         ticks: u32,
         update: Option<(&G::Entity, &G::Entity)>,
     ) {
+        self.name_held(out, update.is_some());
+        if let Some((base, state)) = update {
+            G::write_entity(config, Some(base), ticks, state, out);
+        }
+    }
+
+    /// [`SectionWriter::held`] without the game's bits: names the next held entity as
+    /// `updated` or not; if updated, the caller writes what [`Game::write_entity`] writes
+    /// against its held state right after.
+    pub fn name_held(&mut self, out: &mut BitWriter, updated: bool) {
         let place = self.place;
         self.place += 1;
         if self.gaps {
-            if update.is_some() {
+            if updated {
                 out.write_sized(place_gap(self.updated, place), &GAP);
                 self.updated = Some(place);
             }
         } else {
-            out.write_bool(update.is_some());
-        }
-        if let Some((base, state)) = update {
-            G::write_entity(config, Some(base), ticks, state, out);
+            out.write_bool(updated);
         }
     }
 
@@ -130,9 +138,15 @@ impl SectionWriter {
         id: NetEntityId,
         state: &G::Entity,
     ) {
+        self.name_new(out, id);
+        G::write_entity(config, None, 0, state, out);
+    }
+
+    /// [`SectionWriter::new_entity`] without the game's bits: names the entity; the caller
+    /// writes what [`Game::write_entity`] writes of it whole right after.
+    pub fn name_new(&mut self, out: &mut BitWriter, id: NetEntityId) {
         write_gap(out, &mut self.previous, id.index);
         out.write_sized(u64::from(id.generation), &GENERATION);
-        G::write_entity(config, None, 0, state, out);
     }
 
     /// Ends the section.
