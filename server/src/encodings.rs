@@ -8,8 +8,9 @@
 //! entry is used only when its held state, age and state now all equal the ones asked
 //! for, so a stale or colliding entry costs a write, never a wrong bit.
 //!
-//! One table per snapshot-building worker, so it needs no lock; it is allocated once,
-//! whole, and never grows.
+//! One table per snapshot-building worker of a core (the match's config, which the game's
+//! bits also depend on, is the core's), so it needs no lock; it is allocated once, whole,
+//! and never grows.
 
 use arena_shared::game::{Game, MatchConfig};
 use arena_shared::netcode::MAX_PAYLOAD_BYTES;
@@ -43,28 +44,46 @@ pub struct Encodings<E> {
 impl<E> Default for Encodings<E> {
     fn default() -> Self {
         Self {
-            sets: (0..SETS).map(|_| [None, None]).collect(),
+            sets: (0..SETS).map(|_| std::array::from_fn(|_| None)).collect(),
             reused: 0,
             written: 0,
         }
     }
 }
 
+/// One entity's update as a snapshot needs it.
+#[derive(Debug)]
+pub struct Update<'a, E> {
+    /// The entity's index (picks the set; not part of the key).
+    pub index: u32,
+    /// What the client holds of it (`None`: nothing, the state goes whole).
+    pub base: Option<&'a E>,
+    /// The held state's age in ticks (ignored without a base).
+    pub ticks: u32,
+    /// Its state now.
+    pub now: &'a E,
+}
+
+// By hand: a derive would ask `E: Copy`, and only references are copied.
+impl<E> Clone for Update<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for Update<'_, E> {}
+
 impl<E: Clone + PartialEq> Encodings<E> {
-    /// Writes entity `index`'s `now` for a client holding `base` as of `ticks` ago
-    /// (`None`: whole) into `out`, as [`Game::write_entity`] would.
+    /// Writes `update` into `out`, as [`Game::write_entity`] would.
     pub fn write<G: Game<Entity = E>>(
         &mut self,
         out: &mut BitWriter,
         config: &MatchConfig,
-        index: u32,
-        base: Option<&E>,
-        ticks: u32,
-        now: &E,
+        update: Update<'_, E>,
     ) {
-        match self.find_or_encode::<G>(config, index, base, ticks, now) {
+        match self.find_or_encode::<G>(config, update) {
             Some(bits) => out.write_string(&bits),
-            None => G::write_entity(config, base, ticks, now, out),
+            None => G::write_entity(config, update.base, update.ticks, update.now, out),
         }
     }
 
@@ -72,17 +91,14 @@ impl<E: Clone + PartialEq> Encodings<E> {
     pub fn cost<G: Game<Entity = E>>(
         &mut self,
         config: &MatchConfig,
-        index: u32,
-        base: Option<&E>,
-        ticks: u32,
-        now: &E,
+        update: Update<'_, E>,
     ) -> Option<usize> {
-        if let Some(bits) = self.find_or_encode::<G>(config, index, base, ticks, now) {
+        if let Some(bits) = self.find_or_encode::<G>(config, update) {
             return Some(bits.bits());
         }
         let mut trial = [0u8; MAX_PAYLOAD_BYTES];
         let mut out = BitWriter::new(&mut trial, MAX_PAYLOAD_BYTES * 8);
-        G::write_entity(config, base, ticks, now, &mut out);
+        G::write_entity(config, update.base, update.ticks, update.now, &mut out);
         (!out.overflowed()).then(|| out.bits())
     }
 
@@ -91,10 +107,12 @@ impl<E: Clone + PartialEq> Encodings<E> {
     fn find_or_encode<G: Game<Entity = E>>(
         &mut self,
         config: &MatchConfig,
-        index: u32,
-        base: Option<&E>,
-        ticks: u32,
-        now: &E,
+        Update {
+            index,
+            base,
+            ticks,
+            now,
+        }: Update<'_, E>,
     ) -> Option<BitString> {
         let ticks = if base.is_some() { ticks } else { 0 };
         let set = &mut self.sets[index as usize % SETS];
@@ -108,8 +126,8 @@ impl<E: Clone + PartialEq> Encodings<E> {
         }
         self.written += 1;
         let bits = BitString::capture(|out| G::write_entity(config, base, ticks, now, out))?;
-        // The newest first; the older of the two goes.
-        set.swap(0, 1);
+        // The newest first; the oldest goes.
+        set.rotate_right(1);
         set[0] = Some(Entry {
             base: base.cloned(),
             ticks,
@@ -165,11 +183,16 @@ mod tests {
             let len = out.finish().expect("fits");
             let mut out = BitWriter::new(&mut copied, 512);
             out.write_bits(1, 3);
-            table.write::<Shooter>(&mut out, &CONFIG, index, base.as_ref(), ticks, &now);
+            let update = Update {
+                index,
+                base: base.as_ref(),
+                ticks,
+                now: &now,
+            };
+            table.write::<Shooter>(&mut out, &CONFIG, update);
             assert_eq!(out.finish(), Some(len));
             assert_eq!(direct[..len], copied[..len]);
-            let cost = table.cost::<Shooter>(&CONFIG, index, base.as_ref(), ticks, &now);
-            assert_eq!(cost, Some(bits));
+            assert_eq!(table.cost::<Shooter>(&CONFIG, update), Some(bits));
         }
         assert!(
             table.reused > table.written,

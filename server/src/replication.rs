@@ -34,7 +34,7 @@ use arena_shared::protocol::{
     EncodeError, PacketHeader, Replicated, ServerMessage, SnapshotHead, encode_snapshot,
 };
 
-use crate::encodings::Encodings;
+use crate::encodings::{Encodings, Update};
 
 /// Views remembered per client (half a second of snapshots at 60 Hz).
 pub const SENT_RING: usize = 32;
@@ -424,9 +424,15 @@ impl<G: Game> Replicator<G> {
             let candidate = &mut scratch.candidates[c];
             let s = &seen[candidate.seen];
             let held = candidate.base.map(|h| &base[h].state);
+            let update = Update {
+                index: s.id.index,
+                base: held,
+                ticks,
+                now: &s.state,
+            };
             let cost = scratch
                 .encodings
-                .cost::<G>(config, s.id.index, held, ticks, &s.state)
+                .cost::<G>(config, update)
                 .map(|bits| bits + update_overhead_bits(s.id.index, candidate.base.is_some()));
             candidate.chosen = cost.is_some_and(|cost| cost <= left);
             if let Some(cost) = cost.filter(|_| candidate.chosen) {
@@ -565,8 +571,13 @@ fn write_section<G: Game>(
         for (base, now) in held_entities {
             section.name_held(bits, now.is_some());
             if let Some(now) = now {
-                let (index, held) = (base.id.index, Some(&base.state));
-                encodings.write::<G>(bits, config, index, held, plan.ticks, now);
+                let update = Update {
+                    index: base.id.index,
+                    base: Some(&base.state),
+                    ticks: plan.ticks,
+                    now,
+                };
+                encodings.write::<G>(bits, config, update);
             }
         }
         let new = chosen.clone().filter(|c| c.base.is_none());
@@ -574,7 +585,13 @@ fn write_section<G: Game>(
         for c in new {
             let s = &plan.seen[c.seen];
             section.name_new(bits, s.id);
-            encodings.write::<G>(bits, config, s.id.index, None, 0, &s.state);
+            let update = Update {
+                index: s.id.index,
+                base: None,
+                ticks: 0,
+                now: &s.state,
+            };
+            encodings.write::<G>(bits, config, update);
         }
         let stale = plan.candidates.len() - chosen.count();
         section.end(bits, stale.min(usize::from(u16::MAX)) as u16);

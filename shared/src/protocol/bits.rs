@@ -378,6 +378,16 @@ mod tests {
 
     const W: Widths = [0, 3, 8, 32];
 
+    /// A seeded xorshift64 (no dependency for a test's random bits).
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     #[test]
     fn values_of_every_width_round_trip() {
         let mut buf = [0xffu8; 64];
@@ -461,13 +471,7 @@ mod tests {
     /// that held other bytes.
     #[test]
     fn word_writes_and_reads_match_bit_by_bit_packing() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..200 {
             let limit = 8 + (next() % 500) as usize;
             let mut buf = [0xa5u8; 64];
@@ -508,13 +512,7 @@ mod tests {
     /// directly would; more than 128 bits is not a string.
     #[test]
     fn a_captured_string_writes_what_its_writes_would() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..300 {
             let writes: Vec<(u64, u32)> = (0..next() % 6)
                 .map(|_| (next(), (next() % 40) as u32))
