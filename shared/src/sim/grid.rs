@@ -86,40 +86,79 @@ impl Grid {
     /// Calls `visit` with the id of every entity filed within `radius` of `center` (the
     /// circle's edge included).
     ///
-    /// Cells are visited row by row and ids in the order filed, so the order is
-    /// deterministic for a given world.
+    /// Ids are visited in the order they are filed (by cell, then in the order filed), so
+    /// the order is deterministic for a given world.
+    ///
+    /// A row's cells are adjacent in `filed`, so each row the circle crosses is one slice:
+    /// the cells under the circle's chord through that row (one loop per row, not per cell).
     pub fn for_each_within(&self, center: Vec2, radius: f32, mut visit: impl FnMut(EntityId)) {
         if self.starts.is_empty() {
             return;
         }
         let radius_sq = radius * radius;
-        let (x0, y0) = self.cell_of(center - Vec2::splat(radius));
-        let (x1, y1) = self.cell_of(center + Vec2::splat(radius));
-        for y in y0..=y1 {
-            for x in x0..=x1 {
-                let cell = y * self.columns + x;
-                let (from, to) = (self.starts[cell] as usize, self.starts[cell + 1] as usize);
-                for f in &self.filed[from..to] {
-                    if !f.id.is_null() && f.position.distance_squared(center) <= radius_sq {
-                        visit(f.id);
-                    }
+        let rows = self.row_of(center.y - radius)..=self.row_of(center.y + radius);
+        for y in rows {
+            let half = self.half_chord(center.y, radius_sq, y);
+            let row = y * self.columns;
+            let first = row + self.column_of(center.x - half);
+            let last = row + self.column_of(center.x + half);
+            let (from, to) = (self.starts[first] as usize, self.starts[last + 1] as usize);
+            for f in &self.filed[from..to] {
+                if !f.id.is_null() && f.position.distance_squared(center) <= radius_sq {
+                    visit(f.id);
                 }
             }
         }
     }
 
-    fn cell_index(&self, position: Vec2) -> u32 {
-        let (x, y) = self.cell_of(position);
-        (y * self.columns + x) as u32
+    /// Half the width of the circle at its widest within row `y`, widened a little so
+    /// rounding never leaves out a cell holding an entity on the circle's edge.
+    ///
+    /// Positions outside the grid are filed in its edge cells, so the first and the last
+    /// row reach out to infinity.
+    fn half_chord(&self, center_y: f32, radius_sq: f32, y: usize) -> f32 {
+        let slack = self.cell_size * 1e-3;
+        let top = if y == 0 {
+            f32::NEG_INFINITY
+        } else {
+            y as f32 * self.cell_size - slack
+        };
+        let bottom = if y + 1 == self.rows {
+            f32::INFINITY
+        } else {
+            (y + 1) as f32 * self.cell_size + slack
+        };
+        let dy = if center_y < top {
+            top - center_y
+        } else if center_y > bottom {
+            center_y - bottom
+        } else {
+            0.0
+        };
+        (radius_sq - dy * dy).max(0.0).sqrt() + slack
     }
 
-    fn cell_of(&self, position: Vec2) -> (usize, usize) {
-        let clamp = |v: f32, n: usize| ((v / self.cell_size).floor().max(0.0) as usize).min(n - 1);
-        (
-            clamp(position.x, self.columns),
-            clamp(position.y, self.rows),
-        )
+    fn cell_index(&self, position: Vec2) -> u32 {
+        (self.row_of(position.y) * self.columns + self.column_of(position.x)) as u32
     }
+
+    /// The column holding `x`, clamped into the grid (so is every position filed).
+    fn column_of(&self, x: f32) -> usize {
+        clamped_cell(x, self.cell_size, self.columns)
+    }
+
+    /// The row holding `y`, clamped into the grid.
+    fn row_of(&self, y: f32) -> usize {
+        clamped_cell(y, self.cell_size, self.rows)
+    }
+}
+
+/// The cell of `n` along one axis holding coordinate `v` (NaN goes to the first).
+///
+/// The cast truncates and saturates: a negative quotient (and NaN) goes to 0, a positive
+/// one rounds down, so no `floor` is needed (without SSE4.1 that is a call into libm).
+fn clamped_cell(v: f32, cell_size: f32, n: usize) -> usize {
+    ((v / cell_size) as usize).min(n - 1)
 }
 
 /// One entity's entry.
@@ -134,6 +173,7 @@ struct Filed {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use slotmap::SlotMap;
 
     use super::*;
@@ -165,5 +205,35 @@ mod tests {
         assert_eq!(near(&grid, Vec2::new(99.0, 99.0), 6.0), vec![d]);
         grid.fill(std::iter::empty());
         assert!(near(&grid, Vec2::new(50.0, 50.0), 100.0).is_empty());
+    }
+
+    proptest! {
+        /// Whatever the circle (over the edge, between cells, larger than the arena), a
+        /// query visits exactly the entities within it, in the order they are filed: what
+        /// testing every entity would find.
+        #[test]
+        fn a_query_finds_what_testing_every_entity_finds(
+            positions in prop::collection::vec((-20.0f32..120.0, -20.0f32..120.0), 0..200),
+            center in (-40.0f32..140.0, -40.0f32..140.0),
+            radius in prop_oneof![0.0f32..40.0, 0.0f32..200.0, Just(8.0f32), Just(16.0f32)],
+        ) {
+            let mut ids: SlotMap<EntityId, ()> = SlotMap::with_key();
+            let items: Vec<(EntityId, Vec2)> = positions
+                .iter()
+                .map(|&(x, y)| (ids.insert(()), Vec2::new(x, y)))
+                .collect();
+            let mut grid = Grid::new(100.0, 8.0);
+            grid.fill(items.iter().copied());
+            let center = Vec2::new(center.0, center.1);
+            let expected: Vec<EntityId> = grid
+                .filed
+                .iter()
+                .filter(|f| f.position.distance_squared(center) <= radius * radius)
+                .map(|f| f.id)
+                .collect();
+            let mut seen = Vec::new();
+            grid.for_each_within(center, radius, |id| seen.push(id));
+            prop_assert_eq!(seen, expected);
+        }
     }
 }
