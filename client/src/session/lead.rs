@@ -240,14 +240,40 @@ impl InputLead {
 }
 
 /// The `share` quantile of `values` (the least for a share below one value in all).
-fn quantile(values: impl Iterator<Item = f64>, share: f64) -> f64 {
-    let mut sorted: Vec<f64> = values.collect();
-    if sorted.is_empty() {
+///
+/// The shares used are small (under [`LATE_SHARE`], so the quantile is one of the few
+/// least values): those are found in one pass over a short array, without allocating;
+/// a larger share sorts a copy. The values are margins less leads, never NaN.
+fn quantile(values: impl ExactSizeIterator<Item = f64>, share: f64) -> f64 {
+    /// The most values kept for the one-pass selection.
+    const KEPT: usize = 8;
+    let len = values.len();
+    if len == 0 {
         return 0.0;
     }
-    let index = ((sorted.len() as f64 * share) as usize).min(sorted.len() - 1);
-    let (_, value, _) = sorted.select_nth_unstable_by(index, f64::total_cmp);
-    *value
+    let index = ((len as f64 * share) as usize).min(len - 1);
+    if index >= KEPT {
+        let mut sorted: Vec<f64> = values.collect();
+        let (_, value, _) = sorted.select_nth_unstable_by(index, f64::total_cmp);
+        return *value;
+    }
+    // The `index + 1` least values seen so far, in order.
+    let mut least = [f64::INFINITY; KEPT];
+    let mut kept = 0;
+    for value in values {
+        if kept <= index {
+            kept += 1;
+        } else if value >= least[index] {
+            continue;
+        }
+        let mut at = kept - 1;
+        while at > 0 && value < least[at - 1] {
+            least[at] = least[at - 1];
+            at -= 1;
+        }
+        least[at] = value;
+    }
+    least[index]
 }
 
 #[cfg(test)]
@@ -458,5 +484,37 @@ mod tests {
         }
         assert_eq!(lead.lead_ticks(), INITIAL_LEAD_TICKS);
         assert_eq!(lead.samples(), 0);
+    }
+
+    /// The one-pass selection finds what sorting finds, for every share, with repeats,
+    /// infinities and both zeros among the values.
+    #[test]
+    fn a_quantile_is_the_value_sorting_puts_at_its_share() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(11);
+        let pick = [-3.0, -0.0, 0.0, 1.5, 2.0, f64::INFINITY, f64::NEG_INFINITY];
+        for _ in 0..2_000 {
+            let len = rng.random_range(0..600);
+            let values: Vec<f64> = (0..len)
+                .map(|_| match rng.random_range(0..3) {
+                    0 => pick[rng.random_range(0..pick.len())],
+                    _ => rng.random_range(-40.0..40.0),
+                })
+                .collect();
+            let share = match rng.random_range(0..3) {
+                0 => rng.random_range(0.0..0.02),
+                1 => rng.random_range(0.0..1.0),
+                _ => 1.5,
+            };
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let expected = match sorted.len() {
+                0 => 0.0,
+                n => sorted[((n as f64 * share) as usize).min(n - 1)],
+            };
+            let found = quantile(values.iter().copied(), share);
+            // == : which of two zeros is found does not matter.
+            assert!(found == expected, "share {share} of {values:?}: {found}");
+        }
     }
 }
