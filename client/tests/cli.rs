@@ -57,10 +57,13 @@ fn an_unreachable_admin_api_is_a_clear_failure() {
 
 #[test]
 fn a_bad_key_file_is_refused() {
-    let path = std::env::temp_dir().join(format!("arena-bots-key-{}", std::process::id()));
-    std::fs::write(&path, "1234").unwrap();
+    let file = tempfile::Builder::new()
+        .prefix("arena-bots-key-")
+        .tempfile()
+        .unwrap();
+    std::fs::write(file.path(), "1234").unwrap();
     let out = bots()
-        .args(["--key-file", path.to_str().unwrap()])
+        .args(["--key-file", file.path().to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());

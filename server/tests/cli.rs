@@ -9,11 +9,12 @@ fn server() -> Command {
     Command::new(env!("CARGO_BIN_EXE_arena-server"))
 }
 
-fn temp_dir(label: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("arena-cli-{}-{label}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory, removed when the returned guard is dropped.
+fn temp_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("arena-cli-{label}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Runs the server expecting it to refuse; returns its stderr.
@@ -51,13 +52,13 @@ fn help_explains_the_flags() {
 #[test]
 fn a_bad_key_file_is_one_clear_line() {
     let dir = temp_dir("badkey");
-    let key = dir.join("bad.key");
+    let key = dir.path().join("bad.key");
     std::fs::write(&key, "not a key").unwrap();
     let stderr = refused(&[
         "--key-file",
         key.to_str().unwrap(),
         "--data-dir",
-        dir.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
     ]);
     assert!(stderr.contains("64 hex characters"), "{stderr}");
     let missing = refused(&["--key-file", "/nonexistent/arena.key"]);
@@ -76,7 +77,7 @@ fn a_port_in_use_is_one_clear_line() {
             "--admin",
             "127.0.0.1:0",
             "--data-dir",
-            dir.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
         ])
         .output()
         .unwrap();

@@ -42,8 +42,9 @@ pub fn example_path(name: &str) -> PathBuf {
     path
 }
 
-/// A fresh, empty directory under the system temp dir.
-pub fn temp_dir(label: &str) -> PathBuf {
+/// A fresh, empty directory under the system temp dir, removed with everything in it when
+/// the returned guard is dropped (keep it alive for as long as a process uses it).
+pub fn temp_dir(label: &str) -> TempDir {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "arena-test-{}-{}-{label}",
@@ -53,7 +54,31 @@ pub fn temp_dir(label: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    dir
+    TempDir(dir)
+}
+
+/// A directory [`temp_dir`] made; it is removed when this is dropped. Reads as its path.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Writes [`TEST_KEY_HEX`] into `dir` and returns the file's path.

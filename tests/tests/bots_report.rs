@@ -28,7 +28,8 @@ fn finish(run: BotsRun, limit: Duration) -> (Option<i32>, Value, String) {
 #[test]
 fn sigterm_and_sigint_stop_the_bots_with_their_report_and_the_signals_code() {
     let _one = one_at_a_time();
-    let server = ServerProcess::start(&temp_dir("bots-signal"), &["--max-players", "16"]);
+    let dir = temp_dir("bots-signal");
+    let server = ServerProcess::start(&dir, &["--max-players", "16"]);
     for (name, code) in [("TERM", 143), ("INT", 130)] {
         let bots = bots_against(&server, BOTS as u32, 60.0, &[]);
         wait_status(&server, "every bot playing", |s| s["players"] == BOTS);
@@ -56,7 +57,8 @@ fn sigterm_and_sigint_stop_the_bots_with_their_report_and_the_signals_code() {
 fn bots_whose_server_dies_mid_run_report_it_and_exit_3() {
     let _one = one_at_a_time();
     for stop in ["kill", "terminate"] {
-        let server = ServerProcess::start(&temp_dir("bots-lost"), &[]);
+        let dir = temp_dir("bots-lost");
+        let server = ServerProcess::start(&dir, &[]);
         let bots = bots_against(&server, BOTS as u32, 2.5, &[]);
         wait_status(&server, "every bot playing", |s| s["players"] == BOTS);
         let udp = server.udp;
@@ -85,7 +87,8 @@ fn bots_whose_server_dies_mid_run_report_it_and_exit_3() {
 #[test]
 fn bots_pace_their_inputs_at_a_30_hz_servers_rate() {
     let _one = one_at_a_time();
-    let server = ServerProcess::start(&temp_dir("bots-30hz"), &["--tick-hz", "30"]);
+    let dir = temp_dir("bots-30hz");
+    let server = ServerProcess::start(&dir, &["--tick-hz", "30"]);
     let seconds = 3.0;
     let (exit, report, stderr) = finish(
         bots_against(&server, BOTS as u32, seconds, &[]),
@@ -175,7 +178,8 @@ fn a_wrong_key_or_protocol_id_fails_in_under_three_seconds_and_says_so() {
 #[test]
 fn an_admin_api_that_wants_a_token_gets_it_from_the_flag_or_the_environment() {
     let _one = one_at_a_time();
-    let server = ServerProcess::start(&temp_dir("bots-admin-token"), &["--admin-token", "s3cret"]);
+    let dir = temp_dir("bots-admin-token");
+    let server = ServerProcess::start(&dir, &["--admin-token", "s3cret"]);
     let admin = server.admin_url();
     let base = ["--admin", admin.as_str(), "--count", "2", "--duration", "1"];
     fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {

@@ -5,18 +5,21 @@
 
 use std::time::Duration;
 
-use arena_tests::procs::{ServerProcess, get_json, post_json, signal, temp_dir, wait_status};
+use arena_tests::procs::{
+    ServerProcess, TempDir, get_json, post_json, signal, temp_dir, wait_status,
+};
 use serde_json::Value;
 
 const BOTS: u64 = 50;
 
-/// A standby watching match "default", then an owner that lists it as its peer.
-fn pair(label: &str) -> (ServerProcess, ServerProcess) {
+/// A standby watching match "default", then an owner that lists it as its peer, in a
+/// directory removed when the returned guard is dropped (after both processes).
+fn pair(label: &str) -> (TempDir, ServerProcess, ServerProcess) {
     let dir = temp_dir(label);
     let standby = ServerProcess::start(&dir, &["--standby", "--watch", "default"]);
     let peer = standby.udp.to_string();
     let owner = ServerProcess::start(&dir, &["--peer", &peer]);
-    (owner, standby)
+    (dir, owner, standby)
 }
 
 fn bots_against(owner: &ServerProcess, seconds: &str) -> arena_tests::procs::BotsRun {
@@ -29,7 +32,7 @@ fn report(run: arena_tests::procs::BotsRun) -> Value {
 
 #[test]
 fn a_handoff_by_post_moves_every_bot_and_loses_no_input() {
-    let (owner, standby) = pair("handoff");
+    let (_dir, owner, standby) = pair("handoff");
     let bots = bots_against(&owner, "6");
     wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
     let (code, answer) = post_json(
@@ -69,7 +72,7 @@ fn a_handoff_by_post_moves_every_bot_and_loses_no_input() {
 
 #[test]
 fn after_kill_9_every_bot_is_back_on_the_standby() {
-    let (owner, standby) = pair("kill");
+    let (_dir, owner, standby) = pair("kill");
     let bots = bots_against(&owner, "8");
     wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
     wait_status(&owner, "a snapshot written", |s| {
@@ -101,7 +104,7 @@ fn after_kill_9_every_bot_is_back_on_the_standby() {
 
 #[test]
 fn an_owner_paused_past_its_lease_never_ticks_or_writes_again() {
-    let (owner, standby) = pair("stop");
+    let (_dir, owner, standby) = pair("stop");
     let bots = bots_against(&owner, "8");
     wait_status(&owner, "all bots playing", |s| s["players"] == BOTS);
     signal(owner.pid(), "STOP");
@@ -192,7 +195,7 @@ fn a_second_owner_of_a_live_match_refuses_to_start() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(&dir)
+        .arg(&*dir)
         .arg("--key-file")
         .arg(dir.join("test.key"))
         .output()

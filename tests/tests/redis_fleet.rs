@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use arena_tests::agones_fake::FakeSidecar;
 use arena_tests::procs::{
-    ServerProcess, assert_accounted, bots_against, bots_report, one_at_a_time, post_json, signal,
-    status, temp_dir, wait_status, wait_status_for,
+    ServerProcess, TempDir, assert_accounted, bots_against, bots_report, one_at_a_time, post_json,
+    signal, status, temp_dir, wait_status, wait_status_for,
 };
 use arena_tests::redis::{TestRedis, test_redis};
 use redis::Commands;
@@ -55,12 +55,13 @@ fn start_with(
 }
 
 /// Two data dirs under a fresh temp dir: two "machines" that share only Redis and the key.
-fn two_machines(label: &str) -> (PathBuf, PathBuf) {
+/// Both go when the returned guard is dropped (declare it before the processes).
+fn two_machines(label: &str) -> (TempDir, PathBuf, PathBuf) {
     let base = temp_dir(label);
     let (a, b) = (base.join("a"), base.join("b"));
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
-    (a, b)
+    (base, a, b)
 }
 
 /// The match's key `<ns>:match:default:<what>`.
@@ -119,7 +120,7 @@ fn time_until(
 fn a_crash_across_machines_is_taken_over_through_redis() {
     let _one = one_at_a_time();
     let redis = test_redis("crash");
-    let (machine_a, machine_b) = two_machines("redis-crash");
+    let (_machines, machine_a, machine_b) = two_machines("redis-crash");
     let standby = start(&redis, &machine_b, &["--standby", "--watch", "default"]);
     let peer = standby.udp.to_string();
     let owner = start(
@@ -172,7 +173,7 @@ fn a_crash_across_machines_is_taken_over_through_redis() {
 fn a_planned_handoff_to_auto_finds_the_standby_in_redis_and_loses_nothing() {
     let _one = one_at_a_time();
     let redis = test_redis("auto");
-    let (machine_a, machine_b) = two_machines("redis-auto");
+    let (_machines, machine_a, machine_b) = two_machines("redis-auto");
     let standby = start(&redis, &machine_b, &["--standby"]);
     let owner = start(
         &redis,
@@ -210,7 +211,7 @@ fn a_planned_handoff_to_auto_finds_the_standby_in_redis_and_loses_nothing() {
 fn a_paused_owner_is_fenced_in_redis_itself() {
     let _one = one_at_a_time();
     let redis = test_redis("fence");
-    let (machine_a, machine_b) = two_machines("redis-fence");
+    let (_machines, machine_a, machine_b) = two_machines("redis-fence");
     let standby = start(&redis, &machine_b, &["--standby", "--watch", "default"]);
     // Snapshots every 0.1 s: a paused owner has one due the moment it wakes.
     let owner = start(&redis, &machine_a, &["--snapshot-every", "0.1"]);
@@ -277,7 +278,7 @@ fn redis_down_for_3_s_never_makes_a_second_owner_and_the_match_resumes() {
     let _one = one_at_a_time();
     // This test kills Redis: always a server of its own.
     let mut redis = arena_tests::redis::own_redis("outage");
-    let (machine_a, machine_b) = two_machines("redis-outage");
+    let (_machines, machine_a, machine_b) = two_machines("redis-outage");
     let standby = start(&redis, &machine_b, &["--standby", "--watch", "default"]);
     let peer = standby.udp.to_string();
     let owner = start(&redis, &machine_a, &["--peer", &peer]);
@@ -335,7 +336,7 @@ fn redis_down_for_3_s_never_makes_a_second_owner_and_the_match_resumes() {
 fn agones_hears_ready_health_allocate_and_shutdown_in_order() {
     let _one = one_at_a_time();
     let redis = test_redis("agones");
-    let (machine_a, machine_b) = two_machines("redis-agones");
+    let (_machines, machine_a, machine_b) = two_machines("redis-agones");
     let owner_sdk = FakeSidecar::start();
     let standby_sdk = FakeSidecar::start();
     let owner_port = owner_sdk.port().to_string();
@@ -464,7 +465,7 @@ fn auto_with_no_free_standby_says_so_and_keeps_the_match() {
 fn a_standby_watching_any_takes_over_a_crashed_match_and_leaves_a_stopped_one() {
     let _one = one_at_a_time();
     let redis = test_redis("any");
-    let (machine_a, machine_b) = two_machines("redis-any");
+    let (_machines, machine_a, machine_b) = two_machines("redis-any");
     let machine_c = machine_a.with_file_name("c");
     std::fs::create_dir_all(&machine_c).unwrap();
     // The standby first: it watches while one match stops on purpose, and the owner of

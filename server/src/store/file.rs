@@ -733,17 +733,14 @@ mod tests {
     }
     use std::sync::{Arc, Barrier};
 
-    /// A fresh store in a directory no other test (nor test run) shares.
-    fn store() -> (FileStore, PathBuf) {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "arena-store-{}-{:?}-{}",
-            std::process::id(),
-            std::thread::current().id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        (FileStore::new(&dir), dir)
+    /// A fresh store in a directory no other test (nor test run) shares, removed when
+    /// the returned guard is dropped.
+    fn store() -> (FileStore, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix("arena-store-")
+            .tempdir()
+            .expect("a temp dir");
+        (FileStore::new(dir.path()), dir)
     }
 
     fn lease(owner: &str, epoch: u64, expires: u64) -> Lease {
@@ -799,7 +796,7 @@ mod tests {
             listed[0].name,
             format!("snapshot-{:020}-{:020}.bin", 1, 420)
         );
-        let kept = numbered(&dir.join("matches/m"), "snapshot-", ".bin").expect("lists");
+        let kept = numbered(&dir.path().join("matches/m"), "snapshot-", ".bin").expect("lists");
         assert_eq!(kept.len(), KEEP_SNAPSHOTS);
         assert_eq!(latest(&store, "other").expect("reads"), None);
         assert!(
@@ -824,14 +821,14 @@ mod tests {
         // The newest is cut short (a crash mid-write on a file system that lost it)...
         let newest = File::options()
             .write(true)
-            .open(snapshot_path(&dir, 1, 180))
+            .open(snapshot_path(dir.path(), 1, 180))
             .expect("opens");
         newest.set_len(3).expect("truncates");
         // ...and the next epoch's, though at a lower tick, cannot be read at all.
         store
             .acquire("m", &lease("b", 2, 9000), 2000, false)
             .expect("expired");
-        std::fs::create_dir(snapshot_path(&dir, 2, 30)).expect("a directory in its place");
+        std::fs::create_dir(snapshot_path(dir.path(), 2, 30)).expect("a directory in its place");
         let listed = store.snapshots_newest_first("m").expect("lists");
         assert_eq!(
             listed.iter().map(|s| (s.epoch, s.tick)).collect::<Vec<_>>(),
@@ -1046,13 +1043,13 @@ mod tests {
     #[test]
     fn renewal_rewrites_the_fixed_size_record_in_place_even_when_snapshot_writes_fail() {
         let (store, dir) = store();
-        let faults = dir.join("faults");
+        let faults = dir.path().join("faults");
         std::fs::create_dir_all(&faults).expect("fault dir");
         let store = store.with_fault_dir(Some(faults.clone()));
         store
             .acquire("m", &lease("a", 1, 1000), 0, false)
             .expect("free");
-        let path = dir.join(format!("matches/m/lease-{:020}.json", 1));
+        let path = dir.path().join(format!("matches/m/lease-{:020}.json", 1));
         let size = || std::fs::metadata(&path).expect("stat").len();
         assert_eq!(size(), LEASE_RECORD_BYTES as u64);
         #[cfg(unix)]
@@ -1102,7 +1099,7 @@ mod tests {
     #[test]
     fn a_failed_snapshot_write_fails_with_storage_full_and_leaves_no_temp_file() {
         let (store, dir) = store();
-        let faults = dir.join("faults");
+        let faults = dir.path().join("faults");
         std::fs::create_dir_all(&faults).expect("fault dir");
         let store = store.with_fault_dir(Some(faults.clone()));
         store
@@ -1112,7 +1109,7 @@ mod tests {
         File::create(faults.join(SNAPSHOT_WRITE_FAILS)).expect("disk full");
         assert!(is_storage_full(store.write_snapshot("m", 1, 120, b"lost")));
         assert!(store.temp_files("m").expect("lists").is_empty());
-        assert!(!snapshot_path(&dir, 1, 120).exists());
+        assert!(!snapshot_path(dir.path(), 1, 120).exists());
         assert_eq!(
             latest(&store, "m").expect("reads"),
             Some(b"before".to_vec())
@@ -1123,7 +1120,7 @@ mod tests {
 
         // A real failure after the temp file was written (the rename fails: a non-empty
         // directory sits at the target) removes it too.
-        let blocker = snapshot_path(&dir, 1, 240);
+        let blocker = snapshot_path(dir.path(), 1, 240);
         std::fs::create_dir_all(blocker.join("x")).expect("blocker");
         assert!(matches!(
             store.write_snapshot("m", 1, 240, b"blocked"),
@@ -1135,12 +1132,12 @@ mod tests {
     #[test]
     fn temp_files_carry_their_epoch_and_older_ones_are_swept_on_acquire() {
         let (store, dir) = store();
-        let match_dir = dir.join("matches/m");
+        let match_dir = dir.path().join("matches/m");
         store
             .acquire("m", &lease("a", 1, 1000), 0, false)
             .expect("free");
         // Names of temps as this store makes them.
-        let temp = write_temp(&snapshot_path(&dir, 7, 60), b"x", None).expect("writes");
+        let temp = write_temp(&snapshot_path(dir.path(), 7, 60), b"x", None).expect("writes");
         let name = temp
             .path
             .file_name()
@@ -1255,7 +1252,7 @@ mod tests {
         assert!(seen > 0);
         // A corrupt record on disk is reported as such.
         std::fs::write(
-            dir.join(format!("matches/m/lease-{:020}.json", 1)),
+            dir.path().join(format!("matches/m/lease-{:020}.json", 1)),
             b"{oops",
         )
         .expect("writes");
@@ -1286,7 +1283,7 @@ mod tests {
             .expect("b writes");
         // A late write by the old owner (it passed its check before b took over) lands
         // on disk as epoch 1: it does not outrank b's.
-        write_atomic(&snapshot_path(&dir, 1, 900), b"a at 900", None).expect("raw write");
+        write_atomic(&snapshot_path(dir.path(), 1, 900), b"a at 900", None).expect("raw write");
         assert_eq!(
             latest(&store, "m").expect("reads"),
             Some(b"b at 400".to_vec())

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use arena_tests::procs::{
-    ServerProcess, free_udp_addresses, get_json, post_json, signal, spawn_bots, temp_dir,
+    ServerProcess, TempDir, free_udp_addresses, get_json, post_json, signal, spawn_bots, temp_dir,
 };
 use clap::Parser;
 use serde_json::{Value, json};
@@ -45,10 +45,11 @@ struct Args {
 
 /// The processes of the match: the owner now, and the standbys waiting.
 struct Fleet {
-    dir: std::path::PathBuf,
     owner: ServerProcess,
     standbys: Vec<ServerProcess>,
     max_players: String,
+    /// Dropped last (fields drop in order): removed once every process is stopped.
+    dir: TempDir,
 }
 
 impl Fleet {
