@@ -11,6 +11,8 @@
 #   snapshots_per_bot_per_s  what the bots received
 #   down_bytes_per_bot_per_s UDP payload bytes per bot per second
 #   bytes_per_entity_update  snapshot_bytes_per_s / entity_updates_per_s (from /status)
+#   bots_cpu_s               CPU (user + system) the bots process used, for the machine's
+#                            share: on one machine the bots and the server share its cores
 #
 # Usage: scripts/load-test.sh [COUNT] [DURATION_S] [MAX_PLAYERS] [-- SERVER_ARGS...]
 #   scripts/load-test.sh 256 30                 256 bots, full match
@@ -35,14 +37,22 @@ read -r udp admin server < <(start_server server --max-players "$max_players" "$
 ticks() { awk '{print $14, $15}' "/proc/$server/stat"; }
 cpu_before=$(ticks)
 tick_before=$(curl -s "http://$admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["tick"])')
+# The shell's `times` (its second line: what its waited-for children used) before and
+# after the bots; written to files, as a command substitution would be a fresh subshell.
+times > "$dir/times.before"
 ./target/release/arena-bots --admin "http://$admin" --count "$count" \
     --duration "$duration" --behavior wander | tee "$dir/bots.json"
+times > "$dir/times.after"
 status=$(curl -s "http://$admin/status")
 cpu_after=$(ticks)
 echo "$status"
 python3 - "$cpu_before" "$cpu_after" "$tick_before" "$count" "$(getconf CLK_TCK)" \
-    "$dir/bots.json" <<PY
-import json, sys
+    "$dir/bots.json" "$dir/times.before" "$dir/times.after" <<PY
+import json, re, sys
+def children_cpu_s(path):
+    # "0m1.250s 0m0.310s" on the second line: the children's user and system time.
+    line = open(path).read().splitlines()[1]
+    return sum(int(m) * 60 + float(s) for m, s in re.findall(r"(\d+)m([\d.]+)s", line))
 user_before, system_before = map(float, sys.argv[1].split())
 user_after, system_after = map(float, sys.argv[2].split())
 tick_before, count, hz = map(float, sys.argv[3:6])
@@ -59,6 +69,7 @@ print(json.dumps({
     "bots": int(count),
     "max_players": status["max_players"],
     "server_cpu_s": cpu_s,
+    "bots_cpu_s": children_cpu_s(sys.argv[8]) - children_cpu_s(sys.argv[7]),
     "ticks": ticks,
     "cpu_us_per_client_tick": per_client_tick(cpu_s),
     "cpu_user_us_per_client_tick": per_client_tick(user_s),
