@@ -246,6 +246,9 @@ pub fn read<G: Game>(
     if updates_left > 0 {
         next_update = Some(input.read_sized_u32(&GAP)? as usize);
     }
+    // Room for the held entities at once, not by doubling as they are pushed (a fresh
+    // `out` per snapshot grew four or five times).
+    out.reserve(held_count);
     let mut removed_left = removed.iter().peekable();
     let mut place = 0;
     for entry in base {
@@ -288,6 +291,8 @@ pub fn read<G: Game>(
         return Err(BitError::OutOfRange("removed entity not held"));
     }
     let new_count = input.read_sized(&COUNT)? as usize;
+    // Every new entity takes bits: a forged count cannot reserve more than the datagram.
+    out.reserve(new_count.min(input.remaining_bits()));
     let mut previous = None;
     for _ in 0..new_count {
         let index = read_gap(input, &mut previous)?;
