@@ -63,8 +63,12 @@ struct Sent {
 pub struct AckTracker {
     next_sequence: u16,
     sent: Box<[Option<Sent>; WINDOW]>,
+    /// What was received, for telling duplicates (by sequence modulo the window).
     received: Box<[Option<u16>; WINDOW]>,
     newest_received: Option<u16>,
+    /// The `ack_bits` to send: bit `i` set when `newest_received - 1 - i` was received.
+    /// Kept as packets arrive, so a header costs no walk over the window.
+    received_bits: u32,
     /// Smoothed round-trip time, seconds.
     rtt: Option<f32>,
     /// Smoothed share of sent packets never acknowledged (0..1).
@@ -82,6 +86,7 @@ impl Default for AckTracker {
             sent: Box::new([None; WINDOW]),
             received: Box::new([None; WINDOW]),
             newest_received: None,
+            received_bits: 0,
             rtt: None,
             loss: 0.0,
             last_rtt_sample: None,
@@ -142,12 +147,7 @@ impl AckTracker {
             return false;
         }
         *slot = Some(header.sequence);
-        if self
-            .newest_received
-            .is_none_or(|newest| sequence_newer(header.sequence, newest))
-        {
-            self.newest_received = Some(header.sequence);
-        }
+        self.record_received(header.sequence);
         for i in 0..=32u16 {
             if i > 0 && header.ack_bits & (1 << (i - 1)) == 0 {
                 continue;
@@ -192,18 +192,37 @@ impl AckTracker {
         (self.packets_acked, self.packets_lost)
     }
 
-    fn ack_fields(&self) -> (u16, u32) {
-        let Some(ack) = self.newest_received else {
-            return (0, 0);
-        };
-        let mut bits = 0u32;
-        for i in 1..=32u16 {
-            let sequence = ack.wrapping_sub(i);
-            if self.received[usize::from(sequence) % WINDOW] == Some(sequence) {
-                bits |= 1 << (i - 1);
+    /// Moves the newest received and its 32 bits along for a packet not seen before.
+    fn record_received(&mut self, sequence: u16) {
+        match self.newest_received {
+            Some(newest) if sequence_newer(sequence, newest) => {
+                // The old newest becomes bit `ahead - 1`; the bits behind it move with it.
+                let ahead = u32::from(sequence.wrapping_sub(newest));
+                self.received_bits = if ahead > 32 {
+                    0
+                } else {
+                    ((u64::from(self.received_bits) << ahead) | (1 << (ahead - 1))) as u32
+                };
+                self.newest_received = Some(sequence);
+            }
+            Some(newest) => {
+                let behind = u32::from(newest.wrapping_sub(sequence));
+                if (1..=32).contains(&behind) {
+                    self.received_bits |= 1 << (behind - 1);
+                }
+            }
+            None => {
+                self.newest_received = Some(sequence);
+                self.received_bits = 0;
             }
         }
-        (ack, bits)
+    }
+
+    fn ack_fields(&self) -> (u16, u32) {
+        match self.newest_received {
+            Some(ack) => (ack, self.received_bits),
+            None => (0, 0),
+        }
     }
 }
 
@@ -232,6 +251,72 @@ mod tests {
         assert!(!acked.contains(&5));
         let rtt = a.rtt().expect("sampled");
         assert!((rtt.as_secs_f32() - 0.05).abs() < 1e-3, "{rtt:?}");
+    }
+
+    /// Packets arriving late, twice or never, across the 16-bit wrap: every header's
+    /// `ack` and `ack_bits` are what the set of sequences received says they must be.
+    #[test]
+    fn ack_bits_are_the_received_set_under_loss_duplication_and_reordering() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for run in 0..50u64 {
+            let mut tracker = AckTracker::default();
+            // Unwrapped sequence numbers, starting near the wrap on some runs.
+            let start = if run % 2 == 0 { 0 } else { 65_536 - 300 };
+            let mut received = std::collections::BTreeSet::new();
+            let mut in_flight: Vec<u64> = Vec::new();
+            for sent in start..start + 2_000u64 {
+                let roll = next() % 100;
+                if roll >= 10 {
+                    in_flight.push(sent); // 10% lost
+                }
+                if roll < 5 {
+                    in_flight.push(sent); // 5% duplicated
+                }
+                // Deliver some of what is in flight, in any order, up to 40 behind.
+                while in_flight.len() > (next() % 8) as usize {
+                    let pick = (next() as usize) % in_flight.len();
+                    let sequence = in_flight.swap_remove(pick);
+                    let header = PacketHeader {
+                        sequence: sequence as u16,
+                        ..PacketHeader::default()
+                    };
+                    let fresh = tracker.on_receive(Duration::ZERO, header, |_| {});
+                    assert_eq!(fresh, received.insert(sequence), "duplicate told");
+                    let newest = *received.last().expect("one received");
+                    let want_bits = (1..=32u64)
+                        .filter(|i| newest >= *i && received.contains(&(newest - i)))
+                        .fold(0u32, |bits, i| bits | 1 << (i - 1));
+                    let header = tracker.peek_header();
+                    assert_eq!(header.ack, newest as u16, "run {run}");
+                    assert_eq!(header.ack_bits, want_bits, "run {run}, newest {newest}");
+                }
+                in_flight.retain(|&s| s + 40 > sent);
+            }
+        }
+    }
+
+    #[test]
+    fn a_jump_of_32_keeps_the_old_newest_and_of_33_forgets_it() {
+        let mut tracker = AckTracker::default();
+        let mut receive = |sequence: u16| {
+            let header = PacketHeader {
+                sequence,
+                ..PacketHeader::default()
+            };
+            tracker.on_receive(Duration::ZERO, header, |_| {});
+            let header = tracker.peek_header();
+            (header.ack, header.ack_bits)
+        };
+        assert_eq!(receive(65_530), (65_530, 0));
+        assert_eq!(receive(26), (26, 1 << 31), "across the wrap");
+        assert_eq!(receive(59), (59, 0));
+        assert_eq!(receive(58), (59, 1));
     }
 
     #[test]
