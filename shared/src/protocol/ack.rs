@@ -259,6 +259,7 @@ impl AckTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::bits::tests::xorshift;
 
     #[test]
     fn acks_cover_the_newest_and_32_before_it_and_give_rtt() {
@@ -287,13 +288,7 @@ mod tests {
     /// `ack` and `ack_bits` are what the set of sequences received says they must be.
     #[test]
     fn ack_bits_are_the_received_set_under_loss_duplication_and_reordering() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         for run in 0..50u64 {
             let mut tracker = AckTracker::default();
             // Unwrapped sequence numbers, starting near the wrap on some runs.
@@ -336,20 +331,18 @@ mod tests {
     /// once, when the first header naming it arrives, newest first within a header.
     #[test]
     fn each_sent_packet_is_acknowledged_once_whatever_the_headers() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut tracker = AckTracker::default();
         // Unwrapped sequences sent (index = sequence), and whether acknowledged.
         let mut acked: Vec<bool> = Vec::new();
         let mut sent = 0u64;
         let mut slow = 0;
         for _ in 0..20_000 {
-            let burst = if next() % 50 == 0 { 150 } else { next() % 3 };
+            let burst = if next().is_multiple_of(50) {
+                150
+            } else {
+                next() % 3
+            };
             for _ in 0..burst {
                 assert_eq!(tracker.next_header(Duration::ZERO).sequence, sent as u16);
                 acked.push(false);

@@ -373,13 +373,13 @@ pub fn read_whole<T: serde::de::DeserializeOwned>(input: &mut BitReader) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const W: Widths = [0, 3, 8, 32];
 
     /// A seeded xorshift64 (no dependency for a test's random bits).
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
         move || {
             state ^= state << 13;
             state ^= state >> 7;
