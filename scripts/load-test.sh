@@ -11,8 +11,9 @@
 #   snapshots_per_bot_per_s  what the bots received
 #   down_bytes_per_bot_per_s UDP payload bytes per bot per second
 #   bytes_per_entity_update  snapshot_bytes_per_s / entity_updates_per_s (from /status)
-#   bots_cpu_s               CPU (user + system) the bots process used, for the machine's
-#                            share: on one machine the bots and the server share its cores
+#   bots_cpu_s               CPU (user + system) the bots process used (and the tee that
+#                            copies its report), for the machine's share: on one machine the
+#                            bots and the server share its cores
 #
 # Usage: scripts/load-test.sh [COUNT] [DURATION_S] [MAX_PLAYERS] [-- SERVER_ARGS...]
 #   scripts/load-test.sh 256 30                 256 bots, full match
